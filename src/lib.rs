@@ -1,0 +1,39 @@
+//! muta-proxy: a Rust port of the proxy server from Joel Partanen's thesis
+//! "Implementing a Proxy Server for a Massively Multiplayer Online Role-playing
+//! Game" (KAMK, 2018), written for the MMORPG MUTA.
+//!
+//! The crate follows the thesis's threading model (§3.4): a *client thread* and
+//! a *shard thread* wait in [`netpoll`] for network events and post typed
+//! [`com::Event`]s into a blocking, bounded [`event_buf::EventBuf`]; the *main
+//! thread* drains that buffer, owns all state, and flushes the output it queued
+//! at the end of every loop iteration. Variable-size data (network reads)
+//! travels in blocks from the segregated-fit pool [`secpool`].
+//!
+//! Modules in reading order, with the thesis section each one ports:
+//!
+//! | module | thesis | what |
+//! |---|---|---|
+//! | [`com`] | §3.5.1 | the common module: typed events, ids, shared constants |
+//! | [`event_buf`] | §3.4.2 | the event buffer: `event_push` / `event_wait` |
+//! | [`secpool`] | §3.4.4 | segregated-fit pool for variable-size events |
+//! | [`netpoll`] | §3.3.1 | the netpoll API over mio |
+//! | [`config`] | §3.8.1 | `proxy.cfg` (TOML) and `shards.cfg` (line format) |
+//! | [`client`] | §3.5.2 | the client module: `client_t` pool, client thread, `cl_flush` |
+//! | [`shard`] | §3.5.3, §3.8.1 | the shard module: shard thread, reconnects, `shard_flush` |
+//! | [`daemon`] | §3.4.3 | start-up, the main thread's event loop, shutdown |
+//!
+//! `ARCHITECTURE.md` describes the data flow, who owns what, what may block
+//! where and every bound; `docs/thesis-map.md` maps each thesis section to the
+//! file and function that ports it.
+
+#[cfg(not(target_pointer_width = "64"))]
+compile_error!("netpoll stores a 64-bit data word in mio's usize token: 64-bit targets only");
+
+pub mod client;
+pub mod com;
+pub mod config;
+pub mod daemon;
+pub mod event_buf;
+pub mod netpoll;
+pub mod secpool;
+pub mod shard;

@@ -1,0 +1,354 @@
+//! Plumbing of the client side (thesis §3.4, §3.5.2) over real loopback
+//! sockets: the test plays the main thread with the real client thread, event
+//! buffer, secpool and client pool. Bytes a client sends reach the main thread
+//! as `EVENT_READ_CLIENT`; bytes the main thread queues reach the client; a
+//! full event buffer loses nothing; a slow reader is dropped without the main
+//! thread waiting on it; a late event for a reused slot is recognised.
+
+mod util;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use muta_proxy::client::{Clients, DisconnectReason, cl_start};
+use muta_proxy::com::{ClientRef, ComEventBuf, Event};
+use muta_proxy::config::Config;
+use muta_proxy::event_buf::EventBuf;
+use muta_proxy::netpoll;
+use util::{init_logger, pool_for, pseudo_random_bytes, test_config, wait_until};
+
+/// A test main thread: the real client thread behind a real event buffer.
+struct Main {
+    clients: Clients,
+    evbuf: Arc<ComEventBuf>,
+    events: Vec<Event>,
+    addr: SocketAddr,
+}
+
+impl Main {
+    fn start(cfg: &Config) -> Main {
+        init_logger();
+        let pool = pool_for(cfg);
+        let evbuf: Arc<ComEventBuf> = Arc::new(EventBuf::new(cfg.runtime.event_buffer_capacity));
+        let listener = netpoll::listen(cfg.proxy.listen, 128).unwrap();
+        let io = cl_start(listener, Vec::new(), cfg, evbuf.clone(), pool).unwrap();
+        let addr = io.local_addr();
+        Main {
+            clients: Clients::new(cfg, io),
+            evbuf,
+            events: Vec::new(),
+            addr,
+        }
+    }
+
+    /// One main-loop iteration: wait up to `timeout_ms`, dispatch transport
+    /// events to the client pool and data to `on_read`, flush, wake.
+    fn turn(&mut self, timeout_ms: i32, mut on_read: impl FnMut(&mut Clients, ClientRef, &[u8])) {
+        self.evbuf
+            .event_wait(&mut self.events, 256, timeout_ms)
+            .unwrap();
+        let now = Instant::now();
+        for ev in self.events.drain(..) {
+            match ev {
+                Event::AcceptClient { stream, addr } => {
+                    self.clients.cl_accept(stream, addr, now);
+                }
+                Event::ReadClient { client, data } => {
+                    if self.clients.cl_read(client, data.len(), now).is_some() {
+                        on_read(&mut self.clients, client, &data);
+                    }
+                }
+                Event::ClientWritable { client } => self.clients.cl_writable(client),
+                Event::ClientHup { client, reason } => self.clients.cl_hup(client, reason),
+                Event::ClientClosed { client } => self.clients.cl_closed(client),
+                other => panic!("unexpected {}", other.name()),
+            }
+        }
+        self.clients.cl_flush();
+        self.clients.io().wake_if_pending();
+    }
+
+    /// Runs echo turns until `done` or the deadline (a failure).
+    fn echo_until(&mut self, timeout: Duration, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + timeout;
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out");
+            self.turn(10, |clients, client, bytes| {
+                clients.cl_send(client, bytes);
+            });
+        }
+    }
+
+    fn stop(mut self) {
+        self.evbuf.close();
+        self.clients.io().stop_and_join();
+    }
+}
+
+#[test]
+fn bytes_a_client_sends_reach_the_main_thread_as_events() {
+    let cfg = test_config();
+    let mut main = Main::start(&cfg);
+    let client = TcpStream::connect(main.addr).unwrap();
+    let sent = pseudo_random_bytes(100_000, 1);
+    let writer = {
+        let sent = sent.clone();
+        let mut client = client.try_clone().unwrap();
+        thread::spawn(move || {
+            for chunk in sent.chunks(777) {
+                client.write_all(chunk).unwrap();
+            }
+        })
+    };
+    let mut received = Vec::new();
+    let mut read_events = 0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while received.len() < sent.len() {
+        assert!(
+            Instant::now() < deadline,
+            "only {} bytes arrived",
+            received.len()
+        );
+        main.turn(10, |_, client, bytes| {
+            assert_eq!(client.index, 0, "the first client takes slot 0");
+            received.extend_from_slice(bytes);
+            read_events += 1;
+        });
+    }
+    writer.join().unwrap();
+    assert_eq!(received, sent, "bytes lost, duplicated or reordered");
+    assert!(read_events >= 1);
+    assert_eq!(main.clients.stats().accepted, 1);
+    client.shutdown(Shutdown::Both).ok();
+    main.stop();
+}
+
+#[test]
+fn bytes_the_main_thread_queues_reach_the_client() {
+    let mut cfg = test_config();
+    // Room for the whole echo: this test is about delivery, and a reader thread
+    // starved by parallel tests must not count as a slow reader.
+    cfg.client.out_buf_size = 2 << 20;
+    let mut main = Main::start(&cfg);
+    let sent = pseudo_random_bytes(1 << 20, 2);
+    let client = TcpStream::connect(main.addr).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let reader = {
+        let mut client = client.try_clone().unwrap();
+        let len = sent.len();
+        thread::spawn(move || {
+            let mut got = vec![0u8; len];
+            client.read_exact(&mut got).unwrap();
+            got
+        })
+    };
+    let writer = {
+        let sent = sent.clone();
+        let mut client = client.try_clone().unwrap();
+        thread::spawn(move || client.write_all(&sent).unwrap())
+    };
+    main.echo_until(Duration::from_secs(20), || reader.is_finished());
+    writer.join().unwrap();
+    assert_eq!(reader.join().unwrap(), sent, "echo differs");
+    assert!(main.clients.stats().bytes_out >= sent.len() as u64);
+    main.stop();
+}
+
+#[test]
+fn a_full_event_buffer_blocks_the_client_thread_and_loses_nothing() {
+    let mut cfg = test_config();
+    cfg.runtime.event_buffer_capacity = 4;
+    cfg.runtime.io_batch_max = 2;
+    cfg.client.read_size = 1024;
+    let mut main = Main::start(&cfg);
+    let client = TcpStream::connect(main.addr).unwrap();
+    let sent = pseudo_random_bytes(4 << 20, 3);
+    let writer = {
+        let sent = sent.clone();
+        let mut client = client.try_clone().unwrap();
+        thread::spawn(move || client.write_all(&sent).unwrap())
+    };
+    // Accept, then stop draining: the buffer fills, the client thread blocks
+    // in event_push, and TCP pushes back on the writer.
+    main.turn(5000, |_, _, _| {});
+    thread::sleep(Duration::from_millis(300));
+    // Full, and no fuller: the client thread is waiting in event_push. (Whether
+    // the writer is also blocked depends on how far the kernel grows the
+    // socket buffers, up to tcp_rmem's maximum.)
+    assert_eq!(main.evbuf.len(), 4, "the event buffer is not exactly full");
+    let mut received = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while received.len() < sent.len() {
+        assert!(
+            Instant::now() < deadline,
+            "only {} bytes arrived",
+            received.len()
+        );
+        main.turn(10, |_, _, bytes| received.extend_from_slice(bytes));
+    }
+    writer.join().unwrap();
+    assert_eq!(received.len(), sent.len());
+    assert!(received == sent, "bytes lost, duplicated or reordered");
+    main.stop();
+}
+
+#[test]
+fn a_slow_reader_is_dropped_and_the_main_thread_never_waits_for_it() {
+    let mut cfg = test_config();
+    cfg.client.out_buf_size = 64 * 1024;
+    let mut main = Main::start(&cfg);
+    // The slow client never reads; the fast one echoes normally.
+    let slow = TcpStream::connect(main.addr).unwrap();
+    main.turn(5000, |_, _, _| {});
+    let slow_ref = ClientRef { index: 0, id: 1 };
+    assert!(main.clients.get(slow_ref).is_some());
+
+    let chunk = vec![0x5A; 16 * 1024];
+    let start = Instant::now();
+    let mut rounds = 0;
+    // Each round queues 16 KiB and flushes, as the main loop would. No call may
+    // block: the loop ends when the client is dropped, within a bounded time.
+    while main.clients.cl_send(slow_ref, &chunk) {
+        main.clients.cl_flush();
+        rounds += 1;
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "slow reader never dropped"
+        );
+    }
+    assert!(
+        rounds > 4,
+        "dropped before its socket filled ({rounds} rounds)"
+    );
+    assert!(
+        main.clients.get(slow_ref).is_none(),
+        "slow reader still open"
+    );
+    assert_eq!(main.clients.stats().slow_readers, 1);
+
+    // Its slot comes back once the client thread confirms, and another client
+    // is served normally.
+    let mut fast = TcpStream::connect(main.addr).unwrap();
+    fast.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    fast.write_all(b"still serving").unwrap();
+    let mut buf = [0u8; 13];
+    let reader = thread::spawn(move || {
+        fast.read_exact(&mut buf).unwrap();
+        buf
+    });
+    main.echo_until(Duration::from_secs(10), || reader.is_finished());
+    assert_eq!(&reader.join().unwrap(), b"still serving");
+    // The slow client sees its connection end.
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut sink = Vec::new();
+    let _ = (&slow).read_to_end(&mut sink);
+    main.stop();
+}
+
+#[test]
+fn a_late_event_for_a_reused_slot_is_dropped() {
+    let mut cfg = test_config();
+    cfg.client.max_clients = 1;
+    let mut main = Main::start(&cfg);
+    let first = TcpStream::connect(main.addr).unwrap();
+    main.turn(5000, |_, _, _| {});
+    let old = ClientRef { index: 0, id: 1 };
+    assert!(main.clients.get(old).is_some());
+    assert!(
+        main.clients
+            .cl_disconnect(old, DisconnectReason::Protocol("test".into()))
+    );
+    main.clients.io().wake_if_pending();
+    // The slot is free only after the client thread's confirmation.
+    assert!(wait_until(Duration::from_secs(5), || {
+        main.turn(10, |_, _, _| {});
+        main.clients.in_use() == 0
+    }));
+    drop(first);
+
+    let mut second = TcpStream::connect(main.addr).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || {
+        main.turn(10, |_, _, _| {});
+        main.clients.in_use() == 1
+    }));
+    let new = ClientRef { index: 0, id: 2 };
+    assert!(
+        main.clients.get(new).is_some(),
+        "the slot was reused with a new id"
+    );
+
+    // An event still naming the old occupant is recognised and dropped...
+    assert!(main.clients.cl_read(old, 5, Instant::now()).is_none());
+    assert!(!main.clients.cl_send(old, b"stale"));
+    assert!(
+        !main
+            .clients
+            .cl_disconnect(old, DisconnectReason::Protocol("stale".into()))
+    );
+    // ...and the new occupant is untouched.
+    second.write_all(b"new").unwrap();
+    let mut got = Vec::new();
+    assert!(wait_until(Duration::from_secs(5), || {
+        main.turn(10, |_, client, bytes| {
+            assert_eq!(client, new);
+            got.extend_from_slice(bytes);
+        });
+        got == b"new"
+    }));
+    main.stop();
+}
+
+#[test]
+fn connections_beyond_max_clients_are_closed() {
+    let mut cfg = test_config();
+    cfg.client.max_clients = 2;
+    let mut main = Main::start(&cfg);
+    let kept: Vec<TcpStream> = (0..2)
+        .map(|_| TcpStream::connect(main.addr).unwrap())
+        .collect();
+    assert!(wait_until(Duration::from_secs(5), || {
+        main.turn(10, |_, _, _| {});
+        main.clients.in_use() == 2
+    }));
+    let mut extra = TcpStream::connect(main.addr).unwrap();
+    extra
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(5), || {
+        main.turn(10, |_, _, _| {});
+        main.clients.stats().refused_full == 1
+    }));
+    let mut buf = [0u8; 1];
+    assert!(
+        matches!(extra.read(&mut buf), Ok(0) | Err(_)),
+        "refused connection is closed"
+    );
+    assert_eq!(main.clients.in_use(), 2);
+    drop(kept);
+    main.stop();
+}
+
+#[test]
+fn a_client_that_hangs_up_frees_its_slot() {
+    let cfg = test_config();
+    let mut main = Main::start(&cfg);
+    let client = TcpStream::connect(main.addr).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || {
+        main.turn(10, |_, _, _| {});
+        main.clients.in_use() == 1
+    }));
+    drop(client);
+    assert!(wait_until(Duration::from_secs(5), || {
+        main.turn(10, |_, _, _| {});
+        main.clients.in_use() == 0
+    }));
+    assert_eq!(main.clients.stats().disconnected, 1);
+    main.stop();
+}

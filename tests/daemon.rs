@@ -1,0 +1,416 @@
+//! The `muta-proxy` binary as an operator runs it: `--check-config` on the
+//! shipped and on broken files, the command line, running with no shard
+//! listening (a connect attempt about every 2 s), SIGTERM and SIGINT ending it
+//! with exit code 0 within a second, its threads' names and where they sleep
+//! when idle, and a panicking thread aborting the process.
+
+mod util;
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use util::{free_port, wait_until};
+
+const BIN: &str = env!("CARGO_BIN_EXE_muta-proxy");
+
+fn manifest_dir() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A fresh directory under the target dir for one test's files.
+fn scratch_dir(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The shipped proxy.cfg with the listener on a kernel-chosen loopback port.
+fn write_configs(dir: &Path, shard_port: u16, extra: &str) -> (PathBuf, PathBuf) {
+    let shipped = std::fs::read_to_string(manifest_dir().join("proxy.cfg")).unwrap();
+    let cfg = shipped.replace("listen = \"0.0.0.0:7702\"", "listen = \"127.0.0.1:0\"") + extra;
+    assert!(
+        cfg.contains("127.0.0.1:0"),
+        "proxy.cfg no longer has the expected listen line"
+    );
+    let config = dir.join("proxy.cfg");
+    let shards = dir.join("shards.cfg");
+    std::fs::write(&config, cfg).unwrap();
+    std::fs::write(&shards, format!("shard = 127.0.0.1:{shard_port}\n")).unwrap();
+    (config, shards)
+}
+
+fn run(args: &[&str]) -> (ExitStatus, String, String) {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A running daemon whose stderr lines are collected with their arrival time.
+struct Daemon {
+    child: Child,
+    lines: Arc<Mutex<Vec<(Instant, String)>>>,
+}
+
+impl Daemon {
+    fn start(config: &Path, shards: &Path) -> Daemon {
+        let mut child = Command::new(BIN)
+            .args([
+                "--config",
+                config.to_str().unwrap(),
+                "--shards",
+                shards.to_str().unwrap(),
+            ])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = lines.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                sink.lock().unwrap().push((Instant::now(), line));
+            }
+        });
+        Daemon { child, lines }
+    }
+
+    fn lines_matching(&self, needle: &str) -> Vec<(Instant, String)> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, l)| l.contains(needle))
+            .cloned()
+            .collect()
+    }
+
+    fn wait_for_line(&self, needle: &str, timeout: Duration) -> String {
+        assert!(
+            wait_until(timeout, || !self.lines_matching(needle).is_empty()),
+            "no log line containing {needle:?}; log so far:\n{}",
+            self.log()
+        );
+        self.lines_matching(needle)[0].1.clone()
+    }
+
+    fn log(&self) -> String {
+        let lines = self.lines.lock().unwrap();
+        lines
+            .iter()
+            .map(|(_, l)| l.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// The client listener's address, from the start-up log line.
+    fn client_addr(&self) -> SocketAddr {
+        let line = self.wait_for_line("listening for clients on ", Duration::from_secs(10));
+        let rest = line.split("listening for clients on ").nth(1).unwrap();
+        rest.split_whitespace().next().unwrap().parse().unwrap()
+    }
+
+    fn signal(&self, name: &str) {
+        let pid = self.child.id().to_string();
+        let status = Command::new("sh")
+            .args(["-c", &format!("kill -{name} {pid}")])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits up to `timeout` for the process to exit.
+    fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// (thread name, system call it is in or "running") for each thread.
+    fn threads(&self) -> Vec<(String, String)> {
+        let dir = format!("/proc/{}/task", self.child.id());
+        let mut threads = Vec::new();
+        for task in std::fs::read_dir(dir).unwrap() {
+            let path = task.unwrap().path();
+            let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+            let syscall = std::fs::read_to_string(path.join("syscall")).unwrap_or_default();
+            let first = syscall.split_whitespace().next().unwrap_or("?").to_string();
+            threads.push((comm.trim().to_string(), first));
+        }
+        threads
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn check_config_accepts_the_shipped_files() {
+    let dir = manifest_dir();
+    let (status, stdout, stderr) = run(&[
+        "--check-config",
+        "--config",
+        dir.join("proxy.cfg").to_str().unwrap(),
+        "--shards",
+        dir.join("shards.cfg").to_str().unwrap(),
+    ]);
+    assert_eq!(status.code(), Some(0), "stderr: {stderr}");
+    assert!(stdout.contains("are valid"), "{stdout}");
+}
+
+#[test]
+fn check_config_names_line_2_of_a_broken_shards_file() {
+    let dir = scratch_dir("check_config_line_2");
+    let (config, shards) = write_configs(&dir, 7701, "");
+    std::fs::write(
+        &shards,
+        "shard = 127.0.0.1\nshard = 127.0.0.1:notaport\nshard = 10.0.0.1\n",
+    )
+    .unwrap();
+    let (status, _, stderr) = run(&[
+        "--check-config",
+        "--config",
+        config.to_str().unwrap(),
+        "--shards",
+        shards.to_str().unwrap(),
+    ]);
+    assert_eq!(status.code(), Some(1));
+    let expected = format!("{}:2: ", shards.display());
+    assert!(
+        stderr.contains(&expected),
+        "expected {expected:?} in: {stderr}"
+    );
+    assert!(stderr.contains("`notaport` is not a port"), "{stderr}");
+}
+
+#[test]
+fn check_config_names_the_line_of_a_bad_proxy_cfg_key() {
+    let dir = scratch_dir("check_config_bad_key");
+    let (config, shards) = write_configs(&dir, 7701, "");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let broken = text.replace("max_clients = 1024", "max_clients = 1024\nmax_client = 5");
+    std::fs::write(&config, &broken).unwrap();
+    let line = broken.lines().position(|l| l == "max_client = 5").unwrap() + 1;
+    let (status, _, stderr) = run(&[
+        "--check-config",
+        "--config",
+        config.to_str().unwrap(),
+        "--shards",
+        shards.to_str().unwrap(),
+    ]);
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        stderr.contains(&format!(
+            "proxy.cfg:{line}: unknown key `max_client` in [client]"
+        )),
+        "{stderr}"
+    );
+    // A missing file is reported the same way.
+    let (status, _, stderr) = run(&["--check-config", "--config", "/nonexistent/proxy.cfg"]);
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        stderr.contains("/nonexistent/proxy.cfg: cannot read"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn help_version_and_bad_usage() {
+    let (status, stdout, _) = run(&["--help"]);
+    assert_eq!(status.code(), Some(0));
+    for flag in ["--config FILE", "--shards FILE", "--check-config", "--help"] {
+        assert!(stdout.contains(flag), "--help does not mention {flag}");
+    }
+    let (status, stdout, _) = run(&["--version"]);
+    assert_eq!(status.code(), Some(0));
+    assert!(stdout.starts_with("muta-proxy "));
+    let (status, _, stderr) = run(&["--frobnicate"]);
+    assert_eq!(status.code(), Some(2));
+    assert!(stderr.contains("unknown argument `--frobnicate`"));
+}
+
+#[test]
+fn with_no_shard_listening_it_retries_every_two_seconds_and_exits_0_on_sigterm() {
+    let dir = scratch_dir("no_shard_sigterm");
+    let (config, shards) = write_configs(&dir, free_port(), "");
+    let mut daemon = Daemon::start(&config, &shards);
+    // A client connected when the signal comes sees a clean close.
+    let client = TcpStream::connect(daemon.client_addr()).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(8), || daemon
+            .lines_matching("connect attempt")
+            .len()
+            >= 3),
+        "fewer than 3 connect attempts in 8 s:\n{}",
+        daemon.log()
+    );
+    let attempts = daemon.lines_matching("connect attempt");
+    for pair in attempts.windows(2) {
+        let gap = pair[1].0 - pair[0].0;
+        assert!(
+            (Duration::from_millis(1500)..=Duration::from_millis(3000)).contains(&gap),
+            "attempts {gap:?} apart:\n{}",
+            daemon.log()
+        );
+    }
+    assert!(
+        daemon.child.try_wait().unwrap().is_none(),
+        "the daemon exited on its own"
+    );
+
+    let sent = Instant::now();
+    daemon.signal("TERM");
+    let status = daemon
+        .wait_exit(Duration::from_secs(5))
+        .expect("no exit within 5 s of SIGTERM");
+    let took = sent.elapsed();
+    assert_eq!(status.code(), Some(0), "log:\n{}", daemon.log());
+    assert!(took < Duration::from_secs(1), "exit took {took:?}");
+    assert!(!daemon.lines_matching("SIGTERM received").is_empty());
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut rest = Vec::new();
+    assert_eq!((&client).read_to_end(&mut rest).unwrap(), 0);
+}
+
+#[test]
+fn sigint_also_shuts_down_cleanly() {
+    let dir = scratch_dir("sigint");
+    let (config, shards) = write_configs(&dir, free_port(), "");
+    let mut daemon = Daemon::start(&config, &shards);
+    daemon.client_addr();
+    daemon.signal("INT");
+    let status = daemon
+        .wait_exit(Duration::from_secs(5))
+        .expect("no exit after SIGINT");
+    assert_eq!(status.code(), Some(0), "log:\n{}", daemon.log());
+    assert!(!daemon.lines_matching("SIGINT received").is_empty());
+}
+
+/// System calls an idle thread may sleep in, by architecture.
+#[cfg(target_arch = "x86_64")]
+const EPOLL_WAIT: &[&str] = &["232", "281", "441"]; // epoll_wait, epoll_pwait, epoll_pwait2
+#[cfg(target_arch = "x86_64")]
+const FUTEX: &[&str] = &["202"];
+#[cfg(target_arch = "aarch64")]
+const EPOLL_WAIT: &[&str] = &["22", "441"];
+#[cfg(target_arch = "aarch64")]
+const FUTEX: &[&str] = &["98"];
+
+#[test]
+fn threads_are_named_and_idle_ones_sleep_where_they_should() {
+    let dir = scratch_dir("thread_names");
+    let (config, shards) = write_configs(&dir, free_port(), "");
+    let mut daemon = Daemon::start(&config, &shards);
+    daemon.client_addr();
+    thread::sleep(Duration::from_millis(300));
+    let names: Vec<String> = daemon.threads().into_iter().map(|(n, _)| n).collect();
+    for role in ["main", "client", "shard"] {
+        assert!(
+            names.iter().any(|n| n == role),
+            "no thread named {role}: {names:?}"
+        );
+    }
+    // Idle (no clients, the shard down), the I/O threads wait in netpoll and
+    // the main thread in event_wait. Sampled repeatedly: a thread that spins
+    // shows "running" instead of a system call.
+    for _ in 0..20 {
+        for (name, syscall) in daemon.threads() {
+            match name.as_str() {
+                "client" | "shard" => assert!(
+                    EPOLL_WAIT.contains(&syscall.as_str()),
+                    "{name} is in syscall {syscall}, not netpoll_wait"
+                ),
+                "main" => assert!(
+                    FUTEX.contains(&syscall.as_str()),
+                    "main is in syscall {syscall}, not event_wait"
+                ),
+                _ => {}
+            }
+        }
+        thread::sleep(Duration::from_millis(25));
+    }
+    daemon.signal("TERM");
+    assert_eq!(
+        daemon
+            .wait_exit(Duration::from_secs(5))
+            .and_then(|s| s.code()),
+        Some(0)
+    );
+}
+
+/// Re-runs this test binary as a child that installs the daemon's panic hook
+/// and panics on a thread named `client` while its main thread waits forever:
+/// the process must abort instead of hanging.
+#[test]
+fn a_panicking_thread_aborts_the_process() {
+    if std::env::var_os("MUTA_PANIC_CHILD").is_some() {
+        muta_proxy::daemon::install_panic_abort_hook();
+        thread::Builder::new()
+            .name("client".to_string())
+            .spawn(|| panic!("deliberate panic on the client thread"))
+            .unwrap();
+        loop {
+            thread::sleep(Duration::from_secs(1));
+        }
+    }
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "a_panicking_thread_aborts_the_process",
+            "--nocapture",
+        ])
+        .env("MUTA_PANIC_CHILD", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("the process hung after a thread panicked");
+        }
+        thread::sleep(Duration::from_millis(10));
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(
+        status.signal(),
+        Some(6),
+        "not SIGABRT: {status:?}\n{stderr}"
+    );
+    assert!(stderr.contains("deliberate panic"), "{stderr}");
+}

@@ -1,0 +1,181 @@
+//! Repository rules checked on every test run (in the manner of
+//! rust-analyzer's tidy tests): every Rust file opens with a `//!` doc; no
+//! `unsafe` outside the libsodium wrapper; no `#[ignore]` without a reason;
+//! every source file appears in `docs/thesis-map.md`; every configuration key
+//! is in the shipped `proxy.cfg` with its default and in
+//! `docs/configuration.md`.
+
+use std::path::{Path, PathBuf};
+
+use muta_proxy::config::{Config, Secret};
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            if !path.ends_with("target") {
+                rust_files(&path, out);
+            }
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+fn all_rust_files() -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for dir in ["src", "tests", "benches", "fuzz"] {
+        rust_files(&root().join(dir), &mut files);
+    }
+    assert!(files.len() > 10, "found only {} Rust files", files.len());
+    files
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn rel(path: &Path) -> String {
+    path.strip_prefix(root()).unwrap().display().to_string()
+}
+
+#[test]
+fn every_rust_file_starts_with_a_module_doc() {
+    let missing: Vec<String> = all_rust_files()
+        .iter()
+        .filter(|p| !read(p).trim_start().starts_with("//!"))
+        .map(|p| rel(p))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "files without a leading //! doc: {missing:?}"
+    );
+}
+
+/// The only `unsafe` allowed is in the libsodium wrapper, `src/cryptchan.rs`
+/// (and files under `src/cryptchan/`), each block with a `// SAFETY:` comment.
+#[test]
+fn unsafe_code_only_in_the_libsodium_wrapper() {
+    let mut offenders = Vec::new();
+    for path in all_rust_files() {
+        let name = rel(&path);
+        let in_wrapper = name == "src/cryptchan.rs" || name.starts_with("src/cryptchan/");
+        for (i, line) in read(&path).lines().enumerate() {
+            let code = line.split("//").next().unwrap_or("");
+            if !code.contains("unsafe") || code.contains("unsafe_code") || code.contains("\"") {
+                continue;
+            }
+            if !in_wrapper {
+                offenders.push(format!("{name}:{}: {}", i + 1, line.trim()));
+            }
+        }
+    }
+    assert!(
+        offenders.is_empty(),
+        "unsafe outside the libsodium wrapper:\n{}",
+        offenders.join("\n")
+    );
+}
+
+#[test]
+fn no_ignore_without_a_reason() {
+    let mut offenders = Vec::new();
+    for path in all_rust_files() {
+        for (i, line) in read(&path).lines().enumerate() {
+            let t = line.trim();
+            if t.starts_with("#[ignore]") {
+                offenders.push(format!("{}:{}", rel(&path), i + 1));
+            }
+        }
+    }
+    assert!(
+        offenders.is_empty(),
+        "#[ignore] without `= \"reason\"`: {offenders:?}"
+    );
+}
+
+#[test]
+fn every_source_file_is_in_the_thesis_map() {
+    let map = read(&root().join("docs/thesis-map.md"));
+    let mut files = Vec::new();
+    rust_files(&root().join("src"), &mut files);
+    let missing: Vec<String> = files
+        .iter()
+        .map(|p| rel(p))
+        .filter(|name| !map.contains(name.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "docs/thesis-map.md does not mention: {missing:?}"
+    );
+}
+
+/// Every key `Config::parse` accepts, as the `"section.key"` names it returns.
+fn config_keys() -> Vec<String> {
+    let source = read(&root().join("src/config.rs"));
+    let mut keys: Vec<String> = source
+        .lines()
+        .map(str::trim)
+        .filter_map(|l| l.strip_prefix('"')?.strip_suffix('"').map(str::to_string))
+        .filter(|k| {
+            k.split_once('.').is_some_and(|(s, key)| {
+                ["proxy", "client", "shard", "runtime"].contains(&s)
+                    && key.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+            })
+        })
+        .collect();
+    keys.sort();
+    keys.dedup();
+    assert!(
+        keys.len() >= 20,
+        "found only {} keys in src/config.rs",
+        keys.len()
+    );
+    keys
+}
+
+#[test]
+fn every_config_key_is_shipped_and_documented() {
+    let shipped = read(&root().join("proxy.cfg"));
+    let docs = read(&root().join("docs/configuration.md"));
+    for key in config_keys() {
+        let (section, name) = key.split_once('.').unwrap();
+        let section_text = shipped
+            .split(&format!("[{section}]"))
+            .nth(1)
+            .unwrap_or_else(|| panic!("proxy.cfg has no [{section}]"))
+            .split("\n[")
+            .next()
+            .unwrap();
+        assert!(
+            section_text
+                .lines()
+                .any(|l| l.starts_with(&format!("{name} = "))),
+            "proxy.cfg does not set {key}"
+        );
+        assert!(
+            docs.contains(&format!("`{key}`")),
+            "docs/configuration.md does not document {key}"
+        );
+    }
+}
+
+#[test]
+fn the_shipped_proxy_cfg_holds_the_defaults() {
+    let path = root().join("proxy.cfg");
+    let shipped = Config::parse(&path, &read(&path)).unwrap();
+    let mut expected = Config::default();
+    // The one key without a default.
+    expected.shard.password = Secret::new("change-me");
+    assert_eq!(
+        shipped, expected,
+        "proxy.cfg and the DEFAULT_* constants disagree"
+    );
+}
