@@ -108,6 +108,8 @@ pub enum Event {
     /// `EVENT_ACCEPT_CLIENT` (thesis): the client thread accepted a connection.
     /// The main thread decides whether it gets a slot (`cl_accept`).
     AcceptClient {
+        /// Which listener accepted it (index in the list given to `cl_start`).
+        listener: u32,
         /// The accepted, non-blocking socket.
         stream: mio::net::TcpStream,
         /// The peer's address.
@@ -189,6 +191,32 @@ impl Event {
             Event::ShardWritable { .. } => "EVENT_WRITABLE_SHARD",
             Event::ShardHup { .. } => "EVENT_HUP_SHARD",
             Event::Signal { .. } => "EVENT_SIGNAL",
+        }
+    }
+}
+
+/// Lets a log line through at most once per period, counting the ones it
+/// holds back, so a flood of bad input cannot become a flood of log lines
+/// (and a main thread blocked on a slow log sink).
+#[derive(Debug, Default)]
+pub struct LogLimit {
+    last: Option<std::time::Instant>,
+    suppressed: u64,
+}
+
+impl LogLimit {
+    /// `Some(n)` if a line may be logged now, `n` being how many were held
+    /// back since the last one; `None` (and one more held back) otherwise.
+    pub fn allow(&mut self, now: std::time::Instant, every: std::time::Duration) -> Option<u64> {
+        match self.last {
+            Some(last) if now.duration_since(last) < every => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.suppressed))
+            }
         }
     }
 }

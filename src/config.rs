@@ -9,10 +9,11 @@
 //! cross-key checks of [`Config::validate`]; each error names the file, the
 //! line and the problem ([`ConfigError`]).
 //!
-//! `shards.cfg` has one `shard = HOST[:PORT]` line per shard (the key repeats,
-//! which is why it is not TOML), `#` comments and blank lines. HOST is an IPv4
-//! address, a bracketed IPv6 address or a DNS name, resolved at every connect
-//! attempt; PORT defaults to [`DEFAULT_SHARD_PORT`].
+//! `shards.cfg` has one `shard = HOST[:PORT] [key=HEX]` line per shard (the
+//! key repeats, which is why it is not TOML), `#` comments and blank lines.
+//! HOST is an IPv4 address, a bracketed IPv6 address or a DNS name, resolved
+//! at every connect attempt; PORT defaults to [`DEFAULT_SHARD_PORT`]; `key=`
+//! pins the shard's public key.
 //!
 //! Nothing here does I/O except [`load`], which reads the two files.
 
@@ -59,6 +60,18 @@ pub const DEFAULT_CLIENT_LISTEN_BACKLOG: u32 = 1024;
 /// `client.idle_timeout_ms`: a client that sends nothing for this long is
 /// disconnected (thesis §3.8.5 "Timing clients out").
 pub const DEFAULT_CLIENT_IDLE_TIMEOUT_MS: u64 = 60_000;
+/// `client.handshake_timeout_ms`: the absolute deadline from accept to a valid
+/// auth proof; a client that trickles its handshake is cut off here, whatever
+/// it sends (slowloris).
+pub const DEFAULT_CLIENT_HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
+/// `client.reservation_timeout_ms`: a slot a shard reserved
+/// (`TPROXY_MSG_OPENED_SOCKET`) that no player claims in this time is released
+/// (thesis §3.8.5).
+pub const DEFAULT_CLIENT_RESERVATION_TIMEOUT_MS: u64 = 30_000;
+/// `client.require_announced_ip`: refuse at accept a client whose IP no shard
+/// announced (thesis §3.8.3); `false` is the thesis's planned relaxation for
+/// players whose address changes (§3.8.5).
+pub const DEFAULT_CLIENT_REQUIRE_ANNOUNCED_IP: bool = true;
 
 /// `shard.connect_retry_ms`: time between connect attempts (thesis §3.8.1:
 /// "every two seconds").
@@ -89,6 +102,12 @@ pub const DEFAULT_NETPOLL_EVENTS_MAX: usize = 256;
 pub const DEFAULT_SECPOOL_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// `runtime.secpool_free_blocks_max`: most free blocks kept per size class.
 pub const DEFAULT_SECPOOL_FREE_BLOCKS_MAX: usize = 1024;
+
+/// The smallest `client.in_buf_size`: a frame holding the largest client
+/// message (`CLMSG_ECHO` with 1 KiB of data), with its length and MAC.
+pub const CLIENT_IN_BUF_MIN: usize = 2048;
+/// The smallest `shard.in_buf_size`: one full frame (65,535 + 2 bytes).
+pub const SHARD_IN_BUF_MIN: usize = 65_537;
 
 /// The sections of `proxy.cfg`.
 const SECTIONS: [&str; 4] = ["proxy", "client", "shard", "runtime"];
@@ -145,6 +164,12 @@ pub struct ClientCfg {
     pub listen_backlog: u32,
     /// Idle timeout.
     pub idle_timeout_ms: u64,
+    /// Deadline from accept to a valid auth proof.
+    pub handshake_timeout_ms: u64,
+    /// Lifetime of an unclaimed reservation.
+    pub reservation_timeout_ms: u64,
+    /// Refuse clients from IPs no shard announced.
+    pub require_announced_ip: bool,
 }
 
 /// `[shard]`.
@@ -215,6 +240,9 @@ impl Default for Config {
                 accepts_per_wakeup: DEFAULT_CLIENT_ACCEPTS_PER_WAKEUP,
                 listen_backlog: DEFAULT_CLIENT_LISTEN_BACKLOG,
                 idle_timeout_ms: DEFAULT_CLIENT_IDLE_TIMEOUT_MS,
+                handshake_timeout_ms: DEFAULT_CLIENT_HANDSHAKE_TIMEOUT_MS,
+                reservation_timeout_ms: DEFAULT_CLIENT_RESERVATION_TIMEOUT_MS,
+                require_announced_ip: DEFAULT_CLIENT_REQUIRE_ANNOUNCED_IP,
             },
             shard: ShardCfg {
                 password: Secret::default(),
@@ -349,6 +377,18 @@ impl Config {
                 c.idle_timeout_ms = v.int(1000..=86_400_000)?;
                 "client.idle_timeout_ms"
             }
+            ("client", "handshake_timeout_ms") => {
+                c.handshake_timeout_ms = v.int(100..=600_000)?;
+                "client.handshake_timeout_ms"
+            }
+            ("client", "reservation_timeout_ms") => {
+                c.reservation_timeout_ms = v.int(1000..=3_600_000)?;
+                "client.reservation_timeout_ms"
+            }
+            ("client", "require_announced_ip") => {
+                c.require_announced_ip = v.boolean()?;
+                "client.require_announced_ip"
+            }
             ("shard", "password") => {
                 s.password = Secret::new(v.string()?);
                 "shard.password"
@@ -413,6 +453,24 @@ impl Config {
                 "shard.password is empty; set the password the shards expect".to_string(),
             ));
         }
+        if self.client.in_buf_size < CLIENT_IN_BUF_MIN {
+            return Err((
+                "client.in_buf_size",
+                format!(
+                    "client.in_buf_size = {} cannot hold the largest client message; at least {CLIENT_IN_BUF_MIN}",
+                    self.client.in_buf_size
+                ),
+            ));
+        }
+        if self.shard.in_buf_size < SHARD_IN_BUF_MIN {
+            return Err((
+                "shard.in_buf_size",
+                format!(
+                    "shard.in_buf_size = {} cannot hold a full frame; at least {SHARD_IN_BUF_MIN}",
+                    self.shard.in_buf_size
+                ),
+            ));
+        }
         let needed = self.secpool_bytes_needed();
         if self.runtime.secpool_bytes_max < needed {
             return Err((
@@ -457,6 +515,9 @@ pub struct ShardEntry {
     pub host: String,
     /// TCP port.
     pub port: u16,
+    /// The shard's public key, if pinned (`key=HEX` on the line): the proxy
+    /// refuses a shard that presents another (port decision).
+    pub key: Option<crate::cryptchan::PublicKey>,
 }
 
 impl ShardEntry {
@@ -464,11 +525,22 @@ impl ShardEntry {
     pub fn addr(&self) -> String {
         format_host_port(&self.host, self.port)
     }
+
+    /// The same port and host, comparing addresses as addresses (`::1` is
+    /// `0:0:0:0:0:0:0:1`) and names without regard to case.
+    fn same_address(&self, other: &ShardEntry) -> bool {
+        self.port == other.port
+            && match (self.host.parse::<IpAddr>(), other.host.parse::<IpAddr>()) {
+                (Ok(a), Ok(b)) => a == b,
+                _ => self.host.eq_ignore_ascii_case(&other.host),
+            }
+    }
 }
 
 /// Parses the text of a `shards.cfg`; `file` is only used in error messages.
 pub fn parse_shards_cfg(file: &Path, text: &str) -> Result<Vec<ShardEntry>, ConfigError> {
     let mut shards: Vec<ShardEntry> = Vec::new();
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     for (i, raw) in text.lines().enumerate() {
         let line = i + 1;
         let err = |message: String| ConfigError::new(file, Some(line), message);
@@ -491,15 +563,25 @@ pub fn parse_shards_cfg(file: &Path, text: &str) -> Result<Vec<ShardEntry>, Conf
                 "`shard =` needs an address: `shard = HOST[:PORT]`".to_string()
             ));
         };
-        if let Some(extra) = words.next() {
-            return Err(err(format!("unexpected `{extra}` after the address")));
+        let mut key = None;
+        for word in words {
+            match word.strip_prefix("key=") {
+                Some(hex) if key.is_none() => {
+                    key = Some(crate::cryptchan::PublicKey::from_hex(hex).ok_or_else(|| {
+                        err(format!("`{hex}` is not a public key (64 hex digits)"))
+                    })?);
+                }
+                _ => return Err(err(format!("unexpected `{word}` after the address"))),
+            }
         }
         let (host, port) = parse_host_port(address, Some(DEFAULT_SHARD_PORT)).map_err(err)?;
-        let entry = ShardEntry { line, host, port };
-        if let Some(first) = shards
-            .iter()
-            .find(|s| s.host == entry.host && s.port == entry.port)
-        {
+        let entry = ShardEntry {
+            line,
+            host,
+            port,
+            key,
+        };
+        if let Some(first) = shards.iter().find(|s| s.same_address(&entry)) {
             return Err(err(format!(
                 "shard {} is already listed on line {}",
                 entry.addr(),
@@ -583,10 +665,11 @@ fn parse_host_port(s: &str, default_port: Option<u16>) -> Result<(String, u16), 
             },
         }
     } else if s.matches(':').count() > 1 {
-        if s.parse::<Ipv6Addr>().is_err() {
-            return Err(format!("`{s}` is not an IPv6 address"));
-        }
-        (s, None)
+        // `::1:7000` could be an address or an address and a port: brackets
+        // say which.
+        return Err(format!(
+            "`{s}`: write an IPv6 address in brackets, `[ADDRESS]` or `[ADDRESS]:PORT`"
+        ));
     } else {
         match s.split_once(':') {
             Some((host, port)) => (host, Some(port)),
@@ -596,7 +679,7 @@ fn parse_host_port(s: &str, default_port: Option<u16>) -> Result<(String, u16), 
     check_host(host)?;
     let port = match (port, default_port) {
         (Some(p), _) => match p.parse::<u16>() {
-            Ok(port) if port > 0 => port,
+            Ok(port) if port > 0 && p.bytes().all(|b| b.is_ascii_digit()) => port,
             _ => return Err(format!("`{p}` is not a port (1 to 65535)")),
         },
         (None, Some(port)) => port,
@@ -619,7 +702,7 @@ fn check_host(host: &str) -> Result<(), String> {
             && !label.starts_with('-')
             && !label.ends_with('-')
     };
-    let labels: Vec<&str> = host.trim_end_matches('.').split('.').collect();
+    let labels: Vec<&str> = host.strip_suffix('.').unwrap_or(host).split('.').collect();
     let last_is_numeric = labels
         .last()
         .is_some_and(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_digit()));
@@ -730,6 +813,17 @@ impl Val<'_, '_> {
             _ => Err(format!(
                 "{expected}, found {}",
                 &self.doc.text[self.value.span()]
+            )),
+        }
+    }
+
+    fn boolean(&self) -> Result<bool, String> {
+        match self.value.get_ref() {
+            DeValue::Boolean(b) => Ok(*b),
+            _ => Err(format!(
+                "{}: expected true or false, found {}",
+                self.name(),
+                self.kind()
             )),
         }
     }
@@ -870,7 +964,8 @@ mod tests {
     fn shards_cfg_thesis_format() {
         let list = shards(
             "# shards this proxy serves\n\nshard = 127.0.0.1\nshard=10.0.0.2:9000   # second\n\
-             shard = [::1]:7000\nshard = ::1\n  shard = shard-3.example.org\n",
+             shard = [::1]:7000\nshard = [::1]\n  shard = shard-3.example.org \
+             key=00000000000000000000000000000000000000000000000000000000000000ff\n",
         )
         .unwrap();
         let addrs: Vec<String> = list.iter().map(ShardEntry::addr).collect();
@@ -888,6 +983,8 @@ mod tests {
             list.iter().map(|s| s.line).collect::<Vec<_>>(),
             [3, 4, 5, 6, 7]
         );
+        assert_eq!(list[0].key, None);
+        assert_eq!(list[4].key.unwrap().0[31], 0xff);
     }
 
     #[test]
@@ -913,7 +1010,29 @@ mod tests {
                 "is not an IP address or host name",
             ),
             ("shard = [::1\n", 1, "missing `]`"),
-            ("shard = 127.0.0.1 key=abc\n", 1, "unexpected `key=abc`"),
+            (
+                "shard = 127.0.0.1 key=abc\n",
+                1,
+                "`abc` is not a public key",
+            ),
+            ("shard = 127.0.0.1 port=7\n", 1, "unexpected `port=7`"),
+            ("shard = ::1:7000\n", 1, "in brackets"),
+            ("shard = 127.0.0.1:+80\n", 1, "is not a port"),
+            (
+                "shard = example.org..\n",
+                1,
+                "is not an IP address or host name",
+            ),
+            (
+                "shard = [::1]\nshard = [0:0:0:0:0:0:0:1]\n",
+                2,
+                "already listed on line 1",
+            ),
+            (
+                "shard = Game.example.org\nshard = game.EXAMPLE.org\n",
+                2,
+                "already listed on line 1",
+            ),
             (
                 "shard = 127.0.0.1\nshard = 127.0.0.1:7701\n",
                 2,
@@ -929,6 +1048,11 @@ mod tests {
             );
             assert!(err.message.contains(needle), "{text:?}: {err}");
         }
+        assert_eq!(
+            shards("\u{feff}shard = 127.0.0.1\n").unwrap().len(),
+            1,
+            "a BOM is skipped"
+        );
         let err = shards("# nothing\n\n").unwrap_err();
         assert_eq!(err.line, None);
         assert!(err.message.contains("no shards"));

@@ -1,54 +1,27 @@
-//! The `muta-proxy` daemon: start-up (thesis §3.5.1 `com_init`), the main
-//! thread's event loop (§3.4.3), and shutdown (`com_destroy`).
+//! The `muta-proxy` daemon as a program: the command line, logging, signals,
+//! the panic hook, and the order of start-up and shutdown around
+//! [`Proxy`], which holds the main thread's state and loop
+//! (thesis §3.4.3).
 //!
-//! Start-up reads and validates both configuration files, creates the one
-//! secpool and the main thread's event buffer, binds the client listener,
-//! routes SIGINT and SIGTERM into a socket pair the client thread polls, and
-//! starts the client and shard threads. Then the main thread loops (thesis
-//! §3.4.3):
-//!
-//! ```text
-//! loop {
-//!     event_wait(com_event_buf, events, event_wait_max, until next tick)
-//!     for each event: dispatch on its type (cl_accept, cl_read, shard_read, ...)
-//!     once a second: timers (idle clients)
-//!     cl_flush(); shard_flush();      // one write per peer with output
-//!     wake the I/O threads that were given commands
-//! }
-//! ```
-//!
-//! The main thread owns every table; it never blocks on an I/O thread: its
-//! commands go through `try_push` into queues sized so they cannot fill, and
-//! its writes are non-blocking (**invariant**).
-//!
-//! On a signal the loop ends; shutdown disconnects the clients, closes the
-//! event buffer (waking an I/O thread blocked in `event_push`), stops and joins
-//! the client and shard threads, and returns exit code 0.
-//!
-//! The MUTA protocols are not attached yet (they arrive with cryptchan): bytes
-//! read from clients and shards are accounted and dropped.
+//! Start-up reads and validates both configuration files, routes SIGINT and
+//! SIGTERM into socket pairs the client thread polls (they arrive as
+//! `EVENT_SIGNAL`, in order with everything else), and starts the proxy on a
+//! thread named `main`. On a signal the main loop ends; shutdown disconnects
+//! the players (telling their shards), closes the event buffer (waking an I/O
+//! thread blocked in `event_push`), stops and joins the client and shard
+//! threads, and the process exits 0.
 
 use std::ffi::OsString;
 use std::io::{self, Write as _};
-use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use log::{LevelFilter, debug, error, info};
+use log::{LevelFilter, error, warn};
 use mio::net::UnixStream;
 use signal_hook::consts::{SIGINT, SIGTERM};
 
-use crate::client::{ClientIo, Clients, DisconnectReason, cl_start};
-use crate::com::{ComEventBuf, Event};
-use crate::config::{self, Config, ShardEntry};
-use crate::event_buf::EventBuf;
-use crate::netpoll;
-use crate::secpool::{Secpool, SecpoolConfig};
-use crate::shard::{Shards, shard_start};
-
-/// How often the main loop runs its timers.
-pub const MAIN_TICK: Duration = Duration::from_millis(1000);
+use crate::cli::FlagArgs;
+use crate::config;
+use crate::proxy::Proxy;
 
 /// Usage text for `--help`.
 pub const USAGE: &str = "\
@@ -97,29 +70,11 @@ pub fn parse_args<I: IntoIterator<Item = OsString>>(args: I) -> Result<Command, 
         shards: PathBuf::from("shards.cfg"),
         check_config: false,
     };
-    let mut args = args.into_iter();
-    while let Some(arg) = args.next() {
-        let arg = arg
-            .into_string()
-            .map_err(|a| format!("argument {a:?} is not UTF-8"))?;
-        let (flag, inline) = match arg.split_once('=') {
-            Some((flag, value)) if flag.starts_with("--") => {
-                (flag.to_string(), Some(value.to_string()))
-            }
-            _ => (arg.clone(), None),
-        };
-        let mut value = |name: &str| -> Result<PathBuf, String> {
-            match inline.clone() {
-                Some(v) => Ok(PathBuf::from(v)),
-                None => args
-                    .next()
-                    .map(PathBuf::from)
-                    .ok_or_else(|| format!("{name} needs a FILE")),
-            }
-        };
+    let mut args = FlagArgs::new(args)?;
+    while let Some(flag) = args.next_flag()? {
         match flag.as_str() {
-            "--config" => opts.config = value("--config")?,
-            "--shards" => opts.shards = value("--shards")?,
+            "--config" => opts.config = args.value(&flag)?.into(),
+            "--shards" => opts.shards = args.value(&flag)?.into(),
             "--check-config" => opts.check_config = true,
             "--version" => return Ok(Command::Version),
             "-h" | "--help" => return Ok(Command::Help),
@@ -192,6 +147,9 @@ pub fn run(opts: &Options) -> i32 {
     }
     init_logger(cfg.proxy.log_level);
     install_panic_abort_hook();
+    check_fd_limit(
+        u64::from(cfg.client.max_clients) + cfg.runtime.event_buffer_capacity as u64 + 64,
+    );
     let signals = match signal_pipes(&[SIGINT, SIGTERM]) {
         Ok(signals) => signals,
         Err(err) => {
@@ -248,9 +206,32 @@ pub fn install_panic_abort_hook() {
     }));
 }
 
+/// Warns when the soft limit on open files is below `needed`: past it,
+/// `accept` fails with `EMFILE` and players are refused. Read from
+/// `/proc/self/limits` (no `unsafe` needed); a systemd unit should set
+/// `LimitNOFILE=`.
+pub fn check_fd_limit(needed: u64) {
+    let Ok(limits) = std::fs::read_to_string("/proc/self/limits") else {
+        return;
+    };
+    let soft = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(soft) = soft
+        && soft < needed
+    {
+        warn!(
+            "the open-file limit is {soft}, below the {needed} this configuration can use \
+             (max_clients + event_buffer_capacity + 64); raise it (ulimit -n, LimitNOFILE=)"
+        );
+    }
+}
+
 /// One socket pair per signal: the handler (signal-hook's, async-signal-safe)
 /// writes a byte into one end; the client thread polls the other.
-fn signal_pipes(signals: &[i32]) -> io::Result<Vec<(i32, UnixStream)>> {
+pub fn signal_pipes(signals: &[i32]) -> io::Result<Vec<(i32, UnixStream)>> {
     signals
         .iter()
         .map(|&signal| {
@@ -262,163 +243,11 @@ fn signal_pipes(signals: &[i32]) -> io::Result<Vec<(i32, UnixStream)>> {
         .collect()
 }
 
-fn signal_name(signal: i32) -> &'static str {
+/// The name of a signal the daemon handles, for its log line.
+pub fn signal_name(signal: i32) -> &'static str {
     match signal {
         SIGINT => "SIGINT",
         SIGTERM => "SIGTERM",
         _ => "signal",
-    }
-}
-
-/// The main thread's state: every table, and the event buffer it drains.
-#[derive(Debug)]
-pub struct Proxy {
-    clients: Clients,
-    shards: Shards,
-    evbuf: Arc<ComEventBuf>,
-    events: Vec<Event>,
-    event_wait_max: usize,
-    pool: &'static Secpool,
-    running: bool,
-}
-
-impl Proxy {
-    /// Creates the pool and event buffer, binds the listener, starts the
-    /// client thread (also polling `signals`) and the shard thread.
-    pub fn start(
-        cfg: Config,
-        shard_entries: &[ShardEntry],
-        signals: Vec<(i32, UnixStream)>,
-    ) -> io::Result<Proxy> {
-        let pool = Secpool::new(SecpoolConfig {
-            bytes_max: cfg.runtime.secpool_bytes_max,
-            block_size_max: cfg.secpool_block_size_max(),
-            free_blocks_max: cfg.runtime.secpool_free_blocks_max,
-        })
-        .leak();
-        let evbuf: Arc<ComEventBuf> = Arc::new(EventBuf::new(cfg.runtime.event_buffer_capacity));
-        let listener =
-            netpoll::listen(cfg.proxy.listen, cfg.client.listen_backlog).map_err(|err| {
-                io::Error::new(
-                    err.kind(),
-                    format!("cannot listen on {}: {err}", cfg.proxy.listen),
-                )
-            })?;
-        let client_io: ClientIo = cl_start(listener, signals, &cfg, evbuf.clone(), pool)?;
-        info!(
-            "listening for clients on {} (public address {}), max_clients {}",
-            client_io.local_addr(),
-            cfg.proxy.public_address,
-            cfg.client.max_clients
-        );
-        let shard_io = shard_start(shard_entries, &cfg, evbuf.clone(), pool)?;
-        Ok(Proxy {
-            clients: Clients::new(&cfg, client_io),
-            shards: Shards::new(&cfg, shard_entries, shard_io),
-            events: Vec::with_capacity(cfg.runtime.event_wait_max),
-            event_wait_max: cfg.runtime.event_wait_max,
-            evbuf,
-            pool,
-            running: true,
-        })
-    }
-
-    /// The event buffer; pushing `Event::Signal` into it stops the loop, as a
-    /// real signal does.
-    pub fn event_buf(&self) -> Arc<ComEventBuf> {
-        self.evbuf.clone()
-    }
-
-    /// Where the client listener is bound.
-    pub fn client_addr(&mut self) -> SocketAddr {
-        self.clients.io().local_addr()
-    }
-
-    /// The main thread's event loop (thesis §3.4.3); returns after a signal or
-    /// when the event buffer is closed.
-    pub fn main_loop(&mut self) {
-        let mut next_tick = Instant::now() + MAIN_TICK;
-        let mut events = std::mem::take(&mut self.events);
-        while self.running {
-            let timeout_ms = next_tick
-                .saturating_duration_since(Instant::now())
-                .as_millis() as i32;
-            if self
-                .evbuf
-                .event_wait(&mut events, self.event_wait_max, timeout_ms)
-                .is_err()
-            {
-                break;
-            }
-            let now = Instant::now();
-            for ev in events.drain(..) {
-                self.handle_event(ev, now);
-            }
-            if now >= next_tick {
-                self.clients.cl_tick(now);
-                next_tick = now + MAIN_TICK;
-            }
-            self.clients.cl_flush();
-            self.shards.shard_flush();
-            self.clients.io().wake_if_pending();
-            self.shards.io().wake_if_pending();
-        }
-        self.events = events;
-    }
-
-    /// Dispatches one event on its type (the `switch (e->type)` of thesis
-    /// §3.4.3). Event data (secpool blocks) is freed when `ev` is dropped.
-    pub fn handle_event(&mut self, ev: Event, now: Instant) {
-        match ev {
-            Event::AcceptClient { stream, addr } => {
-                self.clients.cl_accept(stream, addr, now);
-            }
-            Event::ReadClient { client, data } => {
-                // No protocol yet: account the bytes, free the block.
-                self.clients.cl_read(client, data.len(), now);
-            }
-            Event::ClientWritable { client } => self.clients.cl_writable(client),
-            Event::ClientHup { client, reason } => self.clients.cl_hup(client, reason),
-            Event::ClientClosed { client } => self.clients.cl_closed(client),
-            Event::ShardConnected { shard, stream } => self.shards.shard_connected(shard, stream),
-            Event::ReadShard { shard, data } => {
-                // No protocol yet: check the connection is current, drop the bytes.
-                let _ = self.shards.shard_read(shard);
-                drop(data);
-            }
-            Event::ShardWritable { shard } => self.shards.shard_writable(shard),
-            Event::ShardHup { shard, reason } => {
-                self.shards.shard_hup(shard, reason);
-            }
-            Event::Signal { signal } => {
-                info!("{} received, shutting down", signal_name(signal));
-                self.running = false;
-            }
-        }
-    }
-
-    /// Stops the I/O threads and releases everything (thesis `com_destroy`).
-    pub fn shutdown(mut self) {
-        let started = Instant::now();
-        info!(
-            "shutdown: {} client(s), {}/{} shard(s) connected",
-            self.clients.in_use(),
-            self.shards.n_connected(),
-            self.shards.all().len()
-        );
-        self.clients.cl_disconnect_all(DisconnectReason::Shutdown);
-        self.evbuf.close();
-        self.clients.io().stop_and_join();
-        self.shards.io().stop_and_join();
-        let stats = self.clients.stats();
-        debug!(
-            "clients: {} accepted, {} refused (full), {} bytes in, {} bytes out; secpool holds {} bytes",
-            stats.accepted,
-            stats.refused_full,
-            stats.bytes_in,
-            stats.bytes_out,
-            self.pool.bytes_held()
-        );
-        info!("stopped in {:?}", started.elapsed());
     }
 }

@@ -20,7 +20,10 @@
 //! | [`config`] | §3.8.1 | `proxy.cfg` (TOML) and `shards.cfg` (line format) |
 //! | [`client`] | §3.5.2 | the client module: `client_t` pool, client thread, `cl_flush` |
 //! | [`shard`] | §3.5.3, §3.8.1 | the shard module: shard thread, reconnects, `shard_flush` |
-//! | [`daemon`] | §3.4.3 | start-up, the main thread's event loop, shutdown |
+//! | [`cryptchan`] | §2.4.3 | libsodium key exchange and secretstream, in place |
+//! | [`proto`] | §3.8.2–§3.8.4 | the protocols, free of I/O: frames, messages, the filter table |
+//! | [`proxy`] | §3.8 | the proxy's behaviour: handshakes, auth, reservations, routing, filtering |
+//! | [`daemon`] | §3.4.3 | the program: command line, signals, start-up, shutdown |
 //!
 //! `ARCHITECTURE.md` describes the data flow, who owns what, what may block
 //! where and every bound; `docs/thesis-map.md` maps each thesis section to the
@@ -29,11 +32,18 @@
 #[cfg(not(target_pointer_width = "64"))]
 compile_error!("netpoll stores a 64-bit data word in mio's usize token: 64-bit targets only");
 
+pub mod bot;
+pub mod cli;
 pub mod client;
 pub mod com;
 pub mod config;
+pub mod cryptchan;
 pub mod daemon;
 pub mod event_buf;
+pub mod login_server;
 pub mod netpoll;
+pub mod proto;
+pub mod proxy;
 pub mod secpool;
 pub mod shard;
+pub mod shard_server;

@@ -11,11 +11,14 @@
 //! - The free lists are lock-free bounded queues (`crossbeam_channel`), not a
 //!   mutex-protected list, so the per-packet path (an I/O thread allocates, the
 //!   main thread frees) takes no lock beyond the event buffer's.
-//! - A cap on the bytes the pool holds (`runtime.secpool_bytes_max`): past it,
-//!   [`Secpool::secpool_malloc`] fails cleanly with [`SecpoolError::Exhausted`].
-//!   The thesis relies on the blocking event buffer to bound memory; the config
-//!   check makes that explicit by refusing a cap below what the event buffer
-//!   can hold in flight (`Config::secpool_bytes_needed`).
+//! - A cap on the bytes the pool holds (`runtime.secpool_bytes_max`). A new
+//!   block that would pass it first makes idle blocks of any class go back to
+//!   the system, so the cap bounds the blocks *in use*; only when those alone
+//!   would pass it does [`Secpool::secpool_malloc`] fail, cleanly, with
+//!   [`SecpoolError::Exhausted`]. The thesis relies on the blocking event
+//!   buffer to bound memory; the config check makes that explicit by refusing
+//!   a cap below what the event buffer can hold in flight
+//!   (`Config::secpool_bytes_needed`).
 //! - A block comes back through the [`PoolBuf`] handle's `Drop`, on whatever
 //!   thread drops it, so "the handler that consumes an event frees its block"
 //!   needs no call to remember.
@@ -214,12 +217,18 @@ impl Secpool {
         let block = match class.free_rx.try_recv() {
             Ok(block) => block,
             Err(_) => {
-                if !self.reserve(class.block_size) {
-                    class.failures.fetch_add(1, Relaxed);
-                    return Err(SecpoolError::Exhausted {
-                        requested: num_bytes,
-                        bytes_max: self.bytes_max,
-                    });
+                // Idle blocks of other classes count against the cap too; give
+                // them back to the system until the new block fits, so the cap
+                // bounds the blocks in use, not what traffic happened to leave
+                // on the free lists.
+                while !self.reserve(class.block_size) {
+                    if !self.release_idle_block() {
+                        class.failures.fetch_add(1, Relaxed);
+                        return Err(SecpoolError::Exhausted {
+                            requested: num_bytes,
+                            bytes_max: self.bytes_max,
+                        });
+                    }
                 }
                 class.blocks_created.fetch_add(1, Relaxed);
                 vec![0u8; class.block_size].into_boxed_slice()
@@ -261,6 +270,21 @@ impl Secpool {
             // disconnected while `self` is alive.
             Err(TrySendError::Disconnected(_)) => unreachable!("secpool free list disconnected"),
         }
+    }
+
+    /// Gives one free block back to the system, largest class first (the most
+    /// bytes per step). False when every free list is empty.
+    fn release_idle_block(&self) -> bool {
+        for class in self.classes.iter().rev() {
+            if let Ok(block) = class.free_rx.try_recv() {
+                let size = block.len();
+                drop(block);
+                class.blocks_released.fetch_add(1, Relaxed);
+                self.bytes_held.fetch_sub(size, Relaxed);
+                return true;
+            }
+        }
+        false
     }
 
     /// Accounts `size` more bytes if that stays within the cap.

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use muta_proxy::client::{Clients, DisconnectReason, cl_start};
+use muta_proxy::client::{Clients, ClientsCfg, DisconnectReason, cl_start};
 use muta_proxy::com::{ClientRef, ComEventBuf, Event};
 use muta_proxy::config::Config;
 use muta_proxy::event_buf::EventBuf;
@@ -34,10 +34,18 @@ impl Main {
         let pool = pool_for(cfg);
         let evbuf: Arc<ComEventBuf> = Arc::new(EventBuf::new(cfg.runtime.event_buffer_capacity));
         let listener = netpoll::listen(cfg.proxy.listen, 128).unwrap();
-        let io = cl_start(listener, Vec::new(), cfg, evbuf.clone(), pool).unwrap();
-        let addr = io.local_addr();
+        let clients_cfg = ClientsCfg::from_config(cfg);
+        let io = cl_start(
+            vec![listener],
+            Vec::new(),
+            &clients_cfg,
+            evbuf.clone(),
+            pool,
+        )
+        .unwrap();
+        let addr = io.local_addr(0);
         Main {
-            clients: Clients::new(cfg, io),
+            clients: Clients::new(&clients_cfg, io),
             evbuf,
             events: Vec::new(),
             addr,
@@ -53,8 +61,12 @@ impl Main {
         let now = Instant::now();
         for ev in self.events.drain(..) {
             match ev {
-                Event::AcceptClient { stream, addr } => {
-                    self.clients.cl_accept(stream, addr, now);
+                Event::AcceptClient {
+                    listener,
+                    stream,
+                    addr,
+                } => {
+                    self.clients.cl_accept(listener, stream, addr, now);
                 }
                 Event::ReadClient { client, data } => {
                     if self.clients.cl_read(client, data.len(), now).is_some() {
@@ -67,6 +79,7 @@ impl Main {
                 other => panic!("unexpected {}", other.name()),
             }
         }
+        self.clients.take_disconnected().for_each(drop);
         self.clients.cl_flush();
         self.clients.io().wake_if_pending();
     }

@@ -91,12 +91,34 @@ fn the_byte_cap_fails_cleanly_and_recovers() {
     // A free block of the right class is still handed out at the cap...
     drop(held);
     assert!(pool.secpool_malloc(1000).is_ok());
-    // ...but a class with no free block cannot grow past it.
+    // ...and an idle block of another class gives way to a new one: the cap
+    // bounds what is in use (3 KiB here), not what sits on free lists.
     let _hold: Vec<_> = (0..3).map(|_| pool.secpool_malloc(1024).unwrap()).collect();
+    let small = pool.secpool_malloc(16).unwrap();
+    assert_eq!(pool.bytes_held(), 3 * 1024 + 16);
+    drop(small);
+}
+
+/// Found in review: idle blocks of one class used to keep another class from
+/// growing, so mixed traffic could exhaust a cap that bounds what is in use.
+#[test]
+fn idle_blocks_of_other_classes_give_way_at_the_cap() {
+    let pool = pool(64, 32);
+    drop((
+        pool.secpool_malloc(16).unwrap(),
+        pool.secpool_malloc(16).unwrap(),
+    ));
+    assert_eq!(pool.bytes_held(), 32, "two idle 16-byte blocks");
+    let a = pool.secpool_malloc(32).unwrap();
+    let b = pool.secpool_malloc(32).unwrap();
+    assert_eq!(pool.bytes_held(), 64);
+    assert_eq!(pool.stats()[0].blocks_released, 2);
+    // In use alone is now at the cap: that fails, cleanly.
     assert!(matches!(
         pool.secpool_malloc(16),
         Err(SecpoolError::Exhausted { .. })
     ));
+    drop((a, b));
 }
 
 #[test]

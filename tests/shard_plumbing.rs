@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use muta_proxy::com::{ComEventBuf, Event, HupReason, ShardRef};
 use muta_proxy::config::{Config, ShardEntry};
 use muta_proxy::event_buf::EventBuf;
-use muta_proxy::shard::{Shards, shard_start};
+use muta_proxy::shard::{Shards, ShardsCfg, shard_start};
 use util::{free_port, init_logger, loopback, pool_for, test_config};
 
 struct Main {
@@ -37,12 +37,14 @@ impl Main {
                 line: i + 1,
                 host: "127.0.0.1".to_string(),
                 port,
+                key: None,
             })
             .collect();
         let evbuf: Arc<ComEventBuf> = Arc::new(EventBuf::new(cfg.runtime.event_buffer_capacity));
-        let io = shard_start(&entries, cfg, evbuf.clone(), pool_for(cfg)).unwrap();
+        let shards_cfg = ShardsCfg::from_config(cfg);
+        let io = shard_start(&entries, &shards_cfg, evbuf.clone(), pool_for(cfg)).unwrap();
         Main {
-            shards: Shards::new(cfg, &entries, io),
+            shards: Shards::new(&shards_cfg, &entries, io),
             evbuf,
             events: Vec::new(),
             reads: Vec::new(),
@@ -59,6 +61,7 @@ impl Main {
             match ev {
                 Event::ShardConnected { shard, stream } => {
                     self.shards.shard_connected(shard, stream);
+                    self.shards.take_disconnected().for_each(drop);
                     self.connects.push((shard, Instant::now()));
                 }
                 Event::ReadShard { shard, data } => {

@@ -44,8 +44,10 @@ use std::time::{Duration, Instant};
 use log::{debug, error, trace, warn};
 use mio::net::{TcpListener, TcpStream, UnixStream};
 
-use crate::com::{ClientRef, ComEventBuf, Event, FOREVER, HupReason, interrupted, would_block};
-use crate::config::Config;
+use crate::client::ClientsCfg;
+use crate::com::{
+    ClientRef, ComEventBuf, Event, FOREVER, HupReason, LogLimit, interrupted, would_block,
+};
 use crate::event_buf::{Closed, EventBuf, TryPushError};
 use crate::netpoll::{
     NETPOLL_DATA_WAKER, NETPOLL_ERR, NETPOLL_ET, NETPOLL_HUP, NETPOLL_READ, NETPOLL_WRITE, Netpoll,
@@ -53,10 +55,14 @@ use crate::netpoll::{
 };
 use crate::secpool::Secpool;
 
-/// Data word of the listening socket (the thesis's `0xFFFFFFFFFFFFFFFF`).
-pub const CL_LISTENER_DATA: u64 = u64::MAX;
-/// Data word of the first signal pipe; the next ones count down from it.
-pub const CL_SIGNAL_DATA: u64 = u64::MAX - 2;
+/// Data word of the first listening socket; listener `i` is `CL_LISTENER_DATA + i`.
+/// (The thesis marks its one listener with `0xFFFFFFFFFFFFFFFF`; with several
+/// listeners, signal pipes and a waker, the top 256 words are reserved.)
+pub const CL_LISTENER_DATA: u64 = crate::com::NETPOLL_DATA_RESERVED_MIN;
+/// Data word of the first signal pipe; pipe `i` is `CL_SIGNAL_DATA + i`.
+pub const CL_SIGNAL_DATA: u64 = CL_LISTENER_DATA + MAX_LISTENERS as u64;
+/// Most listeners and most signal pipes one client thread polls.
+pub const MAX_LISTENERS: usize = 64;
 /// How long accepting pauses after an error such as `EMFILE` (out of file
 /// descriptors), which would otherwise leave the listener ready forever.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
@@ -92,7 +98,7 @@ pub struct ClientIo {
     waker: NetpollWaker,
     wake_pending: bool,
     thread: Option<JoinHandle<()>>,
-    local_addr: SocketAddr,
+    local_addrs: Vec<SocketAddr>,
 }
 
 impl ClientIo {
@@ -118,9 +124,9 @@ impl ClientIo {
         }
     }
 
-    /// The address the listener is bound to (useful with port 0).
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+    /// The address listener `i` is bound to (useful with port 0).
+    pub fn local_addr(&self, i: usize) -> SocketAddr {
+        self.local_addrs[i]
     }
 
     /// Tells the thread to stop, then waits for it. Safe to call twice.
@@ -190,8 +196,9 @@ struct Limits {
 struct ClientThread {
     np: Netpoll,
     ev_list: Vec<NetpollEvent>,
-    listener: TcpListener,
-    listener_ready: bool,
+    listeners: Vec<TcpListener>,
+    /// Listeners with connections left to accept (an edge seen, not drained).
+    listeners_ready: Vec<bool>,
     accept_paused_until: Option<Instant>,
     signals: Vec<(i32, UnixStream)>,
     /// Indexed by client slot.
@@ -205,31 +212,46 @@ struct ClientThread {
     pool: &'static Secpool,
     scratch: Box<[u8]>,
     limits: Limits,
+    pool_log: LogLimit,
 }
 
-/// Starts the client thread (thesis `cl_start`), named `client`, reading from
-/// `listener` and from the given signal pipes.
+/// Starts the client thread (thesis `cl_start`), named `client`, accepting on
+/// every listener (at most [`MAX_LISTENERS`]) and reading the given signal
+/// pipes.
 pub fn cl_start(
-    listener: TcpListener,
+    listeners: Vec<TcpListener>,
     signals: Vec<(i32, UnixStream)>,
-    cfg: &Config,
+    cfg: &ClientsCfg,
     evbuf: Arc<ComEventBuf>,
     pool: &'static Secpool,
 ) -> io::Result<ClientIo> {
-    let np = Netpoll::init(cfg.runtime.netpoll_events_max)?;
-    np.add(&listener, NETPOLL_READ | NETPOLL_ET, CL_LISTENER_DATA)?;
-    for (i, (_, pipe)) in signals.iter().enumerate() {
-        np.add(pipe, NETPOLL_READ | NETPOLL_ET, CL_SIGNAL_DATA - i as u64)?;
+    if listeners.len() > MAX_LISTENERS || signals.len() > MAX_LISTENERS {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "too many listeners or signals",
+        ));
     }
-    let local_addr = listener.local_addr()?;
-    let max_clients = cfg.client.max_clients as usize;
+    let np = Netpoll::init(cfg.netpoll_events_max)?;
+    let mut local_addrs = Vec::with_capacity(listeners.len());
+    for (i, listener) in listeners.iter().enumerate() {
+        np.add(
+            listener,
+            NETPOLL_READ | NETPOLL_ET,
+            CL_LISTENER_DATA + i as u64,
+        )?;
+        local_addrs.push(listener.local_addr()?);
+    }
+    for (i, (_, pipe)) in signals.iter().enumerate() {
+        np.add(pipe, NETPOLL_READ | NETPOLL_ET, CL_SIGNAL_DATA + i as u64)?;
+    }
+    let max_clients = cfg.max_clients as usize;
     let cmds = Arc::new(EventBuf::new(3 * max_clients + 1));
     let waker = np.waker();
     let thread = ClientThread {
         ev_list: Vec::with_capacity(np.max_events()),
         np,
-        listener,
-        listener_ready: false,
+        listeners_ready: vec![false; listeners.len()],
+        listeners,
         accept_paused_until: None,
         signals,
         conns: (0..max_clients).map(|_| None).collect(),
@@ -237,13 +259,14 @@ pub fn cl_start(
         ready_spare: Vec::with_capacity(max_clients),
         cmds: cmds.clone(),
         cmd_list: Vec::with_capacity(256),
-        outbox: Outbox::new(evbuf, cfg.runtime.io_batch_max),
+        outbox: Outbox::new(evbuf, cfg.io_batch_max),
         pool,
-        scratch: vec![0; cfg.client.read_size].into_boxed_slice(),
+        scratch: vec![0; cfg.read_size].into_boxed_slice(),
         limits: Limits {
-            reads_per_wakeup: cfg.client.reads_per_wakeup,
-            accepts_per_wakeup: cfg.client.accepts_per_wakeup,
+            reads_per_wakeup: cfg.reads_per_wakeup,
+            accepts_per_wakeup: cfg.accepts_per_wakeup,
         },
+        pool_log: LogLimit::default(),
     };
     let handle = thread::Builder::new()
         .name("client".to_string())
@@ -253,7 +276,7 @@ pub fn cl_start(
         waker,
         wake_pending: false,
         thread: Some(handle),
-        local_addr,
+        local_addrs,
     })
 }
 
@@ -277,25 +300,33 @@ impl ClientThread {
         loop {
             let timeout = self.wait_timeout();
             if let Err(err) = self.np.wait(&mut self.ev_list, timeout) {
+                // epoll_wait fails only on a broken epoll fd (EINTR is handled
+                // in netpoll). Do not spin: the one exception to "block only in
+                // netpoll and event_push".
                 error!("client: netpoll_wait failed: {err}");
-                // Do not spin on a persistent error; the wait is the only
-                // place this thread may sleep.
-                self.np.wait(&mut self.ev_list, 10).ok();
+                std::thread::sleep(Duration::from_millis(10));
                 continue;
             }
             for i in 0..self.ev_list.len() {
                 let ev = self.ev_list[i];
                 match ev.data {
-                    CL_LISTENER_DATA => self.listener_ready = true,
                     NETPOLL_DATA_WAKER => {
                         if self.run_commands()? == Flow::Stop {
                             return Ok(());
                         }
                     }
-                    data if data <= CL_SIGNAL_DATA
-                        && data > CL_SIGNAL_DATA - self.signals.len() as u64 =>
+                    data if (CL_LISTENER_DATA..CL_SIGNAL_DATA).contains(&data) => {
+                        if let Some(ready) = self
+                            .listeners_ready
+                            .get_mut((data - CL_LISTENER_DATA) as usize)
+                        {
+                            *ready = true;
+                        }
+                    }
+                    data if data >= CL_SIGNAL_DATA
+                        && data < CL_SIGNAL_DATA + self.signals.len() as u64 =>
                     {
-                        self.read_signal((CL_SIGNAL_DATA - data) as usize)?;
+                        self.read_signal((data - CL_SIGNAL_DATA) as usize)?;
                     }
                     data => self.conn_event(ClientRef::from_data(data), ev.events)?,
                 }
@@ -320,7 +351,11 @@ impl ClientThread {
                 return left.as_millis() as i32 + 1;
             }
         }
-        if self.listener_ready { 0 } else { FOREVER }
+        if self.listeners_ready.contains(&true) {
+            0
+        } else {
+            FOREVER
+        }
     }
 
     fn conn_event(&mut self, client: ClientRef, flags: u32) -> Result<(), Closed> {
@@ -348,20 +383,38 @@ impl ClientThread {
     }
 
     fn accept_some(&mut self) -> Result<(), Closed> {
-        if !self.listener_ready || self.accept_paused_until.is_some() {
-            return Ok(());
+        // The pause ends by its deadline alone: a ready list that never empties
+        // (a busy main thread) must not keep it in force.
+        if let Some(until) = self.accept_paused_until {
+            if Instant::now() < until {
+                return Ok(());
+            }
+            self.accept_paused_until = None;
         }
+        for listener in 0..self.listeners.len() {
+            if self.listeners_ready[listener] {
+                self.accept_from(listener)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn accept_from(&mut self, listener: usize) -> Result<(), Closed> {
         for _ in 0..self.limits.accepts_per_wakeup {
-            match self.listener.accept() {
+            match self.listeners[listener].accept() {
                 Ok((stream, addr)) => {
                     if let Err(err) = stream.set_nodelay(true) {
                         debug!("client: TCP_NODELAY on {addr}: {err}");
                     }
-                    trace!("client: accepted {addr}");
-                    self.outbox.emit(Event::AcceptClient { stream, addr })?;
+                    trace!("client: accepted {addr} on listener {listener}");
+                    self.outbox.emit(Event::AcceptClient {
+                        listener: listener as u32,
+                        stream,
+                        addr,
+                    })?;
                 }
                 Err(err) if would_block(&err) => {
-                    self.listener_ready = false;
+                    self.listeners_ready[listener] = false;
                     return Ok(());
                 }
                 Err(err) if interrupted(&err) || err.kind() == io::ErrorKind::ConnectionAborted => {
@@ -375,7 +428,7 @@ impl ClientThread {
                 }
             }
         }
-        Ok(()) // budget spent; `listener_ready` stays set for the next turn
+        Ok(()) // budget spent; the listener stays ready for the next turn
     }
 
     /// Reads every client on the ready list, keeping those with data left.
@@ -412,7 +465,13 @@ impl ClientThread {
                         continue;
                     }
                     Err(err) => {
-                        error!("client {index}: {err}; dropping the client");
+                        if let Some(suppressed) =
+                            self.pool_log.allow(Instant::now(), Duration::from_secs(1))
+                        {
+                            error!(
+                                "client {index}: {err}; dropping the client ({suppressed} more not logged)"
+                            );
+                        }
                         HupReason::PoolExhausted
                     }
                 },

@@ -4,9 +4,14 @@
 //! As in the thesis, connects are blocking calls made on their own short-lived
 //! threads (named `shard-connect`), retried every `shard.connect_retry_ms`
 //! (2 s) while a shard cannot be reached, and again after a connection is
-//! lost. A connect thread resolves the name, connects with
-//! `shard.connect_timeout_ms`, posts the result to this thread's command queue
-//! and ends; this thread joins it once it has ended, never waiting on it.
+//! lost. A connect thread resolves the name, connects within
+//! `shard.connect_timeout_ms` in all, posts the result to this thread's
+//! command queue and ends. Each attempt has an id and a deadline (the
+//! timeout plus [`CONNECT_GRACE`] for the name lookup): an attempt past it is
+//! given up and its late result ignored. This thread joins a connect thread
+//! only once it has ended, never waiting on it, and starts no new attempt
+//! while the previous thread still runs (a hung DNS lookup), so there is at
+//! most one connect thread per shard.
 //!
 //! Once connected, the socket is shared with the main thread (which writes,
 //! `shard_flush`) and read here until `WouldBlock`, at most
@@ -34,14 +39,21 @@ use log::{debug, error, info, warn};
 use mio::net::TcpStream;
 
 use crate::client::thread::Outbox;
-use crate::com::{ComEventBuf, Event, FOREVER, HupReason, ShardRef, interrupted, would_block};
-use crate::config::{Config, ShardEntry};
+use crate::com::{
+    ComEventBuf, Event, FOREVER, HupReason, LogLimit, ShardRef, interrupted, would_block,
+};
+use crate::config::ShardEntry;
 use crate::event_buf::{Closed, EventBuf, TryPushError};
 use crate::netpoll::{
     NETPOLL_DATA_WAKER, NETPOLL_ERR, NETPOLL_ET, NETPOLL_HUP, NETPOLL_READ, NETPOLL_WRITE, Netpoll,
     NetpollEvent, NetpollWaker,
 };
 use crate::secpool::Secpool;
+use crate::shard::ShardsCfg;
+
+/// Time an attempt may take beyond `shard.connect_timeout_ms`, for the name
+/// lookup, before the shard thread gives up on it.
+pub const CONNECT_GRACE: Duration = Duration::from_secs(1);
 
 /// A command to the shard thread.
 #[derive(Debug)]
@@ -50,6 +62,8 @@ pub enum ShardCmd {
     Connected {
         /// Which shard.
         index: u32,
+        /// Which attempt (a result of an abandoned attempt is ignored).
+        attempt: u64,
         /// The connected, non-blocking socket, or why there is none.
         result: io::Result<std::net::TcpStream>,
     },
@@ -114,19 +128,23 @@ impl ShardIo {
 /// The shard thread's state for one `shards.cfg` line.
 struct Slot {
     entry: ShardEntry,
-    /// Connect attempts so far.
+    /// Connect attempts so far; also the id of the latest.
     attempts: u64,
     /// Number of the last connection made (0 before the first).
     conn_id: u32,
     state: SlotState,
+    /// The connect thread of an earlier attempt, until it has ended.
+    lingering: Option<JoinHandle<()>>,
 }
 
 enum SlotState {
     /// Not connected; the next attempt starts at this time.
     Waiting { next_attempt: Instant },
-    /// A connect thread is running.
+    /// A connect thread runs attempt `attempt`; given up at `deadline`.
     Connecting {
         started: Instant,
+        deadline: Instant,
+        attempt: u64,
         thread: JoinHandle<()>,
     },
     /// Connected and registered.
@@ -146,8 +164,6 @@ struct ShardThread {
     slots: Vec<Slot>,
     ready: Vec<u32>,
     ready_spare: Vec<u32>,
-    /// Connect threads that posted their result but had not ended yet.
-    finishing: Vec<JoinHandle<()>>,
     cmds: Arc<EventBuf<ShardCmd>>,
     cmd_list: Vec<ShardCmd>,
     waker: NetpollWaker,
@@ -157,17 +173,18 @@ struct ShardThread {
     retry: Duration,
     connect_timeout: Duration,
     reads_per_wakeup: u32,
+    pool_log: LogLimit,
 }
 
 /// Starts the shard thread (thesis `shard_start`), named `shard`; the first
 /// connect attempts start at once.
 pub fn shard_start(
     entries: &[ShardEntry],
-    cfg: &Config,
+    cfg: &ShardsCfg,
     evbuf: Arc<ComEventBuf>,
     pool: &'static Secpool,
 ) -> io::Result<ShardIo> {
-    let np = Netpoll::init(cfg.runtime.netpoll_events_max)?;
+    let np = Netpoll::init(cfg.netpoll_events_max)?;
     let waker = np.waker();
     let cmds = Arc::new(EventBuf::new(3 * entries.len() + 1));
     let now = Instant::now();
@@ -181,20 +198,21 @@ pub fn shard_start(
                 attempts: 0,
                 conn_id: 0,
                 state: SlotState::Waiting { next_attempt: now },
+                lingering: None,
             })
             .collect(),
         ready: Vec::with_capacity(entries.len()),
         ready_spare: Vec::with_capacity(entries.len()),
-        finishing: Vec::new(),
         cmds: cmds.clone(),
         cmd_list: Vec::with_capacity(16),
         waker: waker.clone(),
-        outbox: Outbox::new(evbuf, cfg.runtime.io_batch_max),
+        outbox: Outbox::new(evbuf, cfg.io_batch_max),
         pool,
-        scratch: vec![0; cfg.shard.read_size].into_boxed_slice(),
-        retry: Duration::from_millis(cfg.shard.connect_retry_ms),
-        connect_timeout: Duration::from_millis(cfg.shard.connect_timeout_ms),
-        reads_per_wakeup: cfg.shard.reads_per_wakeup,
+        scratch: vec![0; cfg.read_size].into_boxed_slice(),
+        retry: Duration::from_millis(cfg.connect_retry_ms),
+        connect_timeout: Duration::from_millis(cfg.connect_timeout_ms),
+        reads_per_wakeup: cfg.reads_per_wakeup,
+        pool_log: LogLimit::default(),
     };
     let handle = thread::Builder::new()
         .name("shard".to_string())
@@ -208,11 +226,16 @@ pub fn shard_start(
 }
 
 /// Connects to a shard with a blocking connect (thesis §3.8.1), trying each
-/// address the name resolves to.
+/// address the name resolves to, all within `timeout`.
 fn shard_connect(entry: &ShardEntry, timeout: Duration) -> io::Result<std::net::TcpStream> {
+    let deadline = Instant::now() + timeout;
     let mut last_err = io::Error::new(io::ErrorKind::NotFound, "the name resolved to no address");
     for addr in (entry.host.as_str(), entry.port).to_socket_addrs()? {
-        match std::net::TcpStream::connect_timeout(&addr, timeout) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out"));
+        }
+        match std::net::TcpStream::connect_timeout(&addr, left) {
             Ok(stream) => {
                 stream.set_nodelay(true)?;
                 stream.set_nonblocking(true)?;
@@ -235,12 +258,14 @@ impl ShardThread {
 
     fn run_loop(&mut self) -> Result<(), Closed> {
         loop {
+            self.expire_connects();
             self.start_due_connects();
-            self.finishing.retain(|t| !t.is_finished());
             let timeout = self.wait_timeout();
             if let Err(err) = self.np.wait(&mut self.ev_list, timeout) {
+                // See the client thread: the one exception to "block only in
+                // netpoll and event_push", for a broken epoll fd.
                 error!("shard: netpoll_wait failed: {err}");
-                self.np.wait(&mut self.ev_list, 10).ok();
+                thread::sleep(Duration::from_millis(10));
                 continue;
             }
             for i in 0..self.ev_list.len() {
@@ -258,7 +283,8 @@ impl ShardThread {
         }
     }
 
-    /// 0 with reads left over; else until the next due connect attempt.
+    /// 0 with reads left over; else until the next connect attempt is due or
+    /// the next running one must be given up.
     fn wait_timeout(&self) -> i32 {
         if !self.ready.is_empty() {
             return 0;
@@ -268,13 +294,45 @@ impl ShardThread {
             .iter()
             .filter_map(|slot| match slot.state {
                 SlotState::Waiting { next_attempt } => Some(next_attempt),
-                _ => None,
+                SlotState::Connecting { deadline, .. } => Some(deadline),
+                SlotState::Connected(_) => None,
             })
             .min()
             .map_or(FOREVER, |next| {
                 let left = next.saturating_duration_since(now);
                 (left.as_millis() as i32).saturating_add(i32::from(!left.is_zero()))
             })
+    }
+
+    /// Gives up on attempts past their deadline; their late results will be
+    /// ignored.
+    fn expire_connects(&mut self) {
+        let now = Instant::now();
+        for slot in &mut self.slots {
+            let SlotState::Connecting {
+                deadline, started, ..
+            } = slot.state
+            else {
+                continue;
+            };
+            if now < deadline {
+                continue;
+            }
+            info!(
+                "shard {}: connect attempt {} gave no answer in {:?}; retrying",
+                slot.entry.addr(),
+                slot.attempts,
+                now - started
+            );
+            let waiting = SlotState::Waiting {
+                next_attempt: (started + self.retry).max(now),
+            };
+            if let SlotState::Connecting { thread, .. } =
+                std::mem::replace(&mut slot.state, waiting)
+            {
+                slot.lingering = Some(thread);
+            }
+        }
     }
 
     fn start_due_connects(&mut self) {
@@ -286,11 +344,25 @@ impl ShardThread {
             if next_attempt > now {
                 continue;
             }
+            if let Some(thread) = slot.lingering.take() {
+                if !thread.is_finished() {
+                    debug!(
+                        "shard {}: the previous connect thread is still running",
+                        slot.entry.addr()
+                    );
+                    slot.lingering = Some(thread);
+                    slot.state = SlotState::Waiting {
+                        next_attempt: now + self.retry,
+                    };
+                    continue;
+                }
+                let _ = thread.join(); // it has ended: this does not block
+            }
             slot.attempts += 1;
+            let attempt = slot.attempts;
             debug!(
-                "shard {}: connecting (attempt {})",
-                slot.entry.addr(),
-                slot.attempts
+                "shard {}: connecting (attempt {attempt})",
+                slot.entry.addr()
             );
             let entry = slot.entry.clone();
             let timeout = self.connect_timeout;
@@ -302,6 +374,7 @@ impl ShardThread {
                     let result = shard_connect(&entry, timeout);
                     let cmd = ShardCmd::Connected {
                         index: index as u32,
+                        attempt,
                         result,
                     };
                     if cmds.try_push(cmd).is_ok() {
@@ -311,6 +384,8 @@ impl ShardThread {
             slot.state = match spawned {
                 Ok(thread) => SlotState::Connecting {
                     started: now,
+                    deadline: now + self.connect_timeout + CONNECT_GRACE,
+                    attempt,
                     thread,
                 },
                 Err(err) => {
@@ -386,10 +461,14 @@ impl ShardThread {
                         continue;
                     }
                     Err(err) => {
-                        error!(
-                            "shard {}: {err}; dropping the connection",
-                            slot.entry.addr()
-                        );
+                        if let Some(suppressed) =
+                            self.pool_log.allow(Instant::now(), Duration::from_secs(1))
+                        {
+                            error!(
+                                "shard {}: {err}; dropping the connection ({suppressed} more not logged)",
+                                slot.entry.addr()
+                            );
+                        }
                         HupReason::PoolExhausted
                     }
                 },
@@ -429,7 +508,11 @@ impl ShardThread {
 
     fn run_command(&mut self, cmd: ShardCmd) -> Result<bool, Closed> {
         match cmd {
-            ShardCmd::Connected { index, result } => self.connected(index, result)?,
+            ShardCmd::Connected {
+                index,
+                attempt,
+                result,
+            } => self.connected(index, attempt, result)?,
             ShardCmd::WantWrite { shard } => {
                 if let Some(slot) = self.slots.get_mut(shard.index as usize)
                     && let SlotState::Connected(conn) = &mut slot.state
@@ -466,35 +549,41 @@ impl ShardThread {
     fn connected(
         &mut self,
         index: u32,
+        attempt: u64,
         result: io::Result<std::net::TcpStream>,
     ) -> Result<(), Closed> {
         let Some(slot) = self.slots.get_mut(index as usize) else {
             return Ok(());
         };
         let now = Instant::now();
-        let SlotState::Connecting { started, .. } = slot.state else {
-            error!(
-                "shard {}: connect result while not connecting (bug)",
-                slot.entry.addr()
-            );
-            return Ok(());
+        let started = match slot.state {
+            SlotState::Connecting {
+                started,
+                attempt: current,
+                ..
+            } if current == attempt => started,
+            _ => {
+                debug!(
+                    "shard {}: result of abandoned attempt {attempt} ignored",
+                    slot.entry.addr()
+                );
+                return Ok(());
+            }
         };
         let waiting = SlotState::Waiting {
             next_attempt: (started + self.retry).max(now),
         };
-        let SlotState::Connecting { thread, .. } = std::mem::replace(&mut slot.state, waiting)
-        else {
-            unreachable!("matched above");
-        };
-        // The thread posted its result as its last act; join it once it ends.
-        self.finishing.push(thread);
+        if let SlotState::Connecting { thread, .. } = std::mem::replace(&mut slot.state, waiting) {
+            // The thread posted its result as its last act; it is joined once
+            // it has ended, before the next attempt.
+            slot.lingering = Some(thread);
+        }
         let stream = match result {
             Ok(stream) => Arc::new(TcpStream::from_std(stream)),
             Err(err) => {
                 info!(
-                    "shard {}: connect attempt {} failed: {err}; retrying in {:?}",
+                    "shard {}: connect attempt {attempt} failed: {err}; retrying in {:?}",
                     slot.entry.addr(),
-                    slot.attempts,
                     self.retry
                 );
                 return Ok(());
@@ -513,9 +602,8 @@ impl ShardThread {
             return Ok(());
         }
         info!(
-            "shard {}: connected (attempt {}, connection {})",
+            "shard {}: connected (attempt {attempt}, connection {})",
             slot.entry.addr(),
-            slot.attempts,
             shard.conn_id
         );
         slot.state = SlotState::Connected(Conn {

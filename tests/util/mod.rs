@@ -76,3 +76,5 @@ pub fn pseudo_random_bytes(len: usize, seed: u64) -> Vec<u8> {
         })
         .collect()
 }
+
+pub mod system;

@@ -1,0 +1,336 @@
+//! A blocking MUTA client (thesis §3.8.3 from the player's side): log in, get
+//! a ticket, connect to the proxy, prove the token, exchange game messages.
+//!
+//! One thread per connection and plain blocking sockets: for tests and tools
+//! that script one player at a time (a wrong token, a replayed token, a proxy
+//! with the wrong key, a frame the filter must refuse). The load client in
+//! [`super`] drives thousands of players with the same protocol code
+//! ([`Channel`]), without blocking.
+
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::cryptchan::{KeyPair, PublicKey, TOKEN_BYTES};
+use crate::proto::ProtoError;
+use crate::proto::client::AuthProof;
+use crate::proto::frame::{Channel, ChannelError, Step};
+use crate::proto::login::{FromLogin, RESULT_OK, ToLogin};
+
+/// Why a client step failed.
+#[derive(Debug)]
+pub enum ClientError {
+    /// A socket error, or the peer closed the connection.
+    Io(io::Error),
+    /// A channel failure: bad bytes, failed MAC, unexpected key.
+    Channel(ChannelError),
+    /// A message that is not the protocol.
+    Proto(ProtoError),
+    /// The login server refused: the `RESULT_*` code.
+    Refused(u8),
+    /// Nothing arrived in time.
+    Timeout,
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientError::Io(e) => write!(f, "{e}"),
+            ClientError::Channel(e) => write!(f, "{e}"),
+            ClientError::Proto(e) => write!(f, "{e}"),
+            ClientError::Refused(code) => write!(f, "refused by the login server (result {code})"),
+            ClientError::Timeout => f.write_str("timed out"),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+impl From<io::Error> for ClientError {
+    fn from(e: io::Error) -> ClientError {
+        ClientError::Io(e)
+    }
+}
+
+impl From<ChannelError> for ClientError {
+    fn from(e: ChannelError) -> ClientError {
+        ClientError::Channel(e)
+    }
+}
+
+/// What the login server hands a player: where to go and what to prove.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Ticket {
+    /// The account.
+    pub account_id: u64,
+    /// The proxy's public `HOST:PORT`.
+    pub proxy_address: String,
+    /// The key the proxy must present.
+    pub proxy_key: PublicKey,
+    /// The 64-byte token.
+    pub token: [u8; TOKEN_BYTES],
+}
+
+impl fmt::Debug for Ticket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ticket")
+            .field("proxy_address", &self.proxy_address)
+            .field("proxy_key", &self.proxy_key)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An encrypted connection, blocking: a socket and a [`Channel`] (initiator).
+#[derive(Debug)]
+pub struct Conn {
+    stream: TcpStream,
+    chan: Channel,
+    in_buf: Vec<u8>,
+    out: Vec<u8>,
+}
+
+impl Conn {
+    /// Connects and runs the handshake, refusing an acceptor whose key is not
+    /// `expected` (when given).
+    pub fn connect(
+        addr: &str,
+        expected: Option<PublicKey>,
+        timeout: Duration,
+    ) -> Result<Conn, ClientError> {
+        let addr: SocketAddr = addr
+            .to_socket_addrs()?
+            .next()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address"))?;
+        let stream = TcpStream::connect_timeout(&addr, timeout)?;
+        stream.set_nodelay(true)?;
+        let mut out = Vec::new();
+        let chan = Channel::initiator(Arc::new(KeyPair::generate()), expected, &mut out);
+        let mut conn = Conn {
+            stream,
+            chan,
+            in_buf: Vec::new(),
+            out,
+        };
+        conn.flush()?;
+        let deadline = Instant::now() + timeout;
+        while !conn.chan.is_open() {
+            conn.step(deadline)?;
+        }
+        conn.flush()?;
+        Ok(conn)
+    }
+
+    fn flush(&mut self) -> Result<(), ClientError> {
+        self.chan.seal(&mut self.out)?;
+        self.stream.write_all(&self.out)?;
+        self.out.clear();
+        Ok(())
+    }
+
+    /// Reads until one handshake step or frame is processed; returns the
+    /// frame's plaintext, if it was a frame.
+    fn step(&mut self, deadline: Instant) -> Result<Option<Vec<u8>>, ClientError> {
+        loop {
+            match self.chan.next(&mut self.in_buf, &mut self.out)? {
+                Step::NeedMore => {}
+                Step::Handshake { consumed } | Step::Opened { consumed } => {
+                    self.in_buf.drain(..consumed);
+                    return Ok(None);
+                }
+                Step::Frame {
+                    consumed,
+                    plaintext,
+                } => {
+                    let frame = plaintext.to_vec();
+                    self.in_buf.drain(..consumed);
+                    return Ok(Some(frame));
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ClientError::Timeout);
+            }
+            self.stream.set_read_timeout(Some(left))?;
+            let mut buf = [0u8; 16 * 1024];
+            match self.stream.read(&mut buf) {
+                Ok(0) => {
+                    return Err(
+                        io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed").into(),
+                    );
+                }
+                Ok(n) => self.in_buf.extend_from_slice(&buf[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Err(ClientError::Timeout);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Sends one frame holding `plaintext` (one or more messages).
+    pub fn send_frame(&mut self, plaintext: &[u8]) -> Result<(), ClientError> {
+        self.chan.send(&mut self.out, plaintext)?;
+        self.flush()
+    }
+
+    /// Writes raw bytes past the channel (to test what peers do with them).
+    pub fn send_raw(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
+        self.stream.write_all(bytes)?;
+        Ok(())
+    }
+
+    /// Encrypts a frame holding `plaintext` and returns its bytes without
+    /// sending them (to tamper with, reorder or replay).
+    pub fn seal_frame(&mut self, plaintext: &[u8]) -> Result<Vec<u8>, ClientError> {
+        let mut frame = Vec::new();
+        self.chan.send(&mut frame, plaintext)?;
+        self.chan.seal(&mut frame)?;
+        Ok(frame)
+    }
+
+    /// The next frame's plaintext, waiting up to `timeout`.
+    pub fn recv_frame(&mut self, timeout: Duration) -> Result<Vec<u8>, ClientError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(frame) = self.step(deadline)? {
+                return Ok(frame);
+            }
+        }
+    }
+
+    /// True if the peer closes the connection within `timeout` (whatever it
+    /// sends first is discarded).
+    pub fn closed_within(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut buf = [0u8; 4096];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || self.stream.set_read_timeout(Some(left)).is_err() {
+                return false;
+            }
+            match self.stream.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return false;
+                }
+                Err(_) => return true, // reset
+            }
+        }
+    }
+
+    /// The acceptor's key, as presented in the handshake.
+    pub fn peer_key(&self) -> Option<PublicKey> {
+        self.chan.peer_key()
+    }
+}
+
+/// Logs in and asks for a shard (thesis §3.8.3): returns the ticket.
+pub fn login(
+    login_addr: &str,
+    login_key: Option<PublicKey>,
+    account_name: &str,
+    password: &str,
+    shard_name: &str,
+    timeout: Duration,
+) -> Result<Ticket, ClientError> {
+    let mut conn = Conn::connect(login_addr, login_key, timeout)?;
+    let mut msg = Vec::new();
+    ToLogin::Login {
+        account_name,
+        password: password.as_bytes(),
+    }
+    .encode(&mut msg);
+    conn.send_frame(&msg)?;
+    let frame = conn.recv_frame(timeout)?;
+    let account_id = match FromLogin::decode(&frame) {
+        Ok(Some((
+            FromLogin::LoginResult {
+                result: RESULT_OK,
+                account_id,
+            },
+            _,
+        ))) => account_id,
+        Ok(Some((FromLogin::LoginResult { result, .. }, _))) => {
+            return Err(ClientError::Refused(result));
+        }
+        Ok(_) => {
+            return Err(ClientError::Proto(ProtoError::BadValue(
+                "expected FLOGIN_MSG_LOGIN_RESULT",
+            )));
+        }
+        Err(e) => return Err(ClientError::Proto(e)),
+    };
+    msg.clear();
+    ToLogin::SelectShard { shard_name }.encode(&mut msg);
+    conn.send_frame(&msg)?;
+    let frame = conn.recv_frame(timeout)?;
+    match FromLogin::decode(&frame) {
+        Ok(Some((
+            FromLogin::ShardResult {
+                ticket: Some((ticket, token)),
+                ..
+            },
+            _,
+        ))) => Ok(Ticket {
+            account_id,
+            proxy_address: ticket.address.to_string(),
+            proxy_key: ticket.key,
+            token: *token,
+        }),
+        Ok(Some((FromLogin::ShardResult { result, .. }, _))) => Err(ClientError::Refused(result)),
+        Ok(_) => Err(ClientError::Proto(ProtoError::BadValue(
+            "expected FLOGIN_MSG_SHARD_RESULT",
+        ))),
+        Err(e) => Err(ClientError::Proto(e)),
+    }
+}
+
+/// Connects to the ticket's proxy, refusing any key but the ticket's, and
+/// sends the auth proof. The shard's welcome is the first frame to read.
+pub fn enter(
+    ticket: &Ticket,
+    account_name: &str,
+    shard_name: &str,
+    timeout: Duration,
+) -> Result<Conn, ClientError> {
+    enter_at(
+        &ticket.proxy_address,
+        ticket,
+        account_name,
+        shard_name,
+        timeout,
+    )
+}
+
+/// As [`enter`], at another address (to test a proxy other than the ticket's).
+pub fn enter_at(
+    addr: &str,
+    ticket: &Ticket,
+    account_name: &str,
+    shard_name: &str,
+    timeout: Duration,
+) -> Result<Conn, ClientError> {
+    let mut conn = Conn::connect(addr, Some(ticket.proxy_key), timeout)?;
+    let mut proof = Vec::new();
+    AuthProof {
+        account_name,
+        shard_name,
+        token: &ticket.token,
+    }
+    .encode(&mut proof);
+    conn.send_frame(&proof)?;
+    Ok(conn)
+}

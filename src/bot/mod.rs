@@ -1,0 +1,1023 @@
+//! `muta-bot`: the MUTA client library ([`client`]) and a load client that
+//! plays many players at once against a login server, its shards and their
+//! proxies (thesis §3.7 "Testing", §3.8.5 "More thorough testing").
+//!
+//! Each bot logs in (account `bot{i}`, password the same), is sent to a proxy
+//! by its shard, connects to that proxy (refusing any key but the one the
+//! login server named), proves its token, waits for the shard's welcome, and
+//! then sends `rate` echo messages a second for `duration` seconds — exactly
+//! `round(rate * duration)` of them — and optionally chat lines (broadcast to
+//! every player). Every echo must come back once and in order; its round trip
+//! is the latency measured. A bot with an error, a missing or reordered echo,
+//! or no welcome has failed.
+//!
+//! The bots run on a few worker threads, each an event loop over netpoll with
+//! non-blocking sockets (thousands of bots per thread). The report is one
+//! JSON object (the contract other checks build on):
+//!
+//! ```text
+//! {"clients":N,"authenticated":A,"sent":S,"received":R,"errors":E,
+//!  "latency_us":{"p50":..,"p99":..,"p999":..,"max":..}}
+//! ```
+//!
+//! `sent` and `received` count echo messages; `errors` counts failed bots.
+//! SIGINT or SIGTERM stops sending early: the bots drain their last replies
+//! and the report covers the bots that started playing.
+
+pub mod client;
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::ffi::OsString;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use mio::net::TcpStream;
+
+use crate::cryptchan::{KeyPair, PublicKey, TOKEN_BYTES};
+use crate::netpoll::{
+    NETPOLL_ERR, NETPOLL_ET, NETPOLL_HUP, NETPOLL_READ, NETPOLL_WRITE, Netpoll, NetpollEvent,
+};
+use crate::proto::client::{AuthProof, ClientMsg, ServerMsg};
+use crate::proto::frame::{Channel, Step};
+use crate::proto::login::{FromLogin, RESULT_OK, ToLogin};
+
+/// How a load run is shaped.
+#[derive(Clone, Debug)]
+pub struct BotCfg {
+    /// The login server.
+    pub login: String,
+    /// The login server's key, if pinned.
+    pub login_key: Option<PublicKey>,
+    /// The shard to ask for.
+    pub shard: String,
+    /// Number of bots.
+    pub clients: u32,
+    /// First account number (`bot{first}`..).
+    pub first_account: u32,
+    /// Echo messages per second per bot.
+    pub rate: f64,
+    /// Chat lines per second per bot (broadcast to every player).
+    pub chat_rate: f64,
+    /// How long each bot sends, from its welcome.
+    pub duration: Duration,
+    /// Bytes of echo padding.
+    pub size: usize,
+    /// Bots start spread over this long.
+    pub ramp: Duration,
+    /// How long to wait for the last replies.
+    pub drain: Duration,
+    /// Worker threads.
+    pub threads: usize,
+    /// Give up on a bot that has not been welcomed by then.
+    pub connect_timeout: Duration,
+    /// Print one progress line per second on stderr.
+    pub progress: bool,
+}
+
+impl Default for BotCfg {
+    fn default() -> BotCfg {
+        BotCfg {
+            login: "127.0.0.1:7700".to_string(),
+            login_key: None,
+            shard: "shard-1".to_string(),
+            clients: 10,
+            first_account: 0,
+            rate: 10.0,
+            chat_rate: 0.0,
+            duration: Duration::from_secs(10),
+            size: 32,
+            ramp: Duration::from_secs(1),
+            drain: Duration::from_secs(5),
+            threads: 2,
+            connect_timeout: Duration::from_secs(20),
+            progress: false,
+        }
+    }
+}
+
+/// Latency percentiles, in microseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Latency {
+    /// Median.
+    pub p50: u64,
+    /// 99th percentile.
+    pub p99: u64,
+    /// 99.9th percentile.
+    pub p999: u64,
+    /// Largest.
+    pub max: u64,
+}
+
+/// What a run measured.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BotReport {
+    /// Bots started.
+    pub clients: u32,
+    /// Bots the shard welcomed.
+    pub authenticated: u32,
+    /// Echo messages sent.
+    pub sent: u64,
+    /// Echo messages received back.
+    pub received: u64,
+    /// Bots that failed.
+    pub errors: u32,
+    /// Echo round trips.
+    pub latency_us: Latency,
+    /// Broadcast messages received (chat, moves, emotes).
+    pub broadcasts: u64,
+    /// Why bots failed, with counts (not part of the JSON contract).
+    pub failures: Vec<(String, u32)>,
+}
+
+impl BotReport {
+    /// The JSON contract line.
+    pub fn to_json(&self) -> String {
+        format!(
+            "{{\"clients\":{},\"authenticated\":{},\"sent\":{},\"received\":{},\"errors\":{},\
+             \"latency_us\":{{\"p50\":{},\"p99\":{},\"p999\":{},\"max\":{}}}}}",
+            self.clients,
+            self.authenticated,
+            self.sent,
+            self.received,
+            self.errors,
+            self.latency_us.p50,
+            self.latency_us.p99,
+            self.latency_us.p999,
+            self.latency_us.max
+        )
+    }
+
+    /// True when every bot was welcomed and got every echo back.
+    pub fn ok(&self) -> bool {
+        self.errors == 0 && self.authenticated == self.clients && self.received == self.sent
+    }
+}
+
+/// Counters the workers update, read for progress lines.
+#[derive(Debug)]
+struct Live {
+    authenticated: AtomicU64,
+    sent: AtomicU64,
+    received: AtomicU64,
+    errors: AtomicU64,
+    /// Round trips by log bucket, for a live p99 (the report uses exact samples).
+    buckets: Vec<AtomicU64>,
+    /// Set by SIGINT/SIGTERM: stop sending, drain, report.
+    stop: Arc<AtomicBool>,
+}
+
+/// Buckets of the live histogram: 4 per power of two of microseconds.
+const BUCKETS: usize = 4 * 40;
+
+fn bucket_of(us: u64) -> usize {
+    let us = us.max(1);
+    let e = 63 - us.leading_zeros() as usize;
+    let sub = if e >= 2 {
+        (us >> (e - 2)) as usize & 3
+    } else {
+        0
+    };
+    (e * 4 + sub).min(BUCKETS - 1)
+}
+
+/// The largest value of a bucket.
+fn bucket_top(i: usize) -> u64 {
+    let (e, sub) = (i / 4, i % 4 + 1);
+    if e >= 2 {
+        ((4 + sub as u64) << (e - 2)) - 1
+    } else {
+        1 << e
+    }
+}
+
+impl Live {
+    fn new(stop: Arc<AtomicBool>) -> Live {
+        Live {
+            authenticated: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
+            received: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            stop,
+        }
+    }
+
+    /// The p99 of the samples recorded since `last` (bucket counts then),
+    /// which it updates.
+    fn p99_since(&self, last: &mut [u64]) -> u64 {
+        let now: Vec<u64> = self
+            .buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
+        let delta: Vec<u64> = now.iter().zip(last.iter()).map(|(n, l)| n - l).collect();
+        last.copy_from_slice(&now);
+        let total: u64 = delta.iter().sum();
+        if total == 0 {
+            return 0;
+        }
+        let mut seen = 0;
+        for (i, n) in delta.iter().enumerate() {
+            seen += n;
+            if seen * 100 >= total * 99 {
+                return bucket_top(i);
+            }
+        }
+        0
+    }
+}
+
+/// Runs the bots and returns what they measured.
+pub fn run(cfg: &BotCfg) -> BotReport {
+    run_until(cfg, Arc::new(AtomicBool::new(false)))
+}
+
+/// As [`run`]; setting `stop` ends sending early (the bots drain and report).
+pub fn run_until(cfg: &BotCfg, stop: Arc<AtomicBool>) -> BotReport {
+    crate::cryptchan::init().expect("libsodium");
+    let live = Arc::new(Live::new(stop));
+    let epoch = Instant::now();
+    let threads = cfg.threads.clamp(1, 64).min(cfg.clients.max(1) as usize);
+    let mut handles = Vec::new();
+    for t in 0..threads {
+        let cfg = cfg.clone();
+        let live = live.clone();
+        let bots: Vec<u32> = (0..cfg.clients)
+            .filter(|i| *i as usize % threads == t)
+            .collect();
+        handles.push(
+            thread::Builder::new()
+                .name(format!("bot-{t}"))
+                .spawn(move || Worker::new(cfg, bots, epoch, live).run())
+                .expect("spawn a bot worker"),
+        );
+    }
+    let progress = cfg.progress.then(|| {
+        let live = live.clone();
+        let total = cfg.clients;
+        let stop = Arc::new(AtomicU64::new(0));
+        let stop2 = stop.clone();
+        let handle = thread::spawn(move || {
+            let mut last_sent = 0;
+            let mut last_recv = 0;
+            let mut last_buckets = vec![0u64; BUCKETS];
+            while stop2.load(Ordering::Relaxed) == 0 {
+                thread::sleep(Duration::from_secs(1));
+                let sent = live.sent.load(Ordering::Relaxed);
+                let recv = live.received.load(Ordering::Relaxed);
+                let p99 = live.p99_since(&mut last_buckets);
+                eprintln!(
+                    "{{\"progress\":true,\"t_ms\":{},\"clients\":{total},\"authenticated\":{},\"sent_per_s\":{},\"received_per_s\":{},\"p99_us\":{p99},\"errors\":{}}}",
+                    epoch.elapsed().as_millis(),
+                    live.authenticated.load(Ordering::Relaxed),
+                    sent - last_sent,
+                    recv - last_recv,
+                    live.errors.load(Ordering::Relaxed)
+                );
+                last_sent = sent;
+                last_recv = recv;
+            }
+        });
+        (stop, handle)
+    });
+    let mut report = BotReport {
+        clients: cfg.clients,
+        ..BotReport::default()
+    };
+    let mut samples: Vec<u32> = Vec::new();
+    let mut failures: HashMap<String, u32> = HashMap::new();
+    for handle in handles {
+        let r = handle.join().expect("bot worker panicked");
+        report.authenticated += r.authenticated;
+        report.clients -= r.stopped;
+        report.sent += r.sent;
+        report.received += r.received;
+        report.errors += r.errors;
+        report.broadcasts += r.broadcasts;
+        samples.extend_from_slice(&r.samples);
+        for (why, n) in r.failures {
+            *failures.entry(why).or_insert(0) += n;
+        }
+    }
+    if let Some((stop, handle)) = progress {
+        stop.store(1, Ordering::Relaxed);
+        let _ = handle.join();
+    }
+    samples.sort_unstable();
+    let pick = |q: f64| -> u64 {
+        if samples.is_empty() {
+            return 0;
+        }
+        let i = ((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1;
+        u64::from(samples[i])
+    };
+    report.latency_us = Latency {
+        p50: pick(0.50),
+        p99: pick(0.99),
+        p999: pick(0.999),
+        max: samples.last().map_or(0, |&v| u64::from(v)),
+    };
+    let mut failures: Vec<(String, u32)> = failures.into_iter().collect();
+    failures.sort_by_key(|f| std::cmp::Reverse(f.1));
+    report.failures = failures;
+    report
+}
+
+/// Where one bot is.
+enum Phase {
+    /// Not started; starts at its ramp time.
+    Idle,
+    /// Talking to the login server.
+    Login,
+    /// Talking to the proxy, before the shard's welcome.
+    Enter,
+    /// Welcomed: sending and checking echoes.
+    Playing,
+    /// All echoes sent; waiting for the last replies.
+    Draining,
+    /// Finished well.
+    Done,
+    /// Failed (counted once).
+    Failed,
+}
+
+struct Bot {
+    account: String,
+    phase: Phase,
+    stream: Option<TcpStream>,
+    chan: Option<Channel>,
+    in_buf: Vec<u8>,
+    out: Vec<u8>,
+    /// The login exchange: 0 waiting for the login result, 1 for the shard result.
+    login_step: u8,
+    ticket: Option<(String, PublicKey, [u8; TOKEN_BYTES])>,
+    /// Echoes to send in all, sent so far, and the next expected back.
+    to_send: u64,
+    next_seq: u32,
+    next_expect: u32,
+    chats_sent: u64,
+    started: Instant,
+    playing_since: Instant,
+    deadline: Instant,
+}
+
+struct WorkerResult {
+    /// Bots stopped by a signal before they were welcomed.
+    stopped: u32,
+    authenticated: u32,
+    sent: u64,
+    received: u64,
+    errors: u32,
+    broadcasts: u64,
+    samples: Vec<u32>,
+    failures: HashMap<String, u32>,
+}
+
+struct Worker {
+    cfg: BotCfg,
+    np: Netpoll,
+    ev_list: Vec<NetpollEvent>,
+    bots: Vec<Bot>,
+    timers: BinaryHeap<Reverse<(Instant, u32)>>,
+    epoch: Instant,
+    live: Arc<Live>,
+    login_addr: Option<SocketAddr>,
+    padding: Vec<u8>,
+    msg: Vec<u8>,
+    read_buf: Vec<u8>,
+    result: WorkerResult,
+    active: usize,
+}
+
+impl Worker {
+    fn new(cfg: BotCfg, ids: Vec<u32>, epoch: Instant, live: Arc<Live>) -> Worker {
+        let n = cfg.clients.max(1) as f64;
+        let to_send = (cfg.rate * cfg.duration.as_secs_f64()).round() as u64;
+        let mut timers = BinaryHeap::new();
+        let bots: Vec<Bot> = ids
+            .iter()
+            .enumerate()
+            .map(|(local, &i)| {
+                let start = epoch + cfg.ramp.mul_f64(f64::from(i) / n);
+                timers.push(Reverse((start, local as u32)));
+                Bot {
+                    account: format!("bot{}", cfg.first_account + i),
+                    phase: Phase::Idle,
+                    stream: None,
+                    chan: None,
+                    in_buf: Vec::new(),
+                    out: Vec::new(),
+                    login_step: 0,
+                    ticket: None,
+                    to_send,
+                    next_seq: 0,
+                    next_expect: 0,
+                    chats_sent: 0,
+                    started: start,
+                    playing_since: start,
+                    deadline: start + cfg.connect_timeout,
+                }
+            })
+            .collect();
+        let active = bots.len();
+        let login_addr = cfg.login.to_socket_addrs().ok().and_then(|mut a| a.next());
+        Worker {
+            padding: vec![0x42; cfg.size],
+            cfg,
+            np: Netpoll::init(1024).expect("netpoll"),
+            ev_list: Vec::with_capacity(1024),
+            bots,
+            timers,
+            epoch,
+            live,
+            login_addr,
+            msg: Vec::new(),
+            read_buf: vec![0; 64 * 1024],
+            result: WorkerResult {
+                stopped: 0,
+                authenticated: 0,
+                sent: 0,
+                received: 0,
+                errors: 0,
+                broadcasts: 0,
+                samples: Vec::new(),
+                failures: HashMap::new(),
+            },
+            active,
+        }
+    }
+
+    fn run(mut self) -> WorkerResult {
+        let mut stopping = false;
+        while self.active > 0 {
+            if !stopping && self.live.stop.load(Ordering::Relaxed) {
+                stopping = true;
+                self.stop_all();
+                if self.active == 0 {
+                    break;
+                }
+            }
+            let now = Instant::now();
+            // Wake at least every 100 ms to notice a stop request.
+            let timeout = match self.timers.peek() {
+                Some(Reverse((at, _))) => {
+                    (at.saturating_duration_since(now).as_millis() as i32 + 1).min(100)
+                }
+                None => 100,
+            };
+            if self.np.wait(&mut self.ev_list, timeout).is_err() {
+                continue;
+            }
+            for i in 0..self.ev_list.len() {
+                let ev = self.ev_list[i];
+                let b = ev.data as u32;
+                if ev.events & (NETPOLL_READ | NETPOLL_HUP | NETPOLL_ERR) != 0 {
+                    self.readable(b);
+                }
+                if ev.events & NETPOLL_WRITE != 0 {
+                    self.flush(b);
+                }
+            }
+            let now = Instant::now();
+            while let Some(&Reverse((at, b))) = self.timers.peek() {
+                if at > now {
+                    break;
+                }
+                self.timers.pop();
+                self.timer(b, now);
+            }
+        }
+        self.result
+    }
+
+    /// Stops sending: bots that play drain, bots not yet welcomed are done
+    /// (stopped, not failed).
+    fn stop_all(&mut self) {
+        let now = Instant::now();
+        for b in 0..self.bots.len() as u32 {
+            let bot = &mut self.bots[b as usize];
+            match bot.phase {
+                Phase::Playing => {
+                    bot.to_send = u64::from(bot.next_seq);
+                    bot.phase = Phase::Draining;
+                    bot.deadline = now + self.cfg.drain;
+                    let deadline = bot.deadline;
+                    if bot.next_expect == bot.next_seq {
+                        self.done(b);
+                    } else {
+                        self.timers.push(Reverse((deadline, b)));
+                    }
+                }
+                Phase::Idle | Phase::Login | Phase::Enter => {
+                    self.result.stopped += 1;
+                    self.done(b);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn fail(&mut self, b: u32, why: &str) {
+        let bot = &mut self.bots[b as usize];
+        if matches!(bot.phase, Phase::Done | Phase::Failed) {
+            return;
+        }
+        bot.phase = Phase::Failed;
+        if let Some(stream) = bot.stream.take() {
+            let _ = self.np.del(&stream);
+        }
+        bot.chan = None;
+        self.result.errors += 1;
+        self.live.errors.fetch_add(1, Ordering::Relaxed);
+        *self.result.failures.entry(why.to_string()).or_insert(0) += 1;
+        self.active -= 1;
+    }
+
+    fn done(&mut self, b: u32) {
+        let bot = &mut self.bots[b as usize];
+        bot.phase = Phase::Done;
+        if let Some(stream) = bot.stream.take() {
+            let _ = self.np.del(&stream);
+        }
+        bot.chan = None;
+        self.active -= 1;
+    }
+
+    fn connect(&mut self, b: u32, addr: SocketAddr, expected: Option<PublicKey>) -> bool {
+        let stream = match TcpStream::connect(addr) {
+            Ok(s) => s,
+            Err(_) => return false,
+        };
+        let _ = stream.set_nodelay(true);
+        if self
+            .np
+            .add(
+                &stream,
+                NETPOLL_READ | NETPOLL_WRITE | NETPOLL_ET,
+                u64::from(b),
+            )
+            .is_err()
+        {
+            return false;
+        }
+        let bot = &mut self.bots[b as usize];
+        bot.in_buf.clear();
+        bot.out.clear();
+        bot.chan = Some(Channel::initiator(
+            Arc::new(KeyPair::generate()),
+            expected,
+            &mut bot.out,
+        ));
+        bot.stream = Some(stream);
+        true
+    }
+
+    fn timer(&mut self, b: u32, now: Instant) {
+        let bot = &self.bots[b as usize];
+        match bot.phase {
+            Phase::Idle if now >= bot.started => {
+                let Some(addr) = self.login_addr else {
+                    return self.fail(b, "cannot resolve the login server's address");
+                };
+                if !self.connect(b, addr, self.cfg.login_key) {
+                    return self.fail(b, "cannot connect to the login server");
+                }
+                let bot = &mut self.bots[b as usize];
+                bot.phase = Phase::Login;
+                let deadline = bot.deadline;
+                self.timers.push(Reverse((deadline, b)));
+            }
+            Phase::Login | Phase::Enter if now >= bot.deadline => {
+                self.fail(b, "not welcomed by the shard in time")
+            }
+            Phase::Playing => self.send_due(b, now),
+            Phase::Draining if now >= bot.deadline => {
+                let missing = u64::from(bot.next_seq - bot.next_expect);
+                if missing > 0 {
+                    self.fail(b, "echo replies missing at the end");
+                } else {
+                    self.done(b);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Sends the echoes and chat lines due by `now`, then schedules the next.
+    fn send_due(&mut self, b: u32, now: Instant) {
+        let rate = self.cfg.rate;
+        let chat_rate = self.cfg.chat_rate;
+        let bot = &mut self.bots[b as usize];
+        let elapsed = now.duration_since(bot.playing_since).as_secs_f64();
+        let due_echo = ((elapsed * rate).floor() as u64 + 1).min(bot.to_send);
+        let due_chat = if chat_rate > 0.0 {
+            ((elapsed * chat_rate).floor() as u64 + 1)
+                .min((chat_rate * self.cfg.duration.as_secs_f64()).round() as u64)
+        } else {
+            0
+        };
+        let mut sent = 0;
+        self.msg.clear();
+        while u64::from(bot.next_seq) < due_echo {
+            ClientMsg::Echo {
+                seq: bot.next_seq,
+                time_us: self.epoch.elapsed().as_micros() as u64,
+                data: &self.padding,
+            }
+            .encode(&mut self.msg);
+            bot.next_seq += 1;
+            sent += 1;
+        }
+        while bot.chats_sent < due_chat {
+            ClientMsg::Chat {
+                text: b"hello from a bot",
+            }
+            .encode(&mut self.msg);
+            bot.chats_sent += 1;
+        }
+        if !self.msg.is_empty() {
+            let chan = bot.chan.as_mut().expect("playing bots have a channel");
+            if chan.send(&mut bot.out, &self.msg).is_err() {
+                return self.fail(b, "cannot encrypt");
+            }
+            self.result.sent += sent;
+            self.live.sent.fetch_add(sent, Ordering::Relaxed);
+            self.flush(b);
+        }
+        let bot = &mut self.bots[b as usize];
+        if !matches!(bot.phase, Phase::Playing) {
+            return;
+        }
+        if u64::from(bot.next_seq) >= bot.to_send {
+            bot.phase = Phase::Draining;
+            bot.deadline = now + self.cfg.drain;
+            let deadline = bot.deadline;
+            self.timers.push(Reverse((deadline, b)));
+            // A bot with nothing left to wait for ends at once.
+            if bot.next_expect == bot.next_seq {
+                self.done(b);
+            }
+            return;
+        }
+        let next_echo =
+            bot.playing_since + Duration::from_secs_f64(f64::from(bot.next_seq) / rate.max(1e-9));
+        self.timers.push(Reverse((next_echo.max(now), b)));
+    }
+
+    fn flush(&mut self, b: u32) {
+        let bot = &mut self.bots[b as usize];
+        let (Some(stream), Some(chan)) = (&bot.stream, &mut bot.chan) else {
+            return;
+        };
+        if chan.seal(&mut bot.out).is_err() {
+            return self.fail(b, "cannot encrypt");
+        }
+        while !bot.out.is_empty() {
+            match (&*stream).write(&bot.out) {
+                Ok(n) => {
+                    bot.out.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return self.fail(b, "write failed"),
+            }
+        }
+    }
+
+    fn readable(&mut self, b: u32) {
+        loop {
+            let bot = &mut self.bots[b as usize];
+            let Some(stream) = &bot.stream else {
+                return;
+            };
+            match (&*stream).read(&mut self.read_buf) {
+                Ok(0) => {
+                    let why = match bot.phase {
+                        Phase::Login => "the login server closed the connection",
+                        Phase::Enter => "the proxy closed the connection before the welcome",
+                        _ => "the proxy closed the connection",
+                    };
+                    return self.fail(b, why);
+                }
+                Ok(n) => {
+                    bot.in_buf.extend_from_slice(&self.read_buf[..n]);
+                    if !self.process(b) {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return self.fail(b, "connection reset"),
+            }
+        }
+    }
+
+    /// Handles whatever complete messages the bot's buffer holds. False if
+    /// the bot stopped (failed, done, or moved to another connection).
+    fn process(&mut self, b: u32) -> bool {
+        let mut pos = 0;
+        loop {
+            let bot = &mut self.bots[b as usize];
+            let Some(chan) = bot.chan.as_mut() else {
+                return false;
+            };
+            let step = match chan.next(&mut bot.in_buf[pos..], &mut bot.out) {
+                Ok(step) => step,
+                Err(e) => {
+                    let why = format!("channel error: {e}");
+                    self.fail(b, &why);
+                    return false;
+                }
+            };
+            match step {
+                Step::NeedMore => break,
+                Step::Handshake { consumed } => pos += consumed,
+                Step::Opened { consumed } => {
+                    pos += consumed;
+                    self.msg.clear();
+                    let bot = &mut self.bots[b as usize];
+                    match bot.phase {
+                        Phase::Login => ToLogin::Login {
+                            account_name: &bot.account,
+                            password: bot.account.as_bytes(),
+                        }
+                        .encode(&mut self.msg),
+                        _ => {
+                            let (_, _, token) =
+                                bot.ticket.as_ref().expect("entering with a ticket");
+                            AuthProof {
+                                account_name: &bot.account,
+                                shard_name: &self.cfg.shard,
+                                token,
+                            }
+                            .encode(&mut self.msg)
+                        }
+                    }
+                    let chan = bot.chan.as_mut().expect("open");
+                    let _ = chan.send(&mut bot.out, &self.msg);
+                    self.flush(b);
+                }
+                Step::Frame {
+                    consumed,
+                    plaintext,
+                } => {
+                    pos += consumed;
+                    let frame = plaintext.to_vec();
+                    if !self.frame(b, &frame) {
+                        return false;
+                    }
+                }
+            }
+        }
+        let bot = &mut self.bots[b as usize];
+        bot.in_buf.drain(..pos);
+        self.flush(b);
+        true
+    }
+
+    /// One decrypted frame; false if the bot stopped.
+    fn frame(&mut self, b: u32, frame: &[u8]) -> bool {
+        let phase_is_login = matches!(self.bots[b as usize].phase, Phase::Login);
+        if phase_is_login {
+            return self.login_frame(b, frame);
+        }
+        let mut at = 0;
+        while at < frame.len() {
+            let (msg, len) = match ServerMsg::decode(&frame[at..]) {
+                Ok(Some(m)) => m,
+                _ => {
+                    self.fail(b, "undecodable message from the shard");
+                    return false;
+                }
+            };
+            at += len;
+            let now = Instant::now();
+            let bot = &mut self.bots[b as usize];
+            match msg {
+                ServerMsg::Welcome { .. } if matches!(bot.phase, Phase::Enter) => {
+                    bot.phase = Phase::Playing;
+                    bot.playing_since = now;
+                    self.result.authenticated += 1;
+                    self.live.authenticated.fetch_add(1, Ordering::Relaxed);
+                    if bot.to_send == 0 {
+                        bot.phase = Phase::Draining;
+                        self.done(b);
+                        return false;
+                    }
+                    self.timers.push(Reverse((now, b)));
+                }
+                ServerMsg::Echo { seq, time_us, .. } => {
+                    if seq != bot.next_expect {
+                        let why = if seq < bot.next_expect {
+                            "an echo came back twice"
+                        } else {
+                            "an echo was lost or reordered"
+                        };
+                        self.fail(b, why);
+                        return false;
+                    }
+                    bot.next_expect += 1;
+                    let rtt = (self.epoch.elapsed().as_micros() as u64).saturating_sub(time_us);
+                    self.result
+                        .samples
+                        .push(rtt.min(u64::from(u32::MAX)) as u32);
+                    self.live.buckets[bucket_of(rtt)].fetch_add(1, Ordering::Relaxed);
+                    self.result.received += 1;
+                    self.live.received.fetch_add(1, Ordering::Relaxed);
+                    if matches!(bot.phase, Phase::Draining) && bot.next_expect == bot.next_seq {
+                        self.done(b);
+                        return false;
+                    }
+                }
+                ServerMsg::Chat { .. } | ServerMsg::Moved { .. } | ServerMsg::Emote { .. } => {
+                    self.result.broadcasts += 1;
+                }
+                ServerMsg::Pong { .. } | ServerMsg::Welcome { .. } => {}
+            }
+        }
+        true
+    }
+
+    fn login_frame(&mut self, b: u32, frame: &[u8]) -> bool {
+        let msg = match FromLogin::decode(frame) {
+            Ok(Some((msg, _))) => msg,
+            _ => {
+                self.fail(b, "undecodable message from the login server");
+                return false;
+            }
+        };
+        let bot = &mut self.bots[b as usize];
+        match (msg, bot.login_step) {
+            (
+                FromLogin::LoginResult {
+                    result: RESULT_OK, ..
+                },
+                0,
+            ) => {
+                bot.login_step = 1;
+                self.msg.clear();
+                ToLogin::SelectShard {
+                    shard_name: &self.cfg.shard,
+                }
+                .encode(&mut self.msg);
+                let chan = bot.chan.as_mut().expect("open");
+                let _ = chan.send(&mut bot.out, &self.msg);
+                true
+            }
+            (
+                FromLogin::ShardResult {
+                    ticket: Some((ticket, token)),
+                    ..
+                },
+                1,
+            ) => {
+                let address = ticket.address.to_string();
+                let key = ticket.key;
+                bot.ticket = Some((address.clone(), key, *token));
+                // Leave the login server; connect to the proxy.
+                if let Some(stream) = bot.stream.take() {
+                    let _ = self.np.del(&stream);
+                }
+                bot.phase = Phase::Enter;
+                let Some(addr) = address.to_socket_addrs().ok().and_then(|mut a| a.next()) else {
+                    self.fail(b, "cannot resolve the proxy's address");
+                    return false;
+                };
+                if !self.connect(b, addr, Some(key)) {
+                    self.fail(b, "cannot connect to the proxy");
+                    return false;
+                }
+                self.flush(b);
+                false
+            }
+            (FromLogin::LoginResult { .. }, _) => {
+                self.fail(b, "the login server refused the account");
+                false
+            }
+            (FromLogin::ShardResult { .. }, _) => {
+                self.fail(b, "the login server found no proxy for the shard");
+                false
+            }
+        }
+    }
+}
+
+/// `muta-bot`'s usage text.
+pub const USAGE: &str = "\
+muta-bot: MUTA load client: logs players in, plays them through the proxies, measures echo latency
+
+Usage: muta-bot [OPTIONS]
+
+Options:
+  --login HOST:PORT      the login server [default: 127.0.0.1:7700]
+  --login-key HEX        the login server's public key (64 hex digits), to pin it
+  --shard NAME           the shard to play on [default: shard-1]
+  --clients N            bots (accounts botK..) [default: 10]
+  --first-account K      first account number [default: 0]
+  --rate R               echo messages per second per bot [default: 10]
+  --chat-rate R          chat lines per second per bot, broadcast to all [default: 0]
+  --duration S           seconds each bot sends, from its welcome [default: 10]
+  --size B               echo padding bytes [default: 32]
+  --ramp S               spread bot starts over S seconds [default: 1]
+  --drain S              seconds to wait for the last replies [default: 5]
+  --threads T            worker threads [default: 2]
+  --progress             print a JSON progress line per second on stderr
+  --json                 print the report as one JSON line (the contract)
+  -h, --help             print this help
+
+Exit status: 0 if every bot was welcomed and got every echo back, 1 otherwise.
+";
+
+/// `muta-bot`'s `main`.
+pub fn main_with_args<I: IntoIterator<Item = OsString>>(args: I) -> i32 {
+    let mut cfg = BotCfg::default();
+    let mut json = false;
+    let parsed = (|| -> Result<bool, String> {
+        let mut args = crate::cli::FlagArgs::new(args)?;
+        let secs = |v: f64| {
+            if v.is_finite() && v >= 0.0 {
+                Ok(Duration::from_secs_f64(v))
+            } else {
+                Err("a duration must be a non-negative number of seconds".to_string())
+            }
+        };
+        while let Some(flag) = args.next_flag()? {
+            match flag.as_str() {
+                "--login" => cfg.login = args.value(&flag)?,
+                "--login-key" => {
+                    cfg.login_key = Some(
+                        PublicKey::from_hex(&args.value(&flag)?)
+                            .ok_or("--login-key needs 64 hex digits")?,
+                    )
+                }
+                "--shard" => cfg.shard = args.value(&flag)?,
+                "--clients" => cfg.clients = args.parse(&flag)?,
+                "--first-account" => cfg.first_account = args.parse(&flag)?,
+                "--rate" => cfg.rate = args.parse(&flag)?,
+                "--chat-rate" => cfg.chat_rate = args.parse(&flag)?,
+                "--duration" => cfg.duration = secs(args.parse(&flag)?)?,
+                "--size" => cfg.size = args.parse(&flag)?,
+                "--ramp" => cfg.ramp = secs(args.parse(&flag)?)?,
+                "--drain" => cfg.drain = secs(args.parse(&flag)?)?,
+                "--threads" => cfg.threads = args.parse(&flag)?,
+                "--progress" => cfg.progress = true,
+                "--json" => json = true,
+                "-h" | "--help" => return Ok(false),
+                other => return Err(format!("unknown argument `{other}`")),
+            }
+        }
+        if !(cfg.rate > 0.0 && cfg.rate.is_finite()) {
+            return Err("--rate must be above 0".to_string());
+        }
+        if cfg.size > crate::proto::client::ECHO_DATA_MAX {
+            return Err(format!(
+                "--size is at most {}",
+                crate::proto::client::ECHO_DATA_MAX
+            ));
+        }
+        Ok(true)
+    })();
+    match parsed {
+        Ok(true) => {}
+        Ok(false) => {
+            print!("{USAGE}");
+            return 0;
+        }
+        Err(msg) => {
+            eprintln!("muta-bot: {msg}\n\n{USAGE}");
+            return 2;
+        }
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        if let Err(err) = signal_hook::flag::register(signal, stop.clone()) {
+            eprintln!("muta-bot: cannot handle signals: {err}");
+        }
+    }
+    let report = run_until(&cfg, stop);
+    for (why, n) in &report.failures {
+        eprintln!("muta-bot: {n} bot(s) failed: {why}");
+    }
+    if json {
+        println!("{}", report.to_json());
+    } else {
+        println!(
+            "{} bots, {} welcomed, {} echoes sent, {} received, {} failed; latency p50 {} us, p99 {} us, p99.9 {} us, max {} us",
+            report.clients,
+            report.authenticated,
+            report.sent,
+            report.received,
+            report.errors,
+            report.latency_us.p50,
+            report.latency_us.p99,
+            report.latency_us.p999,
+            report.latency_us.max
+        );
+    }
+    if report.ok() { 0 } else { 1 }
+}

@@ -1,0 +1,99 @@
+//! Command-line flags shared by the programs (`muta-proxy`, `muta-shard`,
+//! `muta-login`, `muta-bot`): `--flag VALUE` and `--flag=VALUE`, with errors
+//! that name the flag. No dependency: the programs take few flags.
+
+use std::ffi::OsString;
+use std::fmt::Display;
+use std::str::FromStr;
+
+/// The arguments after the program name, read flag by flag.
+#[derive(Debug)]
+pub struct FlagArgs {
+    args: std::vec::IntoIter<String>,
+    /// The value of a `--flag=value` just read, not yet taken.
+    inline: Option<String>,
+}
+
+impl FlagArgs {
+    /// Takes the arguments; every one must be UTF-8.
+    pub fn new<I: IntoIterator<Item = OsString>>(args: I) -> Result<FlagArgs, String> {
+        let args = args
+            .into_iter()
+            .map(|a| {
+                a.into_string()
+                    .map_err(|a| format!("argument {a:?} is not UTF-8"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(FlagArgs {
+            args: args.into_iter(),
+            inline: None,
+        })
+    }
+
+    /// The next flag, or `None` at the end. A `--flag=value` value left
+    /// untaken by the previous flag is an error.
+    pub fn next_flag(&mut self) -> Result<Option<String>, String> {
+        if let Some(value) = self.inline.take() {
+            return Err(format!("unexpected value `{value}`"));
+        }
+        let Some(arg) = self.args.next() else {
+            return Ok(None);
+        };
+        match arg.split_once('=') {
+            Some((flag, value)) if flag.starts_with("--") => {
+                self.inline = Some(value.to_string());
+                Ok(Some(flag.to_string()))
+            }
+            _ => Ok(Some(arg)),
+        }
+    }
+
+    /// The value of `flag`: after `=`, or the next argument.
+    pub fn value(&mut self, flag: &str) -> Result<String, String> {
+        self.inline
+            .take()
+            .or_else(|| self.args.next())
+            .ok_or_else(|| format!("{flag} needs a value"))
+    }
+
+    /// The value of `flag`, parsed.
+    pub fn parse<T>(&mut self, flag: &str) -> Result<T, String>
+    where
+        T: FromStr,
+        T::Err: Display,
+    {
+        let text = self.value(flag)?;
+        text.parse().map_err(|e| format!("{flag} {text}: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> FlagArgs {
+        FlagArgs::new(list.iter().map(OsString::from)).unwrap()
+    }
+
+    #[test]
+    fn both_forms_and_their_errors() {
+        let mut a = args(&["--n", "5", "--name=x", "--flag"]);
+        assert_eq!(a.next_flag().unwrap().as_deref(), Some("--n"));
+        assert_eq!(a.parse::<u32>("--n").unwrap(), 5);
+        assert_eq!(a.next_flag().unwrap().as_deref(), Some("--name"));
+        assert_eq!(a.value("--name").unwrap(), "x");
+        assert_eq!(a.next_flag().unwrap().as_deref(), Some("--flag"));
+        assert!(a.value("--flag").unwrap_err().contains("needs a value"));
+        assert_eq!(a.next_flag().unwrap(), None);
+        let mut a = args(&["--switch=oops", "--x"]);
+        a.next_flag().unwrap();
+        assert!(
+            a.next_flag()
+                .unwrap_err()
+                .contains("unexpected value `oops`")
+        );
+        let mut a = args(&["--n", "many"]);
+        a.next_flag().unwrap();
+        assert!(a.parse::<u32>("--n").unwrap_err().starts_with("--n many: "));
+    }
+}

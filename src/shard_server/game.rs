@@ -1,0 +1,154 @@
+//! The reference game of `muta-shard` (port decision: MUTA's game logic is not
+//! public). Small on purpose, but with an MMO's traffic shape: a player's
+//! echo comes back to them alone (the latency probe), while chat, movement and
+//! emotes are broadcast to every player, so one client message becomes many
+//! server messages.
+//!
+//! The game sees players only through proxy-socket handles and writes to them
+//! with `proxy_forward_msg` (here [`ProxyModule::proxy_send`]); it never
+//! touches a socket, as the thesis's converted shard (§3.6).
+
+use std::collections::HashMap;
+
+use log::debug;
+
+use crate::proto::client::{ClientMsg, ServerMsg};
+use crate::shard_server::proxy::ProxyModule;
+
+/// One player in the world.
+#[derive(Debug)]
+struct Player {
+    id: u32,
+    name: String,
+    x: i32,
+    y: i32,
+    z: u8,
+}
+
+/// Counters, read once a second for the stats line.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GameStats {
+    /// Game messages handled.
+    pub msgs_in: u64,
+    /// Game messages queued to players.
+    pub msgs_out: u64,
+}
+
+/// The world: the players, by proxy socket.
+#[derive(Debug, Default)]
+pub struct Game {
+    players: HashMap<u32, Player>,
+    next_player_id: u32,
+    /// Reused to encode a message once before it is copied to each player.
+    scratch: Vec<u8>,
+    stats: GameStats,
+}
+
+impl Game {
+    /// Players in the world.
+    pub fn n_players(&self) -> usize {
+        self.players.len()
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> GameStats {
+        self.stats
+    }
+
+    /// A player authenticated at a proxy: welcome them.
+    pub fn player_connected(&mut self, module: &mut ProxyModule, socket: u32, name: &str) {
+        self.next_player_id += 1;
+        let id = self.next_player_id;
+        self.players.insert(
+            socket,
+            Player {
+                id,
+                name: name.to_string(),
+                x: 0,
+                y: 0,
+                z: 0,
+            },
+        );
+        self.scratch.clear();
+        ServerMsg::Welcome {
+            player_id: id,
+            name,
+        }
+        .encode(&mut self.scratch);
+        if module.proxy_send(socket, &self.scratch) {
+            self.stats.msgs_out += 1;
+        }
+        debug!("player {id} ({name}) joined on socket {socket:#x}");
+    }
+
+    /// A player left.
+    pub fn player_disconnected(&mut self, socket: u32) {
+        if let Some(p) = self.players.remove(&socket) {
+            debug!("player {} ({}) left", p.id, p.name);
+        }
+    }
+
+    /// Messages from a player, already checked against the message table.
+    /// Returns false if they could not be decoded (the caller drops the player).
+    pub fn player_packet(&mut self, module: &mut ProxyModule, socket: u32, bytes: &[u8]) -> bool {
+        let Some(player) = self.players.get(&socket) else {
+            return true; // left in the meantime
+        };
+        let from = player.id;
+        let mut at = 0;
+        while at < bytes.len() {
+            let Ok(Some((msg, len))) = ClientMsg::decode(&bytes[at..]) else {
+                return false;
+            };
+            at += len;
+            self.stats.msgs_in += 1;
+            self.scratch.clear();
+            match msg {
+                ClientMsg::Ping { time } => {
+                    ServerMsg::Pong { time }.encode(&mut self.scratch);
+                    self.send_to(module, socket);
+                }
+                ClientMsg::Echo { seq, time_us, data } => {
+                    ServerMsg::Echo { seq, time_us, data }.encode(&mut self.scratch);
+                    self.send_to(module, socket);
+                }
+                ClientMsg::Chat { text } => {
+                    ServerMsg::Chat { from, text }.encode(&mut self.scratch);
+                    self.broadcast(module);
+                }
+                ClientMsg::Move { x, y, z } => {
+                    if let Some(p) = self.players.get_mut(&socket) {
+                        (p.x, p.y, p.z) = (x, y, z);
+                    }
+                    ServerMsg::Moved {
+                        player_id: from,
+                        x,
+                        y,
+                        z,
+                    }
+                    .encode(&mut self.scratch);
+                    self.broadcast(module);
+                }
+                ClientMsg::Emote { target, text } => {
+                    ServerMsg::Emote { from, target, text }.encode(&mut self.scratch);
+                    self.broadcast(module);
+                }
+            }
+        }
+        true
+    }
+
+    fn send_to(&mut self, module: &mut ProxyModule, socket: u32) {
+        if module.proxy_send(socket, &self.scratch) {
+            self.stats.msgs_out += 1;
+        }
+    }
+
+    fn broadcast(&mut self, module: &mut ProxyModule) {
+        for &socket in self.players.keys() {
+            if module.proxy_send(socket, &self.scratch) {
+                self.stats.msgs_out += 1;
+            }
+        }
+    }
+}
