@@ -1,10 +1,11 @@
 //! The shard's proxy module (thesis §3.6) seen from a proxy: a real
-//! `muta-shard`, a scripted fake proxy and a scripted fake login server. The
-//! module checks proxy passwords, opens a proxy socket on the proxy when the
+//! `muta-shard`, scripted fake proxies and a scripted fake login server. The
+//! module checks proxy passwords, opens a proxy socket on a proxy when the
 //! login server announces a player and answers with that proxy's address and
 //! key, encrypts what it sends the player with the stream the proxy hands
-//! over, and runs the same size checks as the proxy on what it forwards,
-//! closing the socket of a player whose messages fail them.
+//! over, cuts large batches between messages, applies a proxy's messages in
+//! the order they arrived, lets a proxy speak only for its own players, and
+//! runs the same size checks as the proxy on what it forwards.
 
 mod util;
 
@@ -20,35 +21,83 @@ use muta_proxy::proto::proxy_shard::{
     FProxyMsg, LOGIN_RESULT_BAD_PASSWORD, LOGIN_RESULT_OK, OPENED_SOCKET_OK, TProxyMsg,
 };
 use util::loopback;
-use util::system::{LOGIN_PASSWORD, start_shard};
+use util::system::{LOGIN_PASSWORD, ShardNode, start_shard, start_shard_with};
 
 const T: Duration = Duration::from_secs(10);
 
-fn send<M>(conn: &mut Conn, msg: M, encode: impl Fn(&M, &mut Vec<u8>)) {
+fn encode_all(msgs: &[FProxyMsg<'_>]) -> Vec<u8> {
     let mut buf = Vec::new();
-    encode(&msg, &mut buf);
-    conn.send_frame(&buf).unwrap();
+    for m in msgs {
+        m.encode(&mut buf);
+    }
+    buf
 }
 
-/// The messages of the next frame, each as its own byte string.
-fn recv_msgs(conn: &mut Conn, len_of: impl Fn(&[u8]) -> usize) -> Vec<Vec<u8>> {
+/// The shard's messages in the next frame, each as its own byte string.
+fn recv_msgs(conn: &mut Conn) -> Vec<Vec<u8>> {
     let frame = conn.recv_frame(T).unwrap();
     let mut msgs = Vec::new();
     let mut at = 0;
     while at < frame.len() {
-        let n = len_of(&frame[at..]);
+        let n = TProxyMsg::decode(&frame[at..]).unwrap().unwrap().1;
         msgs.push(frame[at..at + n].to_vec());
         at += n;
     }
     msgs
 }
 
-fn tproxy_len(b: &[u8]) -> usize {
-    TProxyMsg::decode(b).unwrap().unwrap().1
+fn recv_one(conn: &mut Conn) -> Vec<u8> {
+    let mut msgs = recv_msgs(conn);
+    assert_eq!(msgs.len(), 1, "expected one message");
+    msgs.remove(0)
+}
+
+/// A proxy logged in to the shard, announcing `address`.
+fn fake_proxy(shard: &ShardNode, password: &[u8], address: &str) -> Conn {
+    let mut proxy = Conn::connect(&shard.proxy_addr.to_string(), Some(shard.key), T).unwrap();
+    proxy
+        .send_frame(&encode_all(&[FProxyMsg::Login {
+            password,
+            public_address: address,
+            capacity: 10,
+        }]))
+        .unwrap();
+    proxy
+}
+
+fn expect_login_ok(proxy: &mut Conn, shard: &ShardNode) {
+    let reply = recv_one(proxy);
+    assert_eq!(
+        TProxyMsg::decode(&reply).unwrap().unwrap().0,
+        TProxyMsg::LoginResult {
+            result: LOGIN_RESULT_OK,
+            shard_name: &shard.name
+        }
+    );
+}
+
+/// A login server logged in to the shard.
+fn fake_login(shard: &ShardNode) -> Conn {
+    let mut login = Conn::connect(&shard.login_addr.to_string(), Some(shard.key), T).unwrap();
+    let mut buf = Vec::new();
+    ToShard::Login {
+        password: LOGIN_PASSWORD.as_bytes(),
+    }
+    .encode(&mut buf);
+    login.send_frame(&buf).unwrap();
+    let frame = login.recv_frame(T).unwrap();
+    assert!(matches!(
+        FromShard::decode(&frame).unwrap().unwrap().0,
+        FromShard::LoginResult {
+            result: RESULT_OK,
+            ..
+        }
+    ));
+    login
 }
 
 /// A player's two channel ends, joined in memory: the client's (which pulls
-/// what the shard sends) and the proxy's (whose push stream is handed over).
+/// what the shard sends) and the proxy's push-stream state (handed over).
 fn player_channel() -> (Channel, [u8; 52]) {
     let mut to_acc = Vec::new();
     let mut to_ini = Vec::new();
@@ -75,92 +124,22 @@ fn player_channel() -> (Channel, [u8; 52]) {
     (client, state)
 }
 
-/// Decrypts a frame the shard sealed for the player.
-fn open_for_player(client: &mut Channel, data: &[u8]) -> Vec<u8> {
-    let mut buf = data.to_vec();
-    match client.next(&mut buf, &mut Vec::new()).unwrap() {
-        Step::Frame { plaintext, .. } => plaintext.to_vec(),
-        other => panic!("{other:?}"),
-    }
-}
-
-#[test]
-fn the_proxy_module_serves_a_player_and_applies_the_size_checks() {
-    let shard = start_shard("shard-m", loopback(0), loopback(0));
-
-    // A proxy with the wrong password is refused.
-    let mut bad = Conn::connect(&shard.proxy_addr.to_string(), Some(shard.key), T).unwrap();
-    send(
-        &mut bad,
-        FProxyMsg::Login {
-            password: b"wrong",
-            public_address: "127.0.0.1:1",
-            capacity: 10,
-        },
-        FProxyMsg::encode,
-    );
-    let reply = recv_msgs(&mut bad, tproxy_len);
-    assert_eq!(
-        TProxyMsg::decode(&reply[0]).unwrap().unwrap().0,
-        TProxyMsg::LoginResult {
-            result: LOGIN_RESULT_BAD_PASSWORD,
-            shard_name: "shard-m"
-        }
-    );
-    assert!(bad.closed_within(T));
-
-    // The right password: the proxy is logged in.
-    let mut proxy = Conn::connect(&shard.proxy_addr.to_string(), Some(shard.key), T).unwrap();
-    send(
-        &mut proxy,
-        FProxyMsg::Login {
-            password: b"test-password",
-            public_address: "198.51.100.7:7702",
-            capacity: 10,
-        },
-        FProxyMsg::encode,
-    );
-    let reply = recv_msgs(&mut proxy, tproxy_len);
-    assert_eq!(
-        TProxyMsg::decode(&reply[0]).unwrap().unwrap().0,
-        TProxyMsg::LoginResult {
-            result: LOGIN_RESULT_OK,
-            shard_name: "shard-m"
-        }
-    );
-
-    // A login server announces a player.
-    let mut login = Conn::connect(&shard.login_addr.to_string(), Some(shard.key), T).unwrap();
-    send(
-        &mut login,
-        ToShard::Login {
-            password: LOGIN_PASSWORD.as_bytes(),
-        },
-        ToShard::encode,
-    );
-    let frame = login.recv_frame(T).unwrap();
-    assert!(matches!(
-        FromShard::decode(&frame).unwrap().unwrap().0,
-        FromShard::LoginResult {
-            result: RESULT_OK,
-            ..
-        }
-    ));
+/// The login server announces `account`; the shard opens a socket on
+/// `proxy`, which reserves it. Returns the socket id.
+fn announce(login: &mut Conn, proxy: &mut Conn, account: &str, request_id: u32) -> u32 {
     let token = [9u8; 64];
-    send(
-        &mut login,
-        ToShard::Player {
-            request_id: 42,
-            account_id: 5,
-            login_session_id: 6,
-            ip: "127.0.0.1".parse().unwrap(),
-            account_name: "zoe",
-            token: &token,
-        },
-        ToShard::encode,
-    );
-    // The shard opens a proxy socket on the (only) proxy...
-    let msg = recv_msgs(&mut proxy, tproxy_len).remove(0);
+    let mut buf = Vec::new();
+    ToShard::Player {
+        request_id,
+        account_id: u64::from(request_id),
+        login_session_id: 6,
+        ip: "127.0.0.1".parse().unwrap(),
+        account_name: account,
+        token: &token,
+    }
+    .encode(&mut buf);
+    login.send_frame(&buf).unwrap();
+    let msg = recv_one(proxy);
     let TProxyMsg::OpenedSocket {
         socket_id,
         account_name,
@@ -170,93 +149,257 @@ fn the_proxy_module_serves_a_player_and_applies_the_size_checks() {
     else {
         panic!("expected TPROXY_MSG_OPENED_SOCKET");
     };
-    assert_eq!((account_name, got), ("zoe", &token));
-    send(
-        &mut proxy,
-        FProxyMsg::OpenedSocketResult {
+    assert_eq!((account_name, got), (account, &token));
+    proxy
+        .send_frame(&encode_all(&[FProxyMsg::OpenedSocketResult {
             socket_id,
             result: OPENED_SOCKET_OK,
-        },
-        FProxyMsg::encode,
-    );
-    // ...and answers the login server with that proxy's address and key.
+        }]))
+        .unwrap();
     let frame = login.recv_frame(T).unwrap();
     match FromShard::decode(&frame).unwrap().unwrap().0 {
         FromShard::PlayerResult {
-            request_id: 42,
+            request_id: r,
             result: RESULT_OK,
-            ticket: Some(ticket),
-        } => assert_eq!(ticket.address, "198.51.100.7:7702"),
+            ticket: Some(_),
+        } => assert_eq!(r, request_id),
         other => panic!("{other:?}"),
     }
+    socket_id
+}
+
+/// Every server message for `socket` in the next frames until `n` arrive,
+/// checking each client frame holds whole messages.
+fn player_msgs(proxy: &mut Conn, player: &mut Channel, socket: u32, n: usize) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        for msg in recv_msgs(proxy) {
+            let TProxyMsg::PlayerPacket { socket_id, data } =
+                TProxyMsg::decode(&msg).unwrap().unwrap().0
+            else {
+                panic!("expected TPROXY_MSG_PLAYER_PACKET");
+            };
+            assert_eq!(socket_id, socket);
+            let mut buf = data.to_vec();
+            let mut pos = 0;
+            while pos < buf.len() {
+                let Step::Frame {
+                    consumed,
+                    plaintext,
+                } = player.next(&mut buf[pos..], &mut Vec::new()).unwrap()
+                else {
+                    panic!("a partial client frame");
+                };
+                let mut at = 0;
+                while at < plaintext.len() {
+                    let (_, len) = ServerMsg::decode(&plaintext[at..])
+                        .unwrap()
+                        .unwrap_or_else(|| panic!("a client frame ends inside a message"));
+                    out.push(plaintext[at..at + len].to_vec());
+                    at += len;
+                }
+                pos += consumed;
+            }
+        }
+    }
+    out
+}
+
+fn echo(seq: u32, padding: usize) -> Vec<u8> {
+    let mut buf = Vec::new();
+    ClientMsg::Echo {
+        seq,
+        time_us: 4,
+        data: &vec![b'e'; padding],
+    }
+    .encode(&mut buf);
+    buf
+}
+
+#[test]
+fn the_proxy_module_serves_a_player_and_applies_the_size_checks() {
+    let shard = start_shard("shard-m", loopback(0), loopback(0));
+    // A proxy with the wrong password is refused.
+    let mut bad = fake_proxy(&shard, b"wrong", "127.0.0.1:1");
+    assert_eq!(
+        TProxyMsg::decode(&recv_one(&mut bad)).unwrap().unwrap().0,
+        TProxyMsg::LoginResult {
+            result: LOGIN_RESULT_BAD_PASSWORD,
+            shard_name: "shard-m"
+        }
+    );
+    assert!(bad.closed_within(T));
+
+    let mut proxy = fake_proxy(&shard, b"test-password", "198.51.100.7:7702");
+    expect_login_ok(&mut proxy, &shard);
+    let mut login = fake_login(&shard);
+    let socket_id = announce(&mut login, &mut proxy, "zoe", 42);
 
     // The player authenticates at the proxy: the stream is handed over, and
     // the shard's welcome is encrypted with it.
     let (mut player, state) = player_channel();
-    send(
-        &mut proxy,
-        FProxyMsg::PlayerCryptchan {
+    proxy
+        .send_frame(&encode_all(&[FProxyMsg::PlayerCryptchan {
             socket_id,
             state: &state,
-        },
-        FProxyMsg::encode,
-    );
-    let msg = recv_msgs(&mut proxy, tproxy_len).remove(0);
-    let TProxyMsg::PlayerPacket { socket_id: s, data } =
-        TProxyMsg::decode(&msg).unwrap().unwrap().0
-    else {
-        panic!("expected TPROXY_MSG_PLAYER_PACKET");
-    };
-    assert_eq!(s, socket_id);
-    let welcome = open_for_player(&mut player, data);
+        }]))
+        .unwrap();
+    let welcome = player_msgs(&mut proxy, &mut player, socket_id, 1);
     assert!(matches!(
-        ServerMsg::decode(&welcome).unwrap().unwrap().0,
+        ServerMsg::decode(&welcome[0]).unwrap().unwrap().0,
         ServerMsg::Welcome { name: "zoe", .. }
     ));
 
     // Checked messages are played: an echo comes back.
-    let mut echo = Vec::new();
-    ClientMsg::Echo {
-        seq: 3,
-        time_us: 4,
-        data: b"abc",
-    }
-    .encode(&mut echo);
-    send(
-        &mut proxy,
-        FProxyMsg::PlayerPacket {
+    proxy
+        .send_frame(&encode_all(&[FProxyMsg::PlayerPacket {
             socket_id,
-            data: &echo,
-        },
-        FProxyMsg::encode,
-    );
-    let msg = recv_msgs(&mut proxy, tproxy_len).remove(0);
-    let TProxyMsg::PlayerPacket { data, .. } = TProxyMsg::decode(&msg).unwrap().unwrap().0 else {
-        panic!("expected TPROXY_MSG_PLAYER_PACKET");
-    };
-    let back = open_for_player(&mut player, data);
-    assert_eq!(
-        ServerMsg::decode(&back).unwrap().unwrap().0,
+            data: &echo(3, 3),
+        }]))
+        .unwrap();
+    let back = player_msgs(&mut proxy, &mut player, socket_id, 1);
+    assert_eq!(back[0], {
+        let mut b = Vec::new();
         ServerMsg::Echo {
             seq: 3,
             time_us: 4,
-            data: b"abc"
+            data: b"eee",
         }
-    );
+        .encode(&mut b);
+        b
+    });
 
     // A packet the proxy should have filtered: the shard's own checks drop
     // the player and tell the proxy.
-    send(
-        &mut proxy,
-        FProxyMsg::PlayerPacket {
+    proxy
+        .send_frame(&encode_all(&[FProxyMsg::PlayerPacket {
             socket_id,
             data: &[99, 1, 2],
-        },
-        FProxyMsg::encode,
-    );
-    let msg = recv_msgs(&mut proxy, tproxy_len).remove(0);
+        }]))
+        .unwrap();
     assert_eq!(
-        TProxyMsg::decode(&msg).unwrap().unwrap().0,
+        TProxyMsg::decode(&recv_one(&mut proxy)).unwrap().unwrap().0,
         TProxyMsg::ClosedSocket { socket_id }
     );
+}
+
+/// Found in review: the first packet, batched behind
+/// `FPROXY_MSG_PLAYER_CRYPTCHAN`, used to be handled before the player existed.
+#[test]
+fn a_first_packet_batched_behind_the_hand_over_is_played() {
+    let shard = start_shard("shard-p", loopback(0), loopback(0));
+    let mut proxy = fake_proxy(&shard, b"test-password", "127.0.0.1:7702");
+    expect_login_ok(&mut proxy, &shard);
+    let mut login = fake_login(&shard);
+    let socket_id = announce(&mut login, &mut proxy, "eager", 1);
+    let (mut player, state) = player_channel();
+    proxy
+        .send_frame(&encode_all(&[
+            FProxyMsg::PlayerCryptchan {
+                socket_id,
+                state: &state,
+            },
+            FProxyMsg::PlayerPacket {
+                socket_id,
+                data: &echo(1, 1),
+            },
+        ]))
+        .unwrap();
+    let msgs = player_msgs(&mut proxy, &mut player, socket_id, 2);
+    assert!(matches!(
+        ServerMsg::decode(&msgs[0]).unwrap().unwrap().0,
+        ServerMsg::Welcome { .. }
+    ));
+    assert!(matches!(
+        ServerMsg::decode(&msgs[1]).unwrap().unwrap().0,
+        ServerMsg::Echo { seq: 1, .. }
+    ));
+}
+
+/// Found in review: a proxy could speak for another proxy's player.
+#[test]
+fn a_proxy_cannot_speak_for_another_proxys_player() {
+    let shard = start_shard("shard-f", loopback(0), loopback(0));
+    let mut honest = fake_proxy(&shard, b"test-password", "127.0.0.1:7702");
+    expect_login_ok(&mut honest, &shard);
+    let mut login = fake_login(&shard);
+    let socket_id = announce(&mut login, &mut honest, "victim", 1);
+    let (mut player, state) = player_channel();
+    honest
+        .send_frame(&encode_all(&[FProxyMsg::PlayerCryptchan {
+            socket_id,
+            state: &state,
+        }]))
+        .unwrap();
+    player_msgs(&mut honest, &mut player, socket_id, 1); // the welcome
+    // A second proxy knows the password and guesses the socket id.
+    let mut other = fake_proxy(&shard, b"test-password", "127.0.0.1:7703");
+    expect_login_ok(&mut other, &shard);
+    other
+        .send_frame(&encode_all(&[
+            FProxyMsg::PlayerPacket {
+                socket_id,
+                data: &echo(77, 1),
+            },
+            FProxyMsg::CloseSocket {
+                socket_id,
+                reason: 0,
+            },
+        ]))
+        .unwrap();
+    // The victim's own proxy then sends an echo: the first thing back is that
+    // echo, and the socket is still open.
+    std::thread::sleep(Duration::from_millis(200));
+    honest
+        .send_frame(&encode_all(&[FProxyMsg::PlayerPacket {
+            socket_id,
+            data: &echo(5, 1),
+        }]))
+        .unwrap();
+    let msgs = player_msgs(&mut honest, &mut player, socket_id, 1);
+    assert!(
+        matches!(
+            ServerMsg::decode(&msgs[0]).unwrap().unwrap().0,
+            ServerMsg::Echo { seq: 5, .. }
+        ),
+        "{msgs:?}"
+    );
+}
+
+/// Found in review: batches over one frame used to be cut inside a message.
+/// Here a frame holds at most 100 bytes, so four 45-byte echoes take two.
+#[test]
+fn large_batches_are_cut_between_messages() {
+    let shard = start_shard_with("shard-c", loopback(0), loopback(0), |cfg| {
+        cfg.player_frame_max = 100
+    });
+    let mut proxy = fake_proxy(&shard, b"test-password", "127.0.0.1:7702");
+    expect_login_ok(&mut proxy, &shard);
+    let mut login = fake_login(&shard);
+    let socket_id = announce(&mut login, &mut proxy, "big", 1);
+    let (mut player, state) = player_channel();
+    proxy
+        .send_frame(&encode_all(&[FProxyMsg::PlayerCryptchan {
+            socket_id,
+            state: &state,
+        }]))
+        .unwrap();
+    player_msgs(&mut proxy, &mut player, socket_id, 1);
+    let mut four = Vec::new();
+    for seq in 0..4 {
+        four.extend(echo(seq, 30));
+    }
+    proxy
+        .send_frame(&encode_all(&[FProxyMsg::PlayerPacket {
+            socket_id,
+            data: &four,
+        }]))
+        .unwrap();
+    let msgs = player_msgs(&mut proxy, &mut player, socket_id, 4);
+    for (seq, msg) in msgs.iter().enumerate() {
+        assert!(matches!(
+            ServerMsg::decode(msg).unwrap().unwrap().0,
+            ServerMsg::Echo { seq: s, .. } if s == seq as u32
+        ));
+    }
 }

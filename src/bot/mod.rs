@@ -152,9 +152,14 @@ impl BotReport {
         )
     }
 
-    /// True when every bot was welcomed and got every echo back.
+    /// True when at least one bot ran, and every bot was welcomed and got
+    /// every echo back. (A run stopped before any bot was welcomed measured
+    /// nothing: not a success.)
     pub fn ok(&self) -> bool {
-        self.errors == 0 && self.authenticated == self.clients && self.received == self.sent
+        self.clients > 0
+            && self.errors == 0
+            && self.authenticated == self.clients
+            && self.received == self.sent
     }
 }
 
@@ -191,7 +196,7 @@ fn bucket_top(i: usize) -> u64 {
     if e >= 2 {
         ((4 + sub as u64) << (e - 2)) - 1
     } else {
-        1 << e
+        (2 << e) - 1
     }
 }
 

@@ -65,6 +65,9 @@ pub const CLOSE_REASON_TIMEOUT: u8 = 2;
 /// `FPROXY_MSG_CLOSE_SOCKET`: the proxy could not keep up with the player's
 /// output, or is shutting down.
 pub const CLOSE_REASON_PROXY: u8 = 3;
+/// `FPROXY_MSG_CLOSE_SOCKET`: a newer reservation for the same account
+/// replaced this one before the player connected.
+pub const CLOSE_REASON_REPLACED: u8 = 4;
 
 /// Most data bytes in one player packet: what fits a frame.
 pub const PLAYER_PACKET_DATA_MAX: usize = FRAME_PLAINTEXT_MAX - PLAYER_PACKET_HEADER_BYTES;

@@ -27,12 +27,13 @@ use mio::net::TcpStream;
 
 use crate::client::{CL_FLAG_AUTHED, DisconnectReason, Disconnected, Session};
 use crate::com::{ClientRef, ShardRef};
-use crate::cryptchan::memcmp_ct;
+use crate::cryptchan::{ABYTES, memcmp_ct};
 use crate::proto::ProtoError;
 use crate::proto::client::{AuthProof, filter_client_frame};
 use crate::proto::frame::{Channel, ChannelError, FeedError, Step, feed};
 use crate::proto::proxy_shard::{
     CLOSE_REASON_FILTERED, CLOSE_REASON_LEFT, CLOSE_REASON_PROXY, CLOSE_REASON_TIMEOUT, FProxyMsg,
+    PLAYER_PACKET_DATA_MAX,
 };
 use crate::secpool::PoolBuf;
 use crate::shard::Shards;
@@ -114,7 +115,11 @@ impl Proxy {
             return;
         };
         let mut chan = Channel::acceptor(self.keys.clone());
-        chan.set_frame_max(self.settings.client_in_buf_size - 2);
+        // A frame must fit the buffer and, once decrypted, one
+        // FPROXY_MSG_PLAYER_PACKET.
+        chan.set_frame_max(
+            (self.settings.client_in_buf_size - 2).min(PLAYER_PACKET_DATA_MAX + ABYTES),
+        );
         let slot = self.clients.get_mut(client).expect("just accepted");
         slot.session = ClSession {
             chan: Some(chan),
@@ -170,18 +175,16 @@ impl Proxy {
                             match *state {
                                 ClState::Handshake => unreachable!("frames come only after Opened"),
                                 ClState::AwaitProof => {
-                                    let binding = shard_check_client_auth_proof(
+                                    let proof = shard_check_client_auth_proof(
                                         shards,
                                         plaintext,
                                         ip,
-                                        client,
+                                        now,
                                         settings.require_announced_ip,
                                     )
                                     .inspect_err(|_| stats.auth_failed += 1)?;
+                                    let binding = proof.binding;
                                     let push_state = chan.hand_over_push()?;
-                                    // The reservation is consumed: a replayed token finds nothing.
-                                    announced.release(ip);
-                                    *n_reserved -= 1;
                                     let sent =
                                         shards.shard_write(binding.shard.index, |link, out| {
                                             link.send(
@@ -190,11 +193,22 @@ impl Proxy {
                                                     socket_id: binding.socket_id,
                                                     state: &push_state,
                                                 },
-                                            )
+                                            )?;
+                                            // Only now, with the shard told, is the reservation consumed:
+                                            // a replayed token finds nothing.
+                                            link.by_account.remove(&proof.account_name);
+                                            if let Some(socket) =
+                                                link.sockets.get_mut(&binding.socket_id)
+                                            {
+                                                socket.state = SocketState::Connected(client);
+                                            }
+                                            Ok::<(), ChannelError>(())
                                         });
                                     if !matches!(sent, Some(Ok(()))) {
                                         return Err(ClError::ShardGone);
                                     }
+                                    announced.release(proof.reserved_ip);
+                                    *n_reserved -= 1;
                                     *state = ClState::Authed(binding);
                                     authed_now = true;
                                     stats.authenticated += 1;
@@ -244,17 +258,26 @@ impl Proxy {
     }
 }
 
+/// A proof that matched a reservation, before the reservation is consumed.
+struct Proof {
+    binding: Binding,
+    account_name: String,
+    /// The address the reservation announced (released when it is consumed).
+    reserved_ip: std::net::IpAddr,
+}
+
 /// Checks an auth proof against the reservations (thesis
 /// `shard_check_client_auth_proof`): the shard by name, the reservation by
-/// account name, the 64-byte token in constant time, and the address the
-/// shard announced. On success the reservation becomes a connected socket.
+/// account name, the 64-byte token in constant time, the reservation's
+/// deadline, and the address the shard announced. Changes nothing: the caller
+/// consumes the reservation once the shard has been told.
 fn shard_check_client_auth_proof(
     shards: &mut Shards<ShardLink>,
     plaintext: &[u8],
     ip: std::net::IpAddr,
-    client: ClientRef,
+    now: Instant,
     require_announced_ip: bool,
-) -> Result<Binding, ClError> {
+) -> Result<Proof, ClError> {
     let proof =
         AuthProof::decode_frame(plaintext).map_err(|_| ClError::Proof("not an auth proof"))?;
     let index = (0..shards.all().len() as u32)
@@ -276,14 +299,19 @@ fn shard_check_client_auth_proof(
     if !memcmp_ct(&reservation.token, proof.token) {
         return Err(ClError::Proof("wrong token"));
     }
+    if now >= reservation.expires {
+        return Err(ClError::Proof("the reservation expired"));
+    }
     if require_announced_ip && reservation.ip.to_canonical() != ip.to_canonical() {
         return Err(ClError::Proof(
             "connecting from another address than the one the shard announced",
         ));
     }
-    link.by_account.remove(proof.account_name);
-    link.sockets.get_mut(&socket_id).expect("checked").state = SocketState::Connected(client);
-    Ok(Binding { shard, socket_id })
+    Ok(Proof {
+        binding: Binding { shard, socket_id },
+        account_name: proof.account_name.to_string(),
+        reserved_ip: reservation.ip,
+    })
 }
 
 /// Forwards a filtered frame of player messages to its shard (thesis

@@ -37,9 +37,9 @@ use crate::cryptchan::{TOKEN_BYTES, memzero};
 use crate::proto::ProtoError;
 use crate::proto::frame::{Channel, ChannelError, FeedError, Step, feed};
 use crate::proto::proxy_shard::{
-    CLOSE_REASON_TIMEOUT, FPROXY_MSG_PLAYER_PACKET, FProxyMsg, LOGIN_RESULT_OK,
-    OPENED_SOCKET_DUPLICATE, OPENED_SOCKET_FULL, OPENED_SOCKET_OK, PLAYER_PACKET_DATA_MAX,
-    PLAYER_PACKET_HEADER_BYTES, TProxyMsg, put_player_packet_header,
+    CLOSE_REASON_REPLACED, CLOSE_REASON_TIMEOUT, FPROXY_MSG_PLAYER_PACKET, FProxyMsg,
+    LOGIN_RESULT_OK, OPENED_SOCKET_DUPLICATE, OPENED_SOCKET_FULL, OPENED_SOCKET_OK,
+    PLAYER_PACKET_DATA_MAX, PLAYER_PACKET_HEADER_BYTES, TProxyMsg, put_player_packet_header,
 };
 use crate::secpool::PoolBuf;
 use crate::shard::ShardDisconnected;
@@ -345,6 +345,13 @@ impl Proxy {
                                                 release_reservation(
                                                     sockets, by_account, old, announced, n_reserved,
                                                 );
+                                                // The shard must forget the old socket too.
+                                                chan.room(out, FProxyMsg::CONTROL_MAX)?;
+                                                FProxyMsg::CloseSocket {
+                                                    socket_id: old,
+                                                    reason: CLOSE_REASON_REPLACED,
+                                                }
+                                                .encode(out);
                                             }
                                             sockets.insert(
                                                 socket_id,

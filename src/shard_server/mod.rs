@@ -75,6 +75,9 @@ pub struct ShardServerCfg {
     pub max_links: u32,
     /// Print a JSON stats line every second.
     pub stats_json: bool,
+    /// Most plaintext bytes in one frame to a player (tests set it low to
+    /// make batches cut into several frames).
+    pub player_frame_max: usize,
 }
 
 impl Default for ShardServerCfg {
@@ -89,6 +92,7 @@ impl Default for ShardServerCfg {
             max_players: 100_000,
             max_links: 256,
             stats_json: false,
+            player_frame_max: proxy::PLAYER_FRAME_PLAINTEXT_MAX,
         }
     }
 }
@@ -239,6 +243,7 @@ impl ShardServer {
                 player_out_max: 1 << 20,
                 connect_timeout: Duration::from_secs(30),
                 in_buf_size,
+                player_frame_max: cfg.player_frame_max,
             },
         );
         Ok(ShardServer {
@@ -311,7 +316,7 @@ impl ShardServer {
                 last_frames = frames;
                 next_tick = now + TICK;
             }
-            self.module.flush(&mut self.clients, &mut self.events);
+            self.module.flush(&mut self.clients);
             self.settle();
             self.clients.cl_flush();
             self.clients.io().wake_if_pending();
@@ -341,13 +346,7 @@ impl ShardServer {
             Event::ReadClient { client, data } => {
                 match self.clients.get(client).map(|c| c.listener) {
                     Some(PROXY_LISTENER) => {
-                        self.module.proxy_read(
-                            &mut self.clients,
-                            client,
-                            data,
-                            now,
-                            &mut self.events,
-                        );
+                        self.module.proxy_read(&mut self.clients, client, data, now);
                     }
                     Some(_) => self.login_read(client, data, now),
                     None => {}
@@ -374,10 +373,10 @@ impl ShardServer {
             for gone in self.clients.take_disconnected() {
                 any = true;
                 if let ShardConn::Proxy(_) = gone.session {
-                    self.module.proxy_gone(gone.client, &mut self.events);
+                    self.module.proxy_gone(gone.client);
                 }
             }
-            if !self.events.list.is_empty() {
+            if self.module.take_events(&mut self.events) {
                 any = true;
                 self.player_events();
             }
@@ -387,6 +386,8 @@ impl ShardServer {
         }
     }
 
+    /// Handles the events taken from the proxy module. Every socket ends with
+    /// one terminal event, which clears what this program keeps about it.
     fn player_events(&mut self) {
         let mut events = std::mem::take(&mut self.events);
         for ev in events.list.drain(..) {
@@ -428,19 +429,19 @@ impl ShardServer {
                     {
                         warn!("socket {socket:#x}: undecodable game message; dropping the player");
                         self.module.proxy_delete_socket(&mut self.clients, socket);
-                        self.game.player_disconnected(socket);
                     }
+                }
+                ProxyEvent::SocketClosed { socket, reason } => {
+                    debug!("socket {socket:#x}: {reason}");
+                    self.names.remove(&socket);
                 }
                 ProxyEvent::PlayerDisconnected { socket, reason } => {
                     debug!("socket {socket:#x}: {reason}");
-                    self.names.remove(&socket);
                     self.game.player_disconnected(socket);
                 }
             }
         }
         events.clear();
-        // Events produced while handling these (none today) are kept.
-        events.list.append(&mut self.events.list);
         self.events = events;
     }
 

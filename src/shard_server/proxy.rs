@@ -14,13 +14,21 @@
 //! - [`ProxyModule::proxy_delete_socket`]: disconnect a player;
 //! - [`ProxyModule::proxy_forward_msg`]: a buffer to write a message for a
 //!   player into (the thesis's `bbuf_t`). Messages are batched per player and,
-//!   at [`ProxyModule::flush`], encrypted once per player per flush with the
-//!   player's stream (received in `FPROXY_MSG_PLAYER_CRYPTCHAN`) into a
-//!   `TPROXY_MSG_PLAYER_PACKET`, itself batched into the proxy link's frame.
+//!   at [`ProxyModule::flush`], encrypted with the player's stream (received
+//!   in `FPROXY_MSG_PLAYER_CRYPTCHAN`) into client frames — cut between
+//!   messages, never inside one — each in a `TPROXY_MSG_PLAYER_PACKET`,
+//!   itself batched into the proxy link's frame.
 //!
 //! Players' messages come out as [`ProxyEvent`]s, after the same size checks
 //! the proxy runs (`filter_client_frame`, "just in case"); a player whose
-//! messages fail them is dropped.
+//! messages fail them is dropped and its proxy told. A proxy may speak only
+//! for its own sockets. The messages of one read are applied in the order
+//! they arrived, so a player's first packet, batched behind its
+//! `FPROXY_MSG_PLAYER_CRYPTCHAN`, is played, not lost. Every socket ends
+//! with exactly one terminal event: `SocketOpened` without a ticket (the
+//! proxy never reserved it), `SocketClosed` (reserved, never connected) or
+//! `PlayerDisconnected` (was connected), so a host's per-socket state can
+//! always be cleared.
 //!
 //! The module accepts any number of proxies, each checked by password
 //! (`FPROXY_MSG_LOGIN`), and learns each one's public address, key and
@@ -29,6 +37,7 @@
 //! module the events of its proxy listener, with access to the pool through
 //! [`ProxySessions`].
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -39,8 +48,7 @@ use log::{debug, info, warn};
 use crate::client::{Clients, DisconnectReason, Session};
 use crate::com::ClientRef;
 use crate::config::Secret;
-use crate::cryptchan::ABYTES;
-use crate::cryptchan::{KeyPair, PublicKey, PushStream, TOKEN_BYTES, memcmp_ct};
+use crate::cryptchan::{ABYTES, KeyPair, PublicKey, PushStream, TOKEN_BYTES, memcmp_ct};
 use crate::proto::ProtoError;
 use crate::proto::client::filter_client_frame;
 use crate::proto::frame::{
@@ -54,7 +62,8 @@ use crate::proto::proxy_shard::{
 use crate::secpool::PoolBuf;
 
 /// Most plaintext bytes in one frame to a player; a longer batch is cut into
-/// several frames, each in its own `TPROXY_MSG_PLAYER_PACKET`.
+/// several frames (between messages), each in its own
+/// `TPROXY_MSG_PLAYER_PACKET`.
 pub const PLAYER_FRAME_PLAINTEXT_MAX: usize = PLAYER_PACKET_DATA_MAX - FRAME_LEN_BYTES - ABYTES;
 /// Bits of a socket handle that index the socket table; the rest count reuse.
 const SOCKET_INDEX_BITS: u32 = 20;
@@ -76,6 +85,9 @@ pub struct ProxyModuleCfg {
     pub connect_timeout: Duration,
     /// Largest frame a proxy may send (the pool's `in_buf_size`).
     pub in_buf_size: usize,
+    /// Most plaintext bytes in one frame to a player (at most
+    /// [`PLAYER_FRAME_PLAINTEXT_MAX`]); a longer batch is cut between messages.
+    pub player_frame_max: usize,
 }
 
 /// How the module finds a proxy link's state inside the host's per-connection
@@ -108,7 +120,7 @@ pub struct ProxyLink {
     pub public_address: String,
     /// How many players the proxy takes.
     pub capacity: u32,
-    /// Sockets bound to this proxy (reserved or connected).
+    /// Sockets bound to this proxy (opening, reserved or connected).
     pub n_sockets: u32,
 }
 
@@ -147,7 +159,7 @@ enum SocketState {
     Reserved,
     /// The player is connected; `push` encrypts what the shard sends it.
     Connected {
-        push: Box<PushStream>,
+        push: PushStream,
     },
 }
 
@@ -159,13 +171,16 @@ struct SocketSlot {
     login_session_id: u32,
     /// Plaintext messages for the player, not yet sealed.
     pending: Vec<u8>,
-    /// The player has more than `player_out_max` waiting: drop it at flush.
+    /// Offsets in `pending` where a new client frame starts: cuts fall
+    /// between messages, so no frame ends inside one.
+    cuts: Vec<usize>,
+    /// More than `player_out_max` was queued: the player is dropped at flush.
     overflow: bool,
     /// A socket not connected by then is cancelled.
     deadline: Instant,
 }
 
-/// The answer to [`ProxyModule::proxy_new_socket`], sent to the login server.
+/// The answer to [`ProxyModule::proxy_new_socket`], for the login server.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SocketOpened {
     /// The socket.
@@ -176,10 +191,13 @@ pub struct SocketOpened {
     pub proxy_key: Option<PublicKey>,
 }
 
-/// What happened to players, for the game.
+/// What happened to players, for the game. Each socket ends with exactly
+/// one of `SocketOpened` without an address, `SocketClosed` or
+/// `PlayerDisconnected`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ProxyEvent {
-    /// The proxy answered `TPROXY_MSG_OPENED_SOCKET`.
+    /// The proxy answered `TPROXY_MSG_OPENED_SOCKET` (without an address: it
+    /// refused, or the socket ended before it answered; the handle is dead).
     SocketOpened(SocketOpened),
     /// The player authenticated at the proxy and can be sent messages.
     PlayerConnected {
@@ -196,8 +214,16 @@ pub enum ProxyEvent {
         /// End in `ProxyEvents::bytes`.
         end: usize,
     },
-    /// The player is gone (left, dropped by the proxy or the shard, or its
-    /// proxy went away); the handle is dead.
+    /// A socket that never connected is gone (expired, cancelled, closed by
+    /// its proxy, or its proxy went away); the handle is dead.
+    SocketClosed {
+        /// The socket.
+        socket: u32,
+        /// Why, for the log.
+        reason: &'static str,
+    },
+    /// A connected player is gone (left, dropped by the proxy or the shard, or
+    /// its proxy went away); the handle is dead.
     PlayerDisconnected {
         /// The socket.
         socket: u32,
@@ -206,8 +232,8 @@ pub enum ProxyEvent {
     },
 }
 
-/// Events collected by one call, with the bytes of their packets (reused
-/// between calls: no allocation once warm).
+/// Events with the bytes of their packets (reused between calls: no
+/// allocation once warm).
 #[derive(Debug, Default)]
 pub struct ProxyEvents {
     /// The events, in order.
@@ -251,6 +277,32 @@ pub struct ProxyModuleStats {
     pub frames_out: u64,
     /// Players dropped by the size checks.
     pub filtered: u64,
+    /// Messages from a proxy about a socket that is not its own, or not
+    /// connected (dropped).
+    pub foreign: u64,
+}
+
+/// One message of a proxy's read, applied after the read in wire order.
+enum Action {
+    Opened {
+        socket: u32,
+        result: u8,
+    },
+    Cryptchan {
+        socket: u32,
+        push: PushStream,
+    },
+    Packet {
+        socket: u32,
+        start: usize,
+        end: usize,
+    },
+    Refused {
+        socket: u32,
+    },
+    Closed {
+        socket: u32,
+    },
 }
 
 /// The proxy module (thesis §3.6).
@@ -259,10 +311,16 @@ pub struct ProxyModule {
     cfg: ProxyModuleCfg,
     sockets: Vec<SocketSlot>,
     free: Vec<u32>,
-    /// Sockets with pending plaintext, sealed at the next flush.
+    /// Sockets with pending plaintext (or overflow), handled at the next flush.
     dirty: Vec<u32>,
+    /// Open sockets by (account, login session), for `proxy_cancel_socket`.
+    by_session: HashMap<(u64, u32), u32>,
     /// Proxies that are logged in, for picking the least loaded.
     proxies: Vec<ClientRef>,
+    /// Events for the host, taken with [`ProxyModule::take_events`].
+    events: ProxyEvents,
+    /// Reused by `proxy_read`.
+    actions: Vec<Action>,
     stats: ProxyModuleStats,
 }
 
@@ -275,6 +333,15 @@ impl fmt::Debug for ProxyModule {
     }
 }
 
+/// The live socket a handle names: index bits select the slot, the rest must
+/// match its generation.
+fn find_slot(sockets: &mut [SocketSlot], socket: u32) -> Option<(u32, &mut SocketSlot)> {
+    let index = socket & ((1 << SOCKET_INDEX_BITS) - 1);
+    let slot = sockets.get_mut(index as usize)?;
+    (slot.generation == socket >> SOCKET_INDEX_BITS && !matches!(slot.state, SocketState::Free))
+        .then_some((index, slot))
+}
+
 impl ProxyModule {
     /// A module with no proxies yet; `keys` is the shard's key pair.
     pub fn new(keys: Arc<KeyPair>, cfg: ProxyModuleCfg) -> ProxyModule {
@@ -284,7 +351,10 @@ impl ProxyModule {
             sockets: Vec::new(),
             free: Vec::new(),
             dirty: Vec::new(),
+            by_session: HashMap::new(),
             proxies: Vec::new(),
+            events: ProxyEvents::default(),
+            actions: Vec::new(),
             stats: ProxyModuleStats::default(),
         }
     }
@@ -299,17 +369,27 @@ impl ProxyModule {
         &self.proxies
     }
 
+    /// Proxy sockets in use.
+    pub fn n_sockets(&self) -> usize {
+        self.sockets.len() - self.free.len()
+    }
+
     /// A fresh link for a connection accepted on the proxy listener.
     pub fn new_link(&self) -> ProxyLink {
         ProxyLink::new(self.keys.clone(), self.cfg.in_buf_size)
     }
 
-    fn handle(&self, index: u32) -> u32 {
-        (self.sockets[index as usize].generation << SOCKET_INDEX_BITS) | index
+    /// Moves the events collected so far into `into` (emptied first) and
+    /// returns whether there were any. The host handles them, possibly calling
+    /// the module again, and repeats until none are left.
+    pub fn take_events(&mut self, into: &mut ProxyEvents) -> bool {
+        into.clear();
+        std::mem::swap(&mut self.events, into);
+        !into.list.is_empty()
     }
 
-    fn slot(&mut self, socket: u32) -> Option<(u32, &mut SocketSlot)> {
-        find_slot(&mut self.sockets, socket)
+    fn handle(&self, index: u32) -> u32 {
+        (self.sockets[index as usize].generation << SOCKET_INDEX_BITS) | index
     }
 
     /// Creates a proxy socket for a player the login server announced (thesis
@@ -325,7 +405,7 @@ impl ProxyModule {
         ip: IpAddr,
         token: &[u8; TOKEN_BYTES],
     ) -> Result<u32, NewSocketError> {
-        if self.sockets.len() - self.free.len() >= self.cfg.max_sockets.min(MAX_SOCKETS) {
+        if self.n_sockets() >= self.cfg.max_sockets.min(MAX_SOCKETS) {
             return Err(NewSocketError::TooManySockets);
         }
         // Least loaded: the smallest share of its capacity in use.
@@ -340,6 +420,10 @@ impl ProxyModule {
             .min_by(|a, b| a.1.total_cmp(&b.1))
             .map(|(c, _)| c)
             .ok_or(NewSocketError::NoProxy)?;
+        // A newer login of the same session replaces an older socket.
+        if let Some(&old) = self.by_session.get(&(account_id, login_session_id)) {
+            self.close(clients, old, true, "replaced by a newer login");
+        }
         let index = match self.free.pop() {
             Some(index) => index,
             None => {
@@ -350,24 +434,16 @@ impl ProxyModule {
                     account_id: 0,
                     login_session_id: 0,
                     pending: Vec::new(),
+                    cuts: Vec::new(),
                     overflow: false,
                     deadline: Instant::now(),
                 });
                 (self.sockets.len() - 1) as u32
             }
         };
-        let slot = &mut self.sockets[index as usize];
-        slot.state = SocketState::Opening;
-        slot.proxy = proxy;
-        slot.account_id = account_id;
-        slot.login_session_id = login_session_id;
-        slot.pending.clear();
-        slot.overflow = false;
-        slot.deadline = Instant::now() + self.cfg.connect_timeout;
         let socket = self.handle(index);
         let sent = clients.cl_write(proxy, |session, out| {
             let link = session.proxy_link().expect("a proxy");
-            link.n_sockets += 1;
             link.send(
                 out,
                 &TProxyMsg::OpenedSocket {
@@ -378,12 +454,22 @@ impl ProxyModule {
                     account_name,
                     token,
                 },
-            )
+            )?;
+            link.n_sockets += 1;
+            Ok::<(), ChannelError>(())
         });
         if !matches!(sent, Some(Ok(()))) {
-            self.free_socket(index);
+            self.free.push(index);
             return Err(NewSocketError::NoProxy);
         }
+        let slot = &mut self.sockets[index as usize];
+        slot.state = SocketState::Opening;
+        slot.proxy = proxy;
+        slot.account_id = account_id;
+        slot.login_session_id = login_session_id;
+        slot.deadline = Instant::now() + self.cfg.connect_timeout;
+        self.by_session
+            .insert((account_id, login_session_id), index);
         Ok(socket)
     }
 
@@ -395,74 +481,105 @@ impl ProxyModule {
         account_id: u64,
         login_session_id: u32,
     ) {
-        let found = self.sockets.iter().position(|s| {
-            matches!(s.state, SocketState::Opening | SocketState::Reserved)
-                && s.account_id == account_id
-                && s.login_session_id == login_session_id
-        });
-        if let Some(index) = found {
-            let socket = self.handle(index as u32);
-            self.close_at_proxy(clients, index as u32, socket);
+        if let Some(&index) = self.by_session.get(&(account_id, login_session_id))
+            && matches!(
+                self.sockets[index as usize].state,
+                SocketState::Opening | SocketState::Reserved
+            )
+        {
+            self.close(clients, index, true, "cancelled by the login server");
         }
     }
 
     /// Disconnects a player (thesis `proxy_delete_socket`): the proxy is told
     /// with `TPROXY_MSG_CLOSED_SOCKET` and the handle is dead at once.
     pub fn proxy_delete_socket<S: ProxySessions>(&mut self, clients: &mut Clients<S>, socket: u32) {
-        if let Some((index, _)) = self.slot(socket) {
-            self.close_at_proxy(clients, index, socket);
+        if let Some((index, _)) = find_slot(&mut self.sockets, socket) {
+            self.close(clients, index, true, "deleted by the shard");
         }
     }
 
-    fn close_at_proxy<S: ProxySessions>(
+    /// Ends socket `index`: updates its proxy's count (telling it with
+    /// `TPROXY_MSG_CLOSED_SOCKET` if `tell_proxy`), emits the socket's
+    /// terminal event, and frees the slot.
+    fn close<S: ProxySessions>(
         &mut self,
         clients: &mut Clients<S>,
         index: u32,
-        socket: u32,
+        tell_proxy: bool,
+        reason: &'static str,
     ) {
+        let socket = self.handle(index);
         let proxy = self.sockets[index as usize].proxy;
         clients.cl_write(proxy, |session, out| {
             if let Some(link) = session.proxy_link() {
                 link.n_sockets = link.n_sockets.saturating_sub(1);
-                link.send(out, &TProxyMsg::ClosedSocket { socket_id: socket })
-                    .ok();
+                if tell_proxy {
+                    link.send(out, &TProxyMsg::ClosedSocket { socket_id: socket })
+                        .ok();
+                }
             }
         });
-        self.free_socket(index);
+        self.release(index, reason);
     }
 
-    fn free_socket(&mut self, index: u32) {
+    /// Emits the socket's terminal event and frees the slot.
+    fn release(&mut self, index: u32, reason: &'static str) {
+        let socket = self.handle(index);
         let slot = &mut self.sockets[index as usize];
-        slot.state = SocketState::Free;
+        let event = match std::mem::replace(&mut slot.state, SocketState::Free) {
+            SocketState::Free => return,
+            SocketState::Opening => ProxyEvent::SocketOpened(SocketOpened {
+                socket,
+                proxy_address: None,
+                proxy_key: None,
+            }),
+            SocketState::Reserved => ProxyEvent::SocketClosed { socket, reason },
+            SocketState::Connected { .. } => ProxyEvent::PlayerDisconnected { socket, reason },
+        };
+        if self
+            .by_session
+            .get(&(slot.account_id, slot.login_session_id))
+            == Some(&index)
+        {
+            self.by_session
+                .remove(&(slot.account_id, slot.login_session_id));
+        }
         slot.pending.clear();
+        slot.cuts.clear();
         slot.overflow = false;
         slot.generation = (slot.generation + 1) & ((1 << (32 - SOCKET_INDEX_BITS)) - 1);
         self.free.push(index);
+        self.events.list.push(event);
     }
 
     /// A buffer of `size` bytes to write one message for the player into
     /// (thesis `proxy_forward_msg`, which returns a `bbuf_t`). `None` if the
-    /// socket is not connected, or the player was just dropped for having
-    /// more than `player_out_max` bytes waiting.
+    /// socket is not connected, the message is larger than a frame, or the
+    /// player was just marked for dropping, having more than `player_out_max`
+    /// bytes waiting.
     pub fn proxy_forward_msg(&mut self, socket: u32, size: usize) -> Option<&mut [u8]> {
         let limit = self.cfg.player_out_max;
+        let frame_max = self.cfg.player_frame_max.min(PLAYER_FRAME_PLAINTEXT_MAX);
         let (index, slot) = find_slot(&mut self.sockets, socket)?;
-        if !matches!(slot.state, SocketState::Connected { .. }) {
+        if !matches!(slot.state, SocketState::Connected { .. }) || slot.overflow || size > frame_max
+        {
             return None;
         }
-        if slot.overflow {
-            return None;
-        }
+        let was_empty = slot.pending.is_empty();
         if slot.pending.len() + size > limit {
-            // A player this far behind is dropped at the next flush (the pool
-            // is not at hand here).
+            // Dropped at the next flush (the pool is not at hand here).
             slot.overflow = true;
-            if slot.pending.is_empty() {
+            if was_empty {
                 self.dirty.push(index);
             }
             return None;
         }
-        if slot.pending.is_empty() {
+        let frame_start = slot.cuts.last().copied().unwrap_or(0);
+        if slot.pending.len() > frame_start && slot.pending.len() - frame_start + size > frame_max {
+            slot.cuts.push(slot.pending.len());
+        }
+        if was_empty {
             self.dirty.push(index);
         }
         let start = slot.pending.len();
@@ -482,9 +599,10 @@ impl ProxyModule {
     }
 
     /// Seals every player's pending messages into `TPROXY_MSG_PLAYER_PACKET`s
-    /// on its proxy link (one client frame per player per flush). Call before
-    /// the pool's `cl_flush`.
-    pub fn flush<S: ProxySessions>(&mut self, clients: &mut Clients<S>, events: &mut ProxyEvents) {
+    /// on its proxy link (one client frame per player per flush, more only
+    /// past `PLAYER_FRAME_PLAINTEXT_MAX`), and drops players marked for
+    /// overflow. Call before the pool's `cl_flush`.
+    pub fn flush<S: ProxySessions>(&mut self, clients: &mut Clients<S>) {
         let mut dirty = std::mem::take(&mut self.dirty);
         for &index in &dirty {
             let socket = self.handle(index);
@@ -494,68 +612,46 @@ impl ProxyModule {
                     "proxy socket {socket:#x}: over {} bytes queued; dropping the player",
                     self.cfg.player_out_max
                 );
-                self.close_at_proxy(clients, index, socket);
-                events.list.push(ProxyEvent::PlayerDisconnected {
-                    socket,
-                    reason: "too much output queued (slow player)",
-                });
+                self.close(clients, index, true, "too much output queued (slow player)");
                 continue;
             }
-            match &mut slot.state {
-                SocketState::Connected { push } => {
-                    let proxy = slot.proxy;
-                    let pending = &slot.pending;
-                    let mut frames = 0;
-                    let sealed =
-                        clients.cl_write(proxy, |session, out| -> Result<(), ChannelError> {
-                            let link = session.proxy_link().ok_or(ChannelError::NotOpen)?;
-                            for chunk in pending.chunks(PLAYER_FRAME_PLAINTEXT_MAX) {
-                                let data_len = FRAME_LEN_BYTES + ABYTES + chunk.len();
-                                link.chan.room(out, PLAYER_PACKET_HEADER_BYTES + data_len)?;
-                                put_player_packet_header(
-                                    out,
-                                    TPROXY_MSG_PLAYER_PACKET,
-                                    socket,
-                                    data_len,
-                                );
-                                let start = out.len();
-                                out.extend_from_slice(&[0, 0, 0]);
-                                out.extend_from_slice(chunk);
-                                seal_with(push, out, start)?;
-                                frames += 1;
-                            }
-                            Ok(())
-                        });
-                    slot.pending.clear();
-                    self.stats.frames_out += frames;
-                    if !matches!(sealed, Some(Ok(()))) {
-                        self.drop_socket(index, socket, "its proxy is gone", events);
+            let SocketState::Connected { push } = &mut slot.state else {
+                slot.pending.clear();
+                slot.cuts.clear();
+                continue;
+            };
+            let proxy = slot.proxy;
+            let (pending, cuts) = (&slot.pending, &slot.cuts);
+            let mut frames = 0;
+            let sealed = clients.cl_write(proxy, |session, out| -> Result<(), ChannelError> {
+                let link = session.proxy_link().ok_or(ChannelError::NotOpen)?;
+                let mut start = 0;
+                for end in cuts.iter().copied().chain(std::iter::once(pending.len())) {
+                    let chunk = &pending[start..end];
+                    start = end;
+                    if chunk.is_empty() {
+                        continue;
                     }
+                    let data_len = FRAME_LEN_BYTES + ABYTES + chunk.len();
+                    link.chan.room(out, PLAYER_PACKET_HEADER_BYTES + data_len)?;
+                    put_player_packet_header(out, TPROXY_MSG_PLAYER_PACKET, socket, data_len);
+                    let frame_start = out.len();
+                    out.extend_from_slice(&[0, 0, 0]);
+                    out.extend_from_slice(chunk);
+                    seal_with(push, out, frame_start)?;
+                    frames += 1;
                 }
-                _ => slot.pending.clear(),
+                Ok(())
+            });
+            slot.pending.clear();
+            slot.cuts.clear();
+            self.stats.frames_out += frames;
+            if !matches!(sealed, Some(Ok(()))) {
+                self.release(index, "its proxy is gone");
             }
         }
         dirty.clear();
         self.dirty = dirty;
-    }
-
-    fn drop_socket(
-        &mut self,
-        index: u32,
-        socket: u32,
-        reason: &'static str,
-        events: &mut ProxyEvents,
-    ) {
-        let was_connected = matches!(
-            self.sockets[index as usize].state,
-            SocketState::Connected { .. }
-        );
-        self.free_socket(index);
-        if was_connected {
-            events
-                .list
-                .push(ProxyEvent::PlayerDisconnected { socket, reason });
-        }
     }
 
     /// Once a second: sockets whose player never connected are cancelled.
@@ -565,16 +661,18 @@ impl ProxyModule {
             if matches!(slot.state, SocketState::Opening | SocketState::Reserved)
                 && now >= slot.deadline
             {
-                let socket = self.handle(index);
-                debug!("proxy socket {socket:#x}: the player never connected");
-                self.close_at_proxy(clients, index, socket);
+                debug!(
+                    "proxy socket {:#x}: the player never connected",
+                    self.handle(index)
+                );
+                self.close(clients, index, true, "the player never connected");
             }
         }
     }
 
     /// A connection on the proxy listener went away (from the pool's
-    /// `take_disconnected`): its players are disconnected.
-    pub fn proxy_gone(&mut self, proxy: ClientRef, events: &mut ProxyEvents) {
+    /// `take_disconnected`): its sockets end.
+    pub fn proxy_gone(&mut self, proxy: ClientRef) {
         if let Some(i) = self.proxies.iter().position(|&p| p == proxy) {
             self.proxies.swap_remove(i);
             info!("proxy link {} gone", proxy.index);
@@ -582,46 +680,25 @@ impl ProxyModule {
         for index in 0..self.sockets.len() as u32 {
             let slot = &self.sockets[index as usize];
             if !matches!(slot.state, SocketState::Free) && slot.proxy == proxy {
-                let socket = self.handle(index);
-                let was = std::mem::replace(
-                    &mut self.sockets[index as usize].state,
-                    SocketState::Opening,
-                );
-                self.free_socket(index);
-                match was {
-                    SocketState::Connected { .. } => {
-                        events.list.push(ProxyEvent::PlayerDisconnected {
-                            socket,
-                            reason: "its proxy went away",
-                        })
-                    }
-                    SocketState::Opening => {
-                        events.list.push(ProxyEvent::SocketOpened(SocketOpened {
-                            socket,
-                            proxy_address: None,
-                            proxy_key: None,
-                        }))
-                    }
-                    _ => {}
-                }
+                self.release(index, "its proxy went away");
             }
         }
     }
 
     /// Handles `EVENT_READ_CLIENT` for a connection on the proxy listener: the
-    /// handshake, `FPROXY_MSG_LOGIN`, and the proxy's messages. Player events
-    /// are appended to `events`.
+    /// handshake, `FPROXY_MSG_LOGIN`, and the proxy's messages, applied in the
+    /// order they arrived.
     pub fn proxy_read<S: ProxySessions>(
         &mut self,
         clients: &mut Clients<S>,
         proxy: ClientRef,
         mut data: PoolBuf,
         now: Instant,
-        events: &mut ProxyEvents,
     ) {
         let Some(slot) = clients.cl_read(proxy, data.len(), now) else {
             return;
         };
+        let addr = slot.addr;
         let (session, in_buf, out) = slot.parts();
         let Some(link) = session.proxy_link() else {
             return;
@@ -635,14 +712,14 @@ impl ProxyModule {
             ..
         } = link;
         let mut logged_in = false;
-        let mut opened: Vec<(u32, u8)> = Vec::new();
-        let mut cryptchans: Vec<(u32, PushStream)> = Vec::new();
-        // Sockets the proxy closed, and sockets whose packets failed the checks
-        // here (the proxy must be told to close those).
-        let mut closes: Vec<u32> = Vec::new();
-        let mut refused: Vec<u32> = Vec::new();
-        let cfg = &self.cfg;
-        let stats = &mut self.stats;
+        let ProxyModule {
+            cfg,
+            stats,
+            actions,
+            events,
+            ..
+        } = self;
+        actions.clear();
         let result = feed(
             in_buf,
             data.as_mut_slice(),
@@ -680,25 +757,25 @@ impl ProxyModule {
                                         },
                                         ProxyLinkState::AwaitLogin,
                                     ) => {
-                                        if !memcmp_ct(password, cfg.password.expose().as_bytes()) {
-                                            chan.room(out, TProxyMsg::CONTROL_MAX)?;
-                                            TProxyMsg::LoginResult {
-                                                result: LOGIN_RESULT_BAD_PASSWORD,
-                                                shard_name: &cfg.shard_name,
-                                            }
-                                            .encode(out);
+                                        let ok =
+                                            memcmp_ct(password, cfg.password.expose().as_bytes());
+                                        chan.room(out, TProxyMsg::CONTROL_MAX)?;
+                                        TProxyMsg::LoginResult {
+                                            result: if ok {
+                                                LOGIN_RESULT_OK
+                                            } else {
+                                                LOGIN_RESULT_BAD_PASSWORD
+                                            },
+                                            shard_name: &cfg.shard_name,
+                                        }
+                                        .encode(out);
+                                        if !ok {
                                             return Err(LinkError::Login("wrong password"));
                                         }
                                         *public_address = address.to_string();
                                         *capacity = cap;
                                         *state = ProxyLinkState::Ready;
                                         logged_in = true;
-                                        chan.room(out, TProxyMsg::CONTROL_MAX)?;
-                                        TProxyMsg::LoginResult {
-                                            result: LOGIN_RESULT_OK,
-                                            shard_name: &cfg.shard_name,
-                                        }
-                                        .encode(out);
                                     }
                                     (_, ProxyLinkState::Handshake | ProxyLinkState::AwaitLogin) => {
                                         return Err(LinkError::Login(
@@ -709,7 +786,10 @@ impl ProxyModule {
                                         return Err(LinkError::Login("a second FPROXY_MSG_LOGIN"));
                                     }
                                     (FProxyMsg::OpenedSocketResult { socket_id, result }, _) => {
-                                        opened.push((socket_id, result));
+                                        actions.push(Action::Opened {
+                                            socket: socket_id,
+                                            result,
+                                        });
                                     }
                                     (
                                         FProxyMsg::PlayerCryptchan {
@@ -718,8 +798,10 @@ impl ProxyModule {
                                         },
                                         _,
                                     ) => {
-                                        cryptchans
-                                            .push((socket_id, PushStream::import_state(push)));
+                                        actions.push(Action::Cryptchan {
+                                            socket: socket_id,
+                                            push: PushStream::import_state(push),
+                                        });
                                     }
                                     (FProxyMsg::PlayerPacket { socket_id, data }, _) => {
                                         // The same size checks as the proxy, just in case.
@@ -728,7 +810,7 @@ impl ProxyModule {
                                                 stats.msgs_in += n as u64;
                                                 let start = events.bytes.len();
                                                 events.bytes.extend_from_slice(data);
-                                                events.list.push(ProxyEvent::PlayerPacket {
+                                                actions.push(Action::Packet {
                                                     socket: socket_id,
                                                     start,
                                                     end: events.bytes.len(),
@@ -739,12 +821,12 @@ impl ProxyModule {
                                                     "proxy socket {socket_id:#x}: packet refused by the size checks: {e}"
                                                 );
                                                 stats.filtered += 1;
-                                                refused.push(socket_id);
+                                                actions.push(Action::Refused { socket: socket_id });
                                             }
                                         }
                                     }
                                     (FProxyMsg::CloseSocket { socket_id, .. }, _) => {
-                                        closes.push(socket_id)
+                                        actions.push(Action::Closed { socket: socket_id });
                                     }
                                 }
                             }
@@ -761,117 +843,89 @@ impl ProxyModule {
                 FeedError::TooLarge => "frame larger than the pool's in_buf_size".to_string(),
                 FeedError::Process(e) => e.to_string(),
             };
-            warn!("proxy link {} ({}): {why}", proxy.index, slot.addr);
+            warn!("proxy link {} ({addr}): {why}", proxy.index);
             clients.cl_disconnect(proxy, DisconnectReason::Protocol(why));
             return;
         }
         if logged_in {
-            info!(
-                "proxy {} logged in: players will connect to {address}",
-                slot.addr
-            );
+            info!("proxy {addr} logged in: players will connect to {address}");
             self.proxies.push(proxy);
         }
         if wrote {
             clients.cl_wrote(proxy);
         }
-        for (socket, result) in opened {
-            self.opened_socket_result(clients, proxy, socket, result, events);
+        let mut actions = std::mem::take(&mut self.actions);
+        for action in actions.drain(..) {
+            self.apply(clients, proxy, action);
         }
-        for (socket, push) in cryptchans {
-            match self.slot(socket) {
-                Some((_, slot))
-                    if slot.proxy == proxy && matches!(slot.state, SocketState::Reserved) =>
-                {
-                    slot.state = SocketState::Connected {
-                        push: Box::new(push),
-                    };
-                    events.list.push(ProxyEvent::PlayerConnected { socket });
-                }
-                _ => debug!("FPROXY_MSG_PLAYER_CRYPTCHAN for unknown socket {socket:#x}"),
-            }
-        }
-        for socket in refused {
-            if let Some((index, slot)) = self.slot(socket)
-                && slot.proxy == proxy
-            {
-                let was_connected = matches!(slot.state, SocketState::Connected { .. });
-                self.close_at_proxy(clients, index, socket);
-                if was_connected {
-                    events.list.push(ProxyEvent::PlayerDisconnected {
-                        socket,
-                        reason: "its messages failed the size checks",
-                    });
-                }
-            }
-        }
-        for socket in closes {
-            if let Some((index, slot)) = self.slot(socket)
-                && slot.proxy == proxy
-            {
-                let opening = matches!(slot.state, SocketState::Opening);
-                if let Some(link) = clients.get_mut(proxy).and_then(|c| c.session.proxy_link()) {
-                    link.n_sockets = link.n_sockets.saturating_sub(1);
-                }
-                self.drop_socket(index, socket, "closed by the proxy", events);
-                if opening {
-                    events.list.push(ProxyEvent::SocketOpened(SocketOpened {
-                        socket,
-                        proxy_address: None,
-                        proxy_key: None,
-                    }));
-                }
-            }
-        }
+        self.actions = actions;
     }
 
-    fn opened_socket_result<S: ProxySessions>(
+    /// Applies one message of a proxy's read. A proxy speaks only for its own
+    /// sockets: anything about another proxy's socket is dropped.
+    fn apply<S: ProxySessions>(
         &mut self,
         clients: &mut Clients<S>,
         proxy: ClientRef,
-        socket: u32,
-        result: u8,
-        events: &mut ProxyEvents,
+        action: Action,
     ) {
-        let Some((index, slot)) = self.slot(socket) else {
+        let socket = match &action {
+            Action::Opened { socket, .. }
+            | Action::Cryptchan { socket, .. }
+            | Action::Packet { socket, .. }
+            | Action::Refused { socket }
+            | Action::Closed { socket } => *socket,
+        };
+        let Some((index, slot)) =
+            find_slot(&mut self.sockets, socket).filter(|(_, s)| s.proxy == proxy)
+        else {
+            self.stats.foreign += 1;
+            debug!(
+                "proxy link {}: message about socket {socket:#x}, not one of its own",
+                proxy.index
+            );
             return;
         };
-        if slot.proxy != proxy || !matches!(slot.state, SocketState::Opening) {
-            return;
-        }
-        let link = clients.get_mut(proxy).and_then(|c| c.session.proxy_link());
-        let answer = match link {
-            Some(link) if result == OPENED_SOCKET_OK => {
+        match (action, &slot.state) {
+            (Action::Opened { result, .. }, SocketState::Opening) => {
+                if result != OPENED_SOCKET_OK {
+                    self.close(clients, index, false, "refused by the proxy");
+                    return;
+                }
                 slot.state = SocketState::Reserved;
-                SocketOpened {
-                    socket,
-                    proxy_address: Some(link.public_address.clone()),
-                    proxy_key: link.public_key(),
-                }
+                let link = clients.get_mut(proxy).and_then(|c| c.session.proxy_link());
+                self.events
+                    .list
+                    .push(ProxyEvent::SocketOpened(SocketOpened {
+                        socket,
+                        proxy_address: link.as_ref().map(|l| l.public_address.clone()),
+                        proxy_key: link.and_then(|l| l.public_key()),
+                    }));
             }
-            other => {
-                if let Some(link) = other {
-                    link.n_sockets = link.n_sockets.saturating_sub(1);
-                }
-                self.free_socket(index);
-                SocketOpened {
-                    socket,
-                    proxy_address: None,
-                    proxy_key: None,
-                }
+            (Action::Cryptchan { push, .. }, SocketState::Reserved) => {
+                slot.state = SocketState::Connected { push };
+                self.events
+                    .list
+                    .push(ProxyEvent::PlayerConnected { socket });
             }
-        };
-        events.list.push(ProxyEvent::SocketOpened(answer));
+            (Action::Packet { start, end, .. }, SocketState::Connected { .. }) => {
+                self.events
+                    .list
+                    .push(ProxyEvent::PlayerPacket { socket, start, end });
+            }
+            (Action::Refused { .. }, _) => {
+                self.close(clients, index, true, "its messages failed the size checks");
+            }
+            (Action::Closed { .. }, _) => self.close(clients, index, false, "closed by the proxy"),
+            (_, _) => {
+                self.stats.foreign += 1;
+                debug!(
+                    "proxy link {}: message out of order for socket {socket:#x}",
+                    proxy.index
+                );
+            }
+        }
     }
-}
-
-/// The live socket a handle names: index bits select the slot, the rest must
-/// match its generation.
-fn find_slot(sockets: &mut [SocketSlot], socket: u32) -> Option<(u32, &mut SocketSlot)> {
-    let index = socket & ((1 << SOCKET_INDEX_BITS) - 1);
-    let slot = sockets.get_mut(index as usize)?;
-    (slot.generation == socket >> SOCKET_INDEX_BITS && !matches!(slot.state, SocketState::Free))
-        .then_some((index, slot))
 }
 
 /// Why a proxy link is dropped.

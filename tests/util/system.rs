@@ -66,8 +66,18 @@ pub const LOGIN_PASSWORD: &str = "test-login-password";
 
 /// Starts a shard; ports 0 let the kernel choose.
 pub fn start_shard(name: &str, proxy_listen: SocketAddr, login_listen: SocketAddr) -> ShardNode {
+    start_shard_with(name, proxy_listen, login_listen, |_| {})
+}
+
+/// As [`start_shard`], with `tweak` adjusting the configuration.
+pub fn start_shard_with(
+    name: &str,
+    proxy_listen: SocketAddr,
+    login_listen: SocketAddr,
+    tweak: impl FnOnce(&mut ShardServerCfg),
+) -> ShardNode {
     init_logger();
-    let cfg = ShardServerCfg {
+    let mut cfg = ShardServerCfg {
         name: name.to_string(),
         proxy_listen,
         login_listen,
@@ -76,6 +86,7 @@ pub fn start_shard(name: &str, proxy_listen: SocketAddr, login_listen: SocketAdd
         key_seed: None,
         ..ShardServerCfg::default()
     };
+    tweak(&mut cfg);
     let server = ShardServer::start(cfg, Vec::new()).unwrap();
     let (proxy_addr, login_addr, key) = (
         server.proxy_addr(),
