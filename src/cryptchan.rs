@@ -15,7 +15,9 @@
 //!   layout safe; a test compares it with libsodium's out-of-place result.
 //! - A pull fails on any tampering, truncation, reordering, replay or wrong
 //!   key (the MAC and the stream's internal nonce), and leaves the stream
-//!   unchanged.
+//!   unchanged. A message that authenticates but carries a tag other than
+//!   `TAG_MESSAGE` (we never send one) has already advanced the stream; either
+//!   way the caller closes the connection.
 //! - [`PushStream::export_state`] and [`PushStream::import_state`] move a
 //!   stream to another process: the proxy hands the shard the state of the
 //!   proxy-to-client stream in `FPROXY_MSG_PLAYER_CRYPTCHAN` (port decision).
@@ -440,7 +442,8 @@ impl PullStream {
     }
 
     /// Decrypts in place and returns the message length `m`: on success the
-    /// message is `buf[1..1 + m]`. On failure the stream is unchanged and the
+    /// message is `buf[1..1 + m]`. On a MAC failure the stream is unchanged;
+    /// on [`CryptError::Tag`] it has advanced past the message. Either way the
     /// connection should be closed.
     pub fn pull_in_place(&mut self, buf: &mut [u8]) -> Result<usize, CryptError> {
         if buf.len() < ABYTES {

@@ -16,7 +16,13 @@
 //! players, and the shard module (a connection per shard, reconnected every
 //! 2 s) for its links to the shards' login listeners. Accounts come from a
 //! file (`NAME ID HASH` per line) and, with `--create-accounts`, are created
-//! on their first login (for load tests).
+//! on their first login (for load tests), up to `--max-accounts` in memory.
+//!
+//! A limit of the reference program, not of the proxy: password hashes are
+//! checked on the main thread, so one `crypto_pwhash` (tens of milliseconds
+//! at the interactive cost) holds up every other player of this login server
+//! meanwhile. A production login server would hash on a worker pool; the
+//! thesis does not describe its own, and the proxy never hashes.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -59,6 +65,9 @@ pub struct LoginServerCfg {
     pub create_accounts: bool,
     /// Cost of hashes made for created accounts.
     pub pwhash_cost: PwhashCost,
+    /// Most accounts held in memory (loaded and created); a login that would
+    /// create one more is refused.
+    pub max_accounts: usize,
     /// Seed of the login server's key pair, so players can pin it.
     pub key_seed: Option<[u8; 32]>,
     /// Most players connected at once.
@@ -74,6 +83,7 @@ impl Default for LoginServerCfg {
             accounts: None,
             create_accounts: false,
             pwhash_cost: PwhashCost::Interactive,
+            max_accounts: 100_000,
             key_seed: None,
             max_clients: 16_384,
         }
@@ -247,6 +257,14 @@ impl LoginServer {
         if let Some(path) = &cfg.accounts {
             for (name, (id, hash)) in load_accounts(path).map_err(io::Error::other)? {
                 accounts.insert(name, Account { id, hash });
+            }
+            if accounts.len() > cfg.max_accounts {
+                return Err(io::Error::other(format!(
+                    "{}: {} accounts, more than --max-accounts {}",
+                    path.display(),
+                    accounts.len(),
+                    cfg.max_accounts
+                )));
             }
         }
         let next_account_id = accounts.values().map(|a| a.id).max().unwrap_or(0) + 1;
@@ -454,7 +472,10 @@ impl LoginServer {
                                         Some(a.id)
                                     }
                                     Some(_) => None,
-                                    None if cfg.create_accounts && !password.is_empty() => {
+                                    None if cfg.create_accounts
+                                        && !password.is_empty()
+                                        && accounts.len() < cfg.max_accounts =>
+                                    {
                                         let hash = cryptchan::pwhash_str(password, cfg.pwhash_cost)
                                             .map_err(|_| PlayerError::Refused("cannot hash"))?;
                                         let id = *next_account_id;
@@ -463,7 +484,16 @@ impl LoginServer {
                                             .insert(account_name.to_string(), Account { id, hash });
                                         Some(id)
                                     }
-                                    None => None,
+                                    None => {
+                                        if cfg.create_accounts && !password.is_empty() {
+                                            warn!(
+                                                "not creating account `{account_name}`: \
+                                                 --max-accounts {} reached",
+                                                cfg.max_accounts
+                                            );
+                                        }
+                                        None
+                                    }
                                 };
                                 chan.room(out, FromLogin::MAX)?;
                                 match account_id {
@@ -794,6 +824,7 @@ Options:
   --shard-password PW        the shards' login password [default: change-me-too]
   --accounts FILE            accounts, `NAME ID HASH` per line
   --create-accounts          create an unknown account at its first login
+  --max-accounts N           accounts held in memory, loaded or created [default: 100000]
   --pwhash-cost COST         min (load tests only) or interactive [default: interactive]
   --key-seed HEX             64 hex digits: a fixed key pair players can pin
   --max-clients N            players connected at once [default: 16384]
@@ -820,6 +851,7 @@ pub fn main_with_args<I: IntoIterator<Item = OsString>>(args: I) -> i32 {
                 "--shard-password" => cfg.shard_password = Secret::new(args.value(&flag)?),
                 "--accounts" => cfg.accounts = Some(args.value(&flag)?.into()),
                 "--create-accounts" => cfg.create_accounts = true,
+                "--max-accounts" => cfg.max_accounts = args.parse(&flag)?,
                 "--pwhash-cost" => {
                     cfg.pwhash_cost = match args.value(&flag)?.as_str() {
                         "min" => PwhashCost::Min,

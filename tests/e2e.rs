@@ -16,7 +16,7 @@ use muta_proxy::proto::client::{ClientMsg, ServerMsg};
 use muta_proxy::proto::frame::ChannelError;
 use muta_proxy::proto::login::{RESULT_BAD_CREDENTIALS, RESULT_NO_SHARD};
 use util::loopback;
-use util::system::{System, login_until, start_login, start_proxy, start_shard};
+use util::system::{System, login_until, start_login, start_login_with, start_proxy, start_shard};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -166,6 +166,22 @@ fn a_wrong_password_an_unknown_shard_and_a_wrong_account_are_refused() {
         conn.closed_within(T),
         "a proof naming another account must be refused"
     );
+}
+
+#[test]
+fn the_login_server_creates_no_more_accounts_than_its_limit() {
+    let shard = start_shard("shard-1", loopback(0), loopback(0));
+    let _proxy = start_proxy(&[shard.proxy_addr], 0, |_| {});
+    let login = start_login_with(&[shard.login_addr], |cfg| cfg.max_accounts = 2);
+    let addr = login.addr.to_string();
+    login_until(login.addr, "first", "shard-1", T).unwrap();
+    login_until(login.addr, "second", "shard-1", T).unwrap();
+    match client::login(&addr, None, "third", "third", "shard-1", T) {
+        Err(ClientError::Refused(code)) => assert_eq!(code, RESULT_BAD_CREDENTIALS),
+        other => panic!("a third account must not be created: {other:?}"),
+    }
+    // The accounts that exist still log in.
+    client::login(&addr, None, "first", "first", "shard-1", T).unwrap();
 }
 
 #[test]

@@ -16,7 +16,7 @@ use muta_proxy::cryptchan::{KeyPair, PublicKey};
 use muta_proxy::proto::client::{
     AuthProof, ClientMsg, ServerMsg, check_client_msg, filter_client_frame,
 };
-use muta_proxy::proto::frame::Channel;
+use muta_proxy::proto::frame::{Channel, ChannelError, Step, feed};
 use muta_proxy::proto::login::{FromLogin, FromShard, ProxyTicket, ToLogin, ToShard};
 use muta_proxy::proto::proxy_shard::{FProxyMsg, TProxyMsg};
 
@@ -315,9 +315,10 @@ fn hostile(rng: &mut Rng, valid: &[Vec<u8>]) -> Vec<u8> {
     }
 }
 
-/// Runs one decoder over an input and checks what it says.
+/// Runs one decoder over an input, checks what it says, and counts the
+/// verdict in `$seen` (accepted, need more, malformed).
 macro_rules! check {
-    ($input:expr, $decode:expr, $encode:expr) => {{
+    ($seen:expr, $input:expr, $decode:expr, $encode:expr) => {{
         let input: &[u8] = $input;
         match $decode(input) {
             Ok(Some((msg, used))) => {
@@ -329,8 +330,10 @@ macro_rules! check {
                     &input[..used],
                     "decode then encode is not the identity"
                 );
+                $seen[0] += 1;
             }
-            Ok(None) | Err(_) => {}
+            Ok(None) => $seen[1] += 1,
+            Err(_) => $seen[2] += 1,
         }
     }};
 }
@@ -340,37 +343,73 @@ fn every_decoder_survives_hostile_bytes_and_accepts_only_what_it_can_re_encode()
     let seed = seed();
     let mut rng = Rng(seed);
     eprintln!("PROTO_FUZZ_SEED={seed}");
-    let mut inputs = 0u64;
-    for round in 0..rounds() {
+    // Per decoder: how often it accepted, wanted more, refused.
+    let names = [
+        "TProxyMsg",
+        "FProxyMsg",
+        "ToLogin",
+        "FromLogin",
+        "ToShard",
+        "FromShard",
+        "ClientMsg",
+        "ServerMsg",
+        "check_client_msg",
+        "filter_client_frame",
+        "AuthProof",
+    ];
+    let mut seen = [[0u64; 3]; 11];
+    for _ in 0..rounds() {
         let valid = valid_messages(&mut rng);
         let input = hostile(&mut rng, &valid);
-        let _ = round;
-        check!(&input, TProxyMsg::decode, TProxyMsg::encode);
-        check!(&input, FProxyMsg::decode, FProxyMsg::encode);
-        check!(&input, ToLogin::decode, ToLogin::encode);
-        check!(&input, FromLogin::decode, FromLogin::encode);
-        check!(&input, ToShard::decode, ToShard::encode);
-        check!(&input, FromShard::decode, FromShard::encode);
-        check!(&input, ClientMsg::decode, ClientMsg::encode);
-        check!(&input, ServerMsg::decode, ServerMsg::encode);
+        check!(seen[0], &input, TProxyMsg::decode, TProxyMsg::encode);
+        check!(seen[1], &input, FProxyMsg::decode, FProxyMsg::encode);
+        check!(seen[2], &input, ToLogin::decode, ToLogin::encode);
+        check!(seen[3], &input, FromLogin::decode, FromLogin::encode);
+        check!(seen[4], &input, ToShard::decode, ToShard::encode);
+        check!(seen[5], &input, FromShard::decode, FromShard::encode);
+        check!(seen[6], &input, ClientMsg::decode, ClientMsg::encode);
+        check!(seen[7], &input, ServerMsg::decode, ServerMsg::encode);
         // The filter and the typed decoder must agree on what is a message.
         match (check_client_msg(&input), ClientMsg::decode(&input)) {
-            (Ok(Some((_, a))), Ok(Some((_, b)))) => assert_eq!(a, b),
-            (Ok(None), Ok(None)) | (Err(_), Err(_)) => {}
+            (Ok(Some((_, a))), Ok(Some((_, b)))) => {
+                assert_eq!(a, b);
+                seen[8][0] += 1;
+            }
+            (Ok(None), Ok(None)) => seen[8][1] += 1,
+            (Err(_), Err(_)) => seen[8][2] += 1,
             (x, y) => panic!("filter {x:?} and decoder {y:?} disagree on {input:?}"),
         }
-        if let Ok(n) = filter_client_frame(&input) {
-            assert!(n >= 1);
+        match filter_client_frame(&input) {
+            Ok(n) => {
+                assert!(n >= 1);
+                seen[9][0] += 1;
+            }
+            Err(_) => seen[9][2] += 1,
         }
-        if let Ok(proof) = AuthProof::decode_frame(&input) {
-            let mut again = Vec::new();
-            proof.encode(&mut again);
-            assert_eq!(again, input);
+        match AuthProof::decode_frame(&input) {
+            Ok(proof) => {
+                let mut again = Vec::new();
+                proof.encode(&mut again);
+                assert_eq!(again, input);
+                seen[10][0] += 1;
+            }
+            Err(_) => seen[10][2] += 1,
         }
-        inputs += 11;
     }
-    eprintln!("{inputs} decoder inputs");
-    assert!(inputs >= 250_000 || rounds() < 25_000);
+    let total: u64 = seen.iter().flatten().sum();
+    eprintln!("{total} decoder inputs");
+    for (name, [accepted, more, refused]) in names.iter().zip(seen) {
+        eprintln!("{name:>20}: {accepted} accepted, {more} need more, {refused} refused");
+        // Inputs that never reach a decoder's accepting or refusing paths
+        // would make this test pass without testing anything.
+        assert!(accepted > 0, "{name} accepted nothing: the inputs miss it");
+        assert!(refused > 0, "{name} refused nothing");
+    }
+    // Every streaming decoder (all but the whole-frame checks) must also have
+    // been handed proper prefixes.
+    for (name, s) in names.iter().zip(seen).take(9) {
+        assert!(s[1] > 0, "{name} never asked for more bytes");
+    }
 }
 
 #[test]
@@ -420,15 +459,93 @@ fn a_channel_survives_hostile_bytes_in_every_state() {
         let mut pos = 0;
         while pos < input.len() {
             match chan.next(&mut input[pos..], &mut out) {
-                Ok(muta_proxy::proto::frame::Step::NeedMore) | Err(_) => break,
-                Ok(muta_proxy::proto::frame::Step::Handshake { consumed })
-                | Ok(muta_proxy::proto::frame::Step::Opened { consumed })
-                | Ok(muta_proxy::proto::frame::Step::Frame { consumed, .. }) => {
+                Ok(Step::NeedMore) | Err(_) => break,
+                Ok(Step::Handshake { consumed })
+                | Ok(Step::Opened { consumed })
+                | Ok(Step::Frame { consumed, .. }) => {
                     assert!(consumed > 0);
                     pos += consumed;
                 }
             }
         }
+    }
+}
+
+/// Drives a channel over `bytes` until it needs more, as a reader does.
+fn drain(chan: &mut Channel, bytes: &mut [u8], reply: &mut Vec<u8>) -> usize {
+    let mut pos = 0;
+    loop {
+        match chan.next(&mut bytes[pos..], reply).unwrap() {
+            Step::NeedMore => return pos,
+            Step::Handshake { consumed } | Step::Opened { consumed } => pos += consumed,
+            Step::Frame { .. } => panic!("a frame during the handshake"),
+        }
+    }
+}
+
+#[test]
+fn valid_frames_cut_at_random_points_arrive_whole_and_in_order() {
+    let mut rng = Rng(seed() ^ 0x5717);
+    for _ in 0..200 {
+        // Open a pair of channels.
+        let mut to_acc = Vec::new();
+        let mut to_ini = Vec::new();
+        let mut ini = Channel::initiator(Arc::new(KeyPair::generate()), None, &mut to_acc);
+        let mut acc = Channel::acceptor(Arc::new(KeyPair::generate()));
+        let used = drain(&mut acc, &mut to_acc, &mut to_ini);
+        to_acc.drain(..used);
+        let used = drain(&mut ini, &mut to_ini, &mut to_acc);
+        to_ini.drain(..used);
+        assert!(ini.is_open());
+
+        // The initiator's handshake tail, then frames of random batches.
+        let mut sent: Vec<Vec<u8>> = Vec::new();
+        for _ in 0..1 + rng.below(40) {
+            let mut frame = Vec::new();
+            for _ in 0..1 + rng.below(8) {
+                let n = 1 + rng.below(400);
+                let msg = rng.bytes(n);
+                ini.send(&mut to_acc, &msg).unwrap();
+                frame.extend_from_slice(&msg);
+            }
+            ini.seal(&mut to_acc).unwrap();
+            sent.push(frame);
+        }
+
+        // Deliver it in reads cut at random points, through `feed`.
+        let in_buf_max = 4096;
+        let mut in_buf = Vec::new();
+        let mut got: Vec<Vec<u8>> = Vec::new();
+        let mut reply = Vec::new();
+        let mut pos = 0;
+        while pos < to_acc.len() {
+            let n = (1 + rng.below(700)).min(to_acc.len() - pos);
+            let mut read = to_acc[pos..pos + n].to_vec();
+            pos += n;
+            feed(&mut in_buf, &mut read, in_buf_max, &mut acc, |chan, buf| {
+                let mut used = 0;
+                loop {
+                    match chan.next(&mut buf[used..], &mut reply)? {
+                        Step::NeedMore => return Ok::<_, ChannelError>(used),
+                        Step::Handshake { consumed } | Step::Opened { consumed } => {
+                            used += consumed
+                        }
+                        Step::Frame {
+                            consumed,
+                            plaintext,
+                        } => {
+                            got.push(plaintext.to_vec());
+                            used += consumed;
+                        }
+                    }
+                }
+            })
+            .unwrap();
+            assert!(in_buf.len() <= in_buf_max);
+        }
+        assert!(acc.is_open());
+        assert!(in_buf.is_empty(), "bytes left over after the last frame");
+        assert_eq!(got, sent, "frames lost, changed or reordered");
     }
 }
 

@@ -20,9 +20,9 @@ use muta_proxy::cryptchan::{KeyPair, PushStream, TOKEN_BYTES, random_bytes};
 use muta_proxy::proto::client::{AuthProof, ClientMsg};
 use muta_proxy::proto::frame::{Channel, Step, seal_with};
 use muta_proxy::proto::proxy_shard::{
-    CLOSE_REASON_FILTERED, CLOSE_REASON_LEFT, CLOSE_REASON_TIMEOUT, FProxyMsg,
-    LOGIN_RESULT_BAD_PASSWORD, LOGIN_RESULT_OK, OPENED_SOCKET_DUPLICATE, OPENED_SOCKET_FULL,
-    OPENED_SOCKET_OK, TProxyMsg,
+    CLOSE_REASON_FILTERED, CLOSE_REASON_LEFT, CLOSE_REASON_REPLACED, CLOSE_REASON_TIMEOUT,
+    FProxyMsg, LOGIN_RESULT_BAD_PASSWORD, LOGIN_RESULT_OK, OPENED_SOCKET_DUPLICATE,
+    OPENED_SOCKET_FULL, OPENED_SOCKET_OK, TProxyMsg,
 };
 use util::system::{ProxyNode, start_proxy};
 
@@ -450,6 +450,58 @@ fn reservations_answer_full_duplicate_and_expire() {
     }
     expired.sort();
     assert_eq!(expired, [first, second]);
+}
+
+#[test]
+fn a_newer_reservation_for_the_same_account_replaces_the_old_one() {
+    let mut s = Setup::new(|_| {});
+    let (old, old_token) = s.reserve("twice", LOCALHOST);
+    // The account logs in again before claiming its first slot.
+    let new = 500;
+    let mut new_token = [0u8; TOKEN_BYTES];
+    random_bytes(&mut new_token);
+    s.link.send(&TProxyMsg::OpenedSocket {
+        socket_id: new,
+        account_id: 7,
+        login_session_id: 2,
+        ip: LOCALHOST,
+        account_name: "twice",
+        token: &new_token,
+    });
+    // The shard is told to forget the old socket, then gets its answer.
+    s.expect_close(old, CLOSE_REASON_REPLACED);
+    assert_eq!(
+        FProxyMsg::decode(&s.link.recv()).unwrap().unwrap().0,
+        FProxyMsg::OpenedSocketResult {
+            socket_id: new,
+            result: OPENED_SOCKET_OK
+        }
+    );
+    let prove = |token: &[u8; TOKEN_BYTES]| {
+        let mut conn = Conn::connect(&s.proxy.addr.to_string(), Some(s.proxy.key), T).unwrap();
+        let mut proof = Vec::new();
+        AuthProof {
+            account_name: "twice",
+            shard_name: "shard-x",
+            token,
+        }
+        .encode(&mut proof);
+        conn.send_frame(&proof).unwrap();
+        conn
+    };
+    // The old token no longer opens anything...
+    let mut stale = prove(&old_token);
+    assert!(stale.closed_within(T), "the replaced token must be refused");
+    // ...and the new one does.
+    let _fresh = prove(&new_token);
+    let msg = s.link.recv();
+    assert!(
+        matches!(
+            FProxyMsg::decode(&msg).unwrap().unwrap().0,
+            FProxyMsg::PlayerCryptchan { socket_id, .. } if socket_id == new
+        ),
+        "the new token must open the new socket"
+    );
 }
 
 #[test]

@@ -152,8 +152,16 @@ pub struct LoginNode {
 
 /// Starts a login server for the shards' login listeners.
 pub fn start_login(shards: &[SocketAddr]) -> LoginNode {
+    start_login_with(shards, |_| {})
+}
+
+/// Starts a login server, with `tweak` applied to its settings.
+pub fn start_login_with(
+    shards: &[SocketAddr],
+    tweak: impl FnOnce(&mut LoginServerCfg),
+) -> LoginNode {
     init_logger();
-    let cfg = LoginServerCfg {
+    let mut cfg = LoginServerCfg {
         listen: loopback(0),
         shards: shards
             .iter()
@@ -170,6 +178,7 @@ pub fn start_login(shards: &[SocketAddr]) -> LoginNode {
         pwhash_cost: PwhashCost::Min,
         ..LoginServerCfg::default()
     };
+    tweak(&mut cfg);
     let server = LoginServer::start(cfg, Vec::new()).unwrap();
     let addr = server.addr();
     let run = Running::spawn("main", server.event_buf(), move || {
