@@ -9,64 +9,17 @@ mod util;
 
 use std::time::{Duration, Instant};
 
-use muta_proxy::bot::client::{ClientError, Conn, Ticket};
+use muta_proxy::bot::client::{ClientError, Conn};
 use muta_proxy::bot::{self, BotCfg, client};
 use muta_proxy::cryptchan::PublicKey;
 use muta_proxy::proto::client::{ClientMsg, ServerMsg};
 use muta_proxy::proto::frame::ChannelError;
 use muta_proxy::proto::login::{RESULT_BAD_CREDENTIALS, RESULT_NO_SHARD};
 use util::loopback;
+use util::play::{echo, play, send};
 use util::system::{System, login_until, start_login, start_login_with, start_proxy, start_shard};
 
 const T: Duration = Duration::from_secs(10);
-
-/// Enters through the ticket's proxy and waits for the shard's welcome.
-fn play(ticket: &Ticket, account: &str, shard: &str) -> Conn {
-    let mut conn =
-        client::enter(ticket, account, shard, T).unwrap_or_else(|e| panic!("{account}: {e}"));
-    let frame = conn
-        .recv_frame(T)
-        .unwrap_or_else(|e| panic!("{account}: no welcome: {e}"));
-    match ServerMsg::decode(&frame) {
-        Ok(Some((ServerMsg::Welcome { name, .. }, _))) => assert_eq!(name, account),
-        other => panic!("{account}: expected SVMSG_WELCOME, got {other:?}"),
-    }
-    conn
-}
-
-fn send(conn: &mut Conn, msgs: &[ClientMsg<'_>]) {
-    let mut frame = Vec::new();
-    for m in msgs {
-        m.encode(&mut frame);
-    }
-    conn.send_frame(&frame).unwrap();
-}
-
-/// Sends one echo and waits for it, skipping broadcasts.
-fn echo(conn: &mut Conn, seq: u32) {
-    send(
-        conn,
-        &[ClientMsg::Echo {
-            seq,
-            time_us: 7,
-            data: b"ping",
-        }],
-    );
-    let deadline = Instant::now() + T;
-    while Instant::now() < deadline {
-        let frame = conn.recv_frame(T).unwrap();
-        let mut at = 0;
-        while at < frame.len() {
-            let (msg, len) = ServerMsg::decode(&frame[at..]).unwrap().unwrap();
-            at += len;
-            if let ServerMsg::Echo { seq: s, data, .. } = msg {
-                assert_eq!((s, data), (seq, &b"ping"[..]));
-                return;
-            }
-        }
-    }
-    panic!("echo {seq} did not come back");
-}
 
 #[test]
 fn a_player_logs_in_gets_a_token_and_a_proxy_and_plays() {

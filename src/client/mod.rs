@@ -170,6 +170,8 @@ pub struct Client<S> {
     /// already written.
     out_buf: Vec<u8>,
     out_pos: usize,
+    /// Most bytes queued (`out_buf_size` of its listener).
+    out_max: usize,
     last_read_at: Instant,
 }
 
@@ -236,6 +238,9 @@ pub struct Clients<S: Session = ()> {
     /// Disconnects not yet taken by the protocol layer; at most one per slot.
     disconnected: Vec<Disconnected<S>>,
     io: ClientIo,
+    /// `(in_buf_size, out_buf_size)` per listener; a listener not in the
+    /// list uses the pool's.
+    listener_bufs: Vec<Option<(usize, usize)>>,
     in_buf_size: usize,
     out_buf_size: usize,
     idle_timeout: Option<Duration>,
@@ -269,6 +274,7 @@ impl<S: Session> Clients<S> {
                     stream: None,
                     out_buf: Vec::new(),
                     out_pos: 0,
+                    out_max: cfg.out_buf_size,
                     last_read_at: now,
                 })
                 .collect(),
@@ -278,6 +284,7 @@ impl<S: Session> Clients<S> {
             flush_spare: Vec::with_capacity(max_clients as usize),
             disconnected: Vec::with_capacity(64),
             io,
+            listener_bufs: Vec::new(),
             in_buf_size: cfg.in_buf_size,
             out_buf_size: cfg.out_buf_size,
             idle_timeout: (cfg.idle_timeout_ms > 0)
@@ -287,6 +294,17 @@ impl<S: Session> Clients<S> {
             log_suppressed: 0,
             stats: ClientStats::default(),
         }
+    }
+
+    /// Gives the connections of one listener their own buffer sizes (a
+    /// program serving two kinds of peers: the shard's proxy links need
+    /// megabytes of output, its direct players kilobytes).
+    pub fn set_listener_bufs(&mut self, listener: u32, in_buf_size: usize, out_buf_size: usize) {
+        let i = listener as usize;
+        if self.listener_bufs.len() <= i {
+            self.listener_bufs.resize(i + 1, None);
+        }
+        self.listener_bufs[i] = Some((in_buf_size, out_buf_size));
     }
 
     /// The client thread's handle.
@@ -330,12 +348,20 @@ impl<S: Session> Clients<S> {
         };
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1).max(1);
+        let (in_buf_size, out_buf_size) = self
+            .listener_bufs
+            .get(listener as usize)
+            .copied()
+            .flatten()
+            .unwrap_or((self.in_buf_size, self.out_buf_size));
         let slot = &mut self.slots[index as usize];
         debug_assert_eq!(slot.flags, 0);
-        if slot.out_buf.capacity() == 0 {
-            slot.out_buf.reserve_exact(self.out_buf_size);
-            slot.in_buf.reserve_exact(self.in_buf_size);
-        }
+        // Once per slot and size: a slot keeps its buffers for its next
+        // occupants (both are empty here, so this is a no-op when they are
+        // large enough already).
+        slot.out_buf.reserve_exact(out_buf_size);
+        slot.in_buf.reserve_exact(in_buf_size);
+        slot.out_max = out_buf_size;
         let stream = Arc::new(stream);
         slot.id = id;
         slot.flags = CL_FLAG_IN_USE;
@@ -400,11 +426,10 @@ impl<S: Session> Clients<S> {
     /// a slow reader if its queue passed `out_buf_size`. Returns false if the
     /// client is not open or was just dropped.
     pub fn cl_wrote(&mut self, client: ClientRef) -> bool {
-        let limit = self.out_buf_size;
         let Some(slot) = self.get_mut(client) else {
             return false;
         };
-        if slot.out_len() > limit {
+        if slot.out_len() > slot.out_max {
             self.stats.slow_readers += 1;
             self.cl_disconnect(client, DisconnectReason::SlowReader);
             return false;
@@ -433,11 +458,10 @@ impl<S: Session> Clients<S> {
     /// Returns false if the client is not open, or would pass `out_buf_size`
     /// and was disconnected as a slow reader.
     pub fn cl_send(&mut self, client: ClientRef, bytes: &[u8]) -> bool {
-        let limit = self.out_buf_size;
         let Some(slot) = self.get_mut(client) else {
             return false;
         };
-        if slot.out_len() + bytes.len() > limit {
+        if slot.out_len() + bytes.len() > slot.out_max {
             self.stats.slow_readers += 1;
             self.cl_disconnect(client, DisconnectReason::SlowReader);
             return false;

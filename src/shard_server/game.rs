@@ -1,8 +1,10 @@
 //! The reference game of `muta-shard` (port decision: MUTA's game logic is not
 //! public). Small on purpose, but with an MMO's traffic shape: a player's
 //! echo comes back to them alone (the latency probe), while chat, movement and
-//! emotes are broadcast to every player, so one client message becomes many
-//! server messages.
+//! emotes are broadcast to every player of the sender's area, so one client
+//! message becomes many server messages. Areas hold `area_players` players
+//! each (a newcomer joins the first area with room), as an MMO sends a
+//! player what happens within its view; with 0 the whole world is one area.
 //!
 //! The game sees players only through proxy-socket handles and writes to them
 //! with `proxy_forward_msg` (here [`ProxyModule::proxy_send`]); it never
@@ -20,6 +22,7 @@ use crate::shard_server::proxy::ProxyModule;
 struct Player {
     id: u32,
     name: String,
+    area: usize,
     x: i32,
     y: i32,
     z: u8,
@@ -38,6 +41,10 @@ pub struct GameStats {
 #[derive(Debug, Default)]
 pub struct Game {
     players: HashMap<u32, Player>,
+    /// The sockets of each area's players.
+    areas: Vec<Vec<u32>>,
+    /// Players per area (0: unbounded, one area).
+    area_players: usize,
     next_player_id: u32,
     /// Reused to encode a message once before it is copied to each player.
     scratch: Vec<u8>,
@@ -45,6 +52,14 @@ pub struct Game {
 }
 
 impl Game {
+    /// An empty world with areas of `area_players` players (0: one area).
+    pub fn new(area_players: usize) -> Game {
+        Game {
+            area_players,
+            ..Game::default()
+        }
+    }
+
     /// Players in the world.
     pub fn n_players(&self) -> usize {
         self.players.len()
@@ -59,11 +74,25 @@ impl Game {
     pub fn player_connected(&mut self, module: &mut ProxyModule, socket: u32, name: &str) {
         self.next_player_id += 1;
         let id = self.next_player_id;
+        let cap = if self.area_players == 0 {
+            usize::MAX
+        } else {
+            self.area_players
+        };
+        let area = match self.areas.iter().position(|a| a.len() < cap) {
+            Some(area) => area,
+            None => {
+                self.areas.push(Vec::new());
+                self.areas.len() - 1
+            }
+        };
+        self.areas[area].push(socket);
         self.players.insert(
             socket,
             Player {
                 id,
                 name: name.to_string(),
+                area,
                 x: 0,
                 y: 0,
                 z: 0,
@@ -84,6 +113,10 @@ impl Game {
     /// A player left.
     pub fn player_disconnected(&mut self, socket: u32) {
         if let Some(p) = self.players.remove(&socket) {
+            let members = &mut self.areas[p.area];
+            if let Some(i) = members.iter().position(|&s| s == socket) {
+                members.swap_remove(i);
+            }
             debug!("player {} ({}) left", p.id, p.name);
         }
     }
@@ -94,7 +127,7 @@ impl Game {
         let Some(player) = self.players.get(&socket) else {
             return true; // left in the meantime
         };
-        let from = player.id;
+        let (from, area) = (player.id, player.area);
         let mut at = 0;
         while at < bytes.len() {
             let Ok(Some((msg, len))) = ClientMsg::decode(&bytes[at..]) else {
@@ -114,7 +147,7 @@ impl Game {
                 }
                 ClientMsg::Chat { text } => {
                     ServerMsg::Chat { from, text }.encode(&mut self.scratch);
-                    self.broadcast(module);
+                    self.broadcast(module, area);
                 }
                 ClientMsg::Move { x, y, z } => {
                     if let Some(p) = self.players.get_mut(&socket) {
@@ -127,11 +160,11 @@ impl Game {
                         z,
                     }
                     .encode(&mut self.scratch);
-                    self.broadcast(module);
+                    self.broadcast(module, area);
                 }
                 ClientMsg::Emote { target, text } => {
                     ServerMsg::Emote { from, target, text }.encode(&mut self.scratch);
-                    self.broadcast(module);
+                    self.broadcast(module, area);
                 }
             }
         }
@@ -144,8 +177,8 @@ impl Game {
         }
     }
 
-    fn broadcast(&mut self, module: &mut ProxyModule) {
-        for &socket in self.players.keys() {
+    fn broadcast(&mut self, module: &mut ProxyModule, area: usize) {
+        for &socket in &self.areas[area] {
             if module.proxy_send(socket, &self.scratch) {
                 self.stats.msgs_out += 1;
             }

@@ -7,7 +7,10 @@
 //! dispatches: proxy connections to the [`proxy::ProxyModule`], login-server
 //! connections to `ShardServer::login_read`, player events to the
 //! [`game::Game`]. Players never connect here; the shard's address is known
-//! only to its proxies and login servers.
+//! only to its proxies and login servers. The exception is the optional
+//! direct listener (`--direct-listen`, [`proxy::DirectCfg`]): MUTA's shard
+//! before proxies (thesis §2.3), where players connect to the shard itself;
+//! `make bench` measures the proxy against it.
 //!
 //! The login side (port decision, `docs/protocol.md`): a login server logs in
 //! with the shard's login password (`TSHARD_MSG_LOGIN`), then announces each
@@ -45,12 +48,21 @@ use crate::proto::login::{
 };
 use crate::secpool::{PoolBuf, Secpool, SecpoolConfig};
 use game::Game;
-use proxy::{ProxyEvent, ProxyEvents, ProxyLink, ProxyModule, ProxyModuleCfg, ProxySessions};
+use proxy::{
+    DirectCfg, DirectConn, ProxyEvent, ProxyEvents, ProxyLink, ProxyModule, ProxyModuleCfg,
+    ProxySessions,
+};
 
 /// Index of the proxy listener in the client thread's list.
 pub const PROXY_LISTENER: u32 = 0;
 /// Index of the login-server listener.
 pub const LOGIN_LISTENER: u32 = 1;
+/// Index of the direct-player listener, if there is one.
+pub const DIRECT_LISTENER: u32 = 2;
+/// A direct player's buffers: as the proxy's `client.in_buf_size` and
+/// `client.out_buf_size` defaults.
+const DIRECT_IN_BUF_SIZE: usize = 8192;
+const DIRECT_OUT_BUF_SIZE: usize = 256 * 1024;
 /// How often timers run and stats are printed.
 const TICK: Duration = Duration::from_secs(1);
 
@@ -78,6 +90,16 @@ pub struct ShardServerCfg {
     /// Most plaintext bytes in one frame to a player (tests set it low to
     /// make batches cut into several frames).
     pub player_frame_max: usize,
+    /// Serve players directly here instead of through proxies (thesis §2.3).
+    pub direct_listen: Option<SocketAddr>,
+    /// The address players are told for the direct listener (a forwarder in
+    /// front of it); the listener's own address if none.
+    pub direct_public: Option<String>,
+    /// Most direct players connected at once.
+    pub max_direct: u32,
+    /// Players per area: chat, moves and emotes reach the players of the
+    /// sender's area only (0: everyone).
+    pub area_players: usize,
 }
 
 impl Default for ShardServerCfg {
@@ -93,6 +115,10 @@ impl Default for ShardServerCfg {
             max_links: 256,
             stats_json: false,
             player_frame_max: proxy::PLAYER_FRAME_PLAINTEXT_MAX,
+            direct_listen: None,
+            direct_public: None,
+            max_direct: 10_000,
+            area_players: 0,
         }
     }
 }
@@ -126,6 +152,8 @@ pub enum ShardConn {
     Proxy(ProxyLink),
     /// A login server.
     Login(LoginLink),
+    /// A player on the direct listener.
+    Direct(DirectConn),
 }
 
 impl Session for ShardConn {
@@ -133,7 +161,8 @@ impl Session for ShardConn {
         let chan = match self {
             ShardConn::Proxy(link) => &mut link.chan,
             ShardConn::Login(link) => &mut link.chan,
-            ShardConn::None => return,
+            // Direct players' frames are sealed whole by the proxy module.
+            ShardConn::Direct(_) | ShardConn::None => return,
         };
         if let Err(err) = chan.seal(out) {
             warn!("cannot seal a frame: {err}");
@@ -145,6 +174,13 @@ impl ProxySessions for ShardConn {
     fn proxy_link(&mut self) -> Option<&mut ProxyLink> {
         match self {
             ShardConn::Proxy(link) => Some(link),
+            _ => None,
+        }
+    }
+
+    fn direct_conn(&mut self) -> Option<&mut DirectConn> {
+        match self {
+            ShardConn::Direct(conn) => Some(conn),
             _ => None,
         }
     }
@@ -176,6 +212,7 @@ pub struct ShardServer {
     evbuf: Arc<ComEventBuf>,
     running: bool,
     addrs: (SocketAddr, SocketAddr),
+    direct_addr: Option<SocketAddr>,
     started: Instant,
 }
 
@@ -198,8 +235,13 @@ impl ShardServer {
             None => KeyPair::generate(),
         });
         let in_buf_size = 70 * 1024;
+        let n_direct = if cfg.direct_listen.is_some() {
+            cfg.max_direct
+        } else {
+            0
+        };
         let pool_cfg = ClientsCfg {
-            max_clients: cfg.max_links,
+            max_clients: cfg.max_links + n_direct,
             in_buf_size,
             out_buf_size: 16 * 1024 * 1024,
             read_size: 64 * 1024,
@@ -221,12 +263,29 @@ impl ShardServer {
                 io::Error::new(err.kind(), format!("cannot listen on {addr}: {err}"))
             })
         };
-        let listeners = vec![listen(cfg.proxy_listen)?, listen(cfg.login_listen)?];
+        let mut listeners = vec![listen(cfg.proxy_listen)?, listen(cfg.login_listen)?];
+        if let Some(addr) = cfg.direct_listen {
+            listeners.push(netpoll::listen(addr, 1024).map_err(|err| {
+                io::Error::new(err.kind(), format!("cannot listen on {addr}: {err}"))
+            })?);
+        }
         let io = cl_start(listeners, signals, &pool_cfg, evbuf.clone(), pool)?;
         let addrs = (
             io.local_addr(PROXY_LISTENER as usize),
             io.local_addr(LOGIN_LISTENER as usize),
         );
+        let direct_addr = cfg
+            .direct_listen
+            .map(|_| io.local_addr(DIRECT_LISTENER as usize));
+        let direct = direct_addr.map(|addr| {
+            info!("shard {:?}: players connect directly on {addr}", cfg.name);
+            DirectCfg {
+                public_address: cfg.direct_public.clone().unwrap_or(addr.to_string()),
+                handshake_timeout: Duration::from_secs(5),
+                require_announced_ip: true,
+                in_buf_size: DIRECT_IN_BUF_SIZE,
+            }
+        });
         info!(
             "shard {:?}: proxies on {}, login servers on {}, key {}",
             cfg.name,
@@ -244,12 +303,15 @@ impl ShardServer {
                 connect_timeout: Duration::from_secs(30),
                 in_buf_size,
                 player_frame_max: cfg.player_frame_max,
+                direct,
             },
         );
+        let mut clients = Clients::new(&pool_cfg, io);
+        clients.set_listener_bufs(DIRECT_LISTENER, DIRECT_IN_BUF_SIZE, DIRECT_OUT_BUF_SIZE);
         Ok(ShardServer {
-            clients: Clients::new(&pool_cfg, io),
+            clients,
             module,
-            game: Game::default(),
+            game: Game::new(cfg.area_players),
             keys,
             cfg,
             pending: HashMap::new(),
@@ -258,6 +320,7 @@ impl ShardServer {
             evbuf,
             running: true,
             addrs,
+            direct_addr,
             started: Instant::now(),
         })
     }
@@ -270,6 +333,11 @@ impl ShardServer {
     /// Where login servers connect.
     pub fn login_addr(&self) -> SocketAddr {
         self.addrs.1
+    }
+
+    /// Where players connect directly, if they do.
+    pub fn direct_addr(&self) -> Option<SocketAddr> {
+        self.direct_addr
     }
 
     /// The shard's public key.
@@ -303,6 +371,7 @@ impl ShardServer {
             if now >= next_tick {
                 self.clients.cl_tick(now);
                 self.module.tick(&mut self.clients, now);
+                self.expire_direct_handshakes(now);
                 let stats = self.game.stats();
                 let frames = self.module.stats().frames_out;
                 if self.cfg.stats_json {
@@ -334,13 +403,13 @@ impl ShardServer {
                     return;
                 };
                 let slot = self.clients.get_mut(client).expect("just accepted");
-                slot.session = if listener == PROXY_LISTENER {
-                    ShardConn::Proxy(self.module.new_link())
-                } else {
-                    ShardConn::Login(LoginLink {
+                slot.session = match listener {
+                    PROXY_LISTENER => ShardConn::Proxy(self.module.new_link()),
+                    LOGIN_LISTENER => ShardConn::Login(LoginLink {
                         chan: Channel::acceptor(self.keys.clone()),
                         state: LoginLinkState::Handshake,
-                    })
+                    }),
+                    _ => ShardConn::Direct(self.module.new_direct_conn(now)),
                 };
             }
             Event::ReadClient { client, data } => {
@@ -348,7 +417,11 @@ impl ShardServer {
                     Some(PROXY_LISTENER) => {
                         self.module.proxy_read(&mut self.clients, client, data, now);
                     }
-                    Some(_) => self.login_read(client, data, now),
+                    Some(LOGIN_LISTENER) => self.login_read(client, data, now),
+                    Some(_) => {
+                        self.module
+                            .direct_read(&mut self.clients, client, data, now);
+                    }
                     None => {}
                 }
             }
@@ -372,8 +445,10 @@ impl ShardServer {
             let mut any = false;
             for gone in self.clients.take_disconnected() {
                 any = true;
-                if let ShardConn::Proxy(_) = gone.session {
-                    self.module.proxy_gone(gone.client);
+                match &gone.session {
+                    ShardConn::Proxy(_) => self.module.proxy_gone(gone.client),
+                    ShardConn::Direct(conn) => self.module.direct_gone(conn, &gone.reason),
+                    _ => {}
                 }
             }
             if self.module.take_events(&mut self.events) {
@@ -443,6 +518,24 @@ impl ShardServer {
         }
         events.clear();
         self.events = events;
+    }
+
+    /// Drops direct players that have not proved their token in time.
+    fn expire_direct_handshakes(&mut self, now: Instant) {
+        let late: Vec<ClientRef> = self
+            .clients
+            .iter_open()
+            .filter(|(_, c)| matches!(&c.session, ShardConn::Direct(conn) if conn.is_late(now)))
+            .map(|(client, _)| client)
+            .collect();
+        for client in late {
+            self.clients.cl_disconnect(
+                client,
+                DisconnectReason::Protocol(
+                    "no valid auth proof before the handshake deadline".into(),
+                ),
+            );
+        }
     }
 
     fn send_to_login(&mut self, login: ClientRef, msg: &FromShard<'_>) {
@@ -665,6 +758,13 @@ Options:
   --login-password PW      password login servers present [default: change-me-too]
   --key-seed HEX           64 hex digits: a fixed key pair proxies can pin
   --max-players N          most players at once [default: 100000]
+  --direct-listen ADDR     serve players directly here, without proxies (the
+                           shard before proxies, thesis 2.3; a benchmark baseline)
+  --direct-public ADDR     the address players are told for it (a forwarder in
+                           front of it) [default: the listener's]
+  --max-direct N           most direct players at once [default: 10000]
+  --area-players N         players per area; chat, moves and emotes reach only
+                           the sender's area (0: everyone) [default: 0]
   --stats-json             print one JSON stats line per second on stdout
   -h, --help               print this help
 ";
@@ -688,6 +788,10 @@ pub fn parse_args<I: IntoIterator<Item = OsString>>(
                 cfg.key_seed = Some(key.0);
             }
             "--max-players" => cfg.max_players = args.parse(&flag)?,
+            "--direct-listen" => cfg.direct_listen = Some(args.parse(&flag)?),
+            "--direct-public" => cfg.direct_public = Some(args.value(&flag)?),
+            "--max-direct" => cfg.max_direct = args.parse(&flag)?,
+            "--area-players" => cfg.area_players = args.parse(&flag)?,
             "--stats-json" => cfg.stats_json = true,
             "-h" | "--help" => return Ok(None),
             other => return Err(format!("unknown argument `{other}`")),

@@ -61,6 +61,10 @@ use crate::proto::proxy_shard::{
 };
 use crate::secpool::PoolBuf;
 
+mod direct;
+use direct::DirectTicket;
+pub use direct::{DirectCfg, DirectConn};
+
 /// Most plaintext bytes in one frame to a player; a longer batch is cut into
 /// several frames (between messages), each in its own
 /// `TPROXY_MSG_PLAYER_PACKET`.
@@ -88,6 +92,9 @@ pub struct ProxyModuleCfg {
     /// Most plaintext bytes in one frame to a player (at most
     /// [`PLAYER_FRAME_PLAINTEXT_MAX`]); a longer batch is cut between messages.
     pub player_frame_max: usize,
+    /// Serve players directly, without proxies ([`direct`]): if set, every new
+    /// socket is a direct one.
+    pub direct: Option<DirectCfg>,
 }
 
 /// How the module finds a proxy link's state inside the host's per-connection
@@ -95,6 +102,10 @@ pub struct ProxyModuleCfg {
 pub trait ProxySessions: Session {
     /// This connection's proxy link, if it is one.
     fn proxy_link(&mut self) -> Option<&mut ProxyLink>;
+    /// This connection's direct player, if it is one.
+    fn direct_conn(&mut self) -> Option<&mut DirectConn> {
+        None
+    }
 }
 
 /// Where a proxy link is.
@@ -150,13 +161,25 @@ impl ProxyLink {
     }
 }
 
+/// What carries a socket's traffic to and from its player.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Carrier {
+    /// A proxy link (thesis §3.6): messages travel in
+    /// `TPROXY_MSG_PLAYER_PACKET`s.
+    Proxy(ClientRef),
+    /// The player's own connection on the direct listener ([`direct`]), once
+    /// it has authenticated.
+    Direct(Option<ClientRef>),
+}
+
 /// Where a proxy socket is.
 enum SocketState {
     Free,
     /// `TPROXY_MSG_OPENED_SOCKET` sent; waiting for the proxy's answer.
     Opening,
-    /// The proxy reserved a slot; waiting for the player's auth proof.
-    Reserved,
+    /// The proxy reserved a slot (or, for a direct socket, the shard did:
+    /// then with the ticket to check); waiting for the player's auth proof.
+    Reserved(Option<Box<DirectTicket>>),
     /// The player is connected; `push` encrypts what the shard sends it.
     Connected {
         push: PushStream,
@@ -166,7 +189,7 @@ enum SocketState {
 struct SocketSlot {
     generation: u32,
     state: SocketState,
-    proxy: ClientRef,
+    carrier: Carrier,
     account_id: u64,
     login_session_id: u32,
     /// Plaintext messages for the player, not yet sealed.
@@ -321,6 +344,8 @@ pub struct ProxyModule {
     events: ProxyEvents,
     /// Reused by `proxy_read`.
     actions: Vec<Action>,
+    /// Direct sockets waiting for their player, by account name.
+    direct_by_account: HashMap<String, u32>,
     stats: ProxyModuleStats,
 }
 
@@ -355,6 +380,7 @@ impl ProxyModule {
             proxies: Vec::new(),
             events: ProxyEvents::default(),
             actions: Vec::new(),
+            direct_by_account: HashMap::new(),
             stats: ProxyModuleStats::default(),
         }
     }
@@ -408,6 +434,16 @@ impl ProxyModule {
         if self.n_sockets() >= self.cfg.max_sockets.min(MAX_SOCKETS) {
             return Err(NewSocketError::TooManySockets);
         }
+        if self.cfg.direct.is_some() {
+            return Ok(self.direct_new_socket(
+                clients,
+                account_name,
+                account_id,
+                login_session_id,
+                ip,
+                token,
+            ));
+        }
         // Least loaded: the smallest share of its capacity in use.
         let proxy = self
             .proxies
@@ -424,23 +460,7 @@ impl ProxyModule {
         if let Some(&old) = self.by_session.get(&(account_id, login_session_id)) {
             self.close(clients, old, true, "replaced by a newer login");
         }
-        let index = match self.free.pop() {
-            Some(index) => index,
-            None => {
-                self.sockets.push(SocketSlot {
-                    generation: 0,
-                    state: SocketState::Free,
-                    proxy,
-                    account_id: 0,
-                    login_session_id: 0,
-                    pending: Vec::new(),
-                    cuts: Vec::new(),
-                    overflow: false,
-                    deadline: Instant::now(),
-                });
-                (self.sockets.len() - 1) as u32
-            }
-        };
+        let index = self.take_slot();
         let socket = self.handle(index);
         let sent = clients.cl_write(proxy, |session, out| {
             let link = session.proxy_link().expect("a proxy");
@@ -464,13 +484,31 @@ impl ProxyModule {
         }
         let slot = &mut self.sockets[index as usize];
         slot.state = SocketState::Opening;
-        slot.proxy = proxy;
+        slot.carrier = Carrier::Proxy(proxy);
         slot.account_id = account_id;
         slot.login_session_id = login_session_id;
         slot.deadline = Instant::now() + self.cfg.connect_timeout;
         self.by_session
             .insert((account_id, login_session_id), index);
         Ok(socket)
+    }
+
+    /// A free slot's index (growing the table if none is free).
+    fn take_slot(&mut self) -> u32 {
+        self.free.pop().unwrap_or_else(|| {
+            self.sockets.push(SocketSlot {
+                generation: 0,
+                state: SocketState::Free,
+                carrier: Carrier::Direct(None),
+                account_id: 0,
+                login_session_id: 0,
+                pending: Vec::new(),
+                cuts: Vec::new(),
+                overflow: false,
+                deadline: Instant::now(),
+            });
+            (self.sockets.len() - 1) as u32
+        })
     }
 
     /// Forgets a player who has not connected yet (thesis
@@ -484,7 +522,7 @@ impl ProxyModule {
         if let Some(&index) = self.by_session.get(&(account_id, login_session_id))
             && matches!(
                 self.sockets[index as usize].state,
-                SocketState::Opening | SocketState::Reserved
+                SocketState::Opening | SocketState::Reserved(_)
             )
         {
             self.close(clients, index, true, "cancelled by the login server");
@@ -500,8 +538,9 @@ impl ProxyModule {
     }
 
     /// Ends socket `index`: updates its proxy's count (telling it with
-    /// `TPROXY_MSG_CLOSED_SOCKET` if `tell_proxy`), emits the socket's
-    /// terminal event, and frees the slot.
+    /// `TPROXY_MSG_CLOSED_SOCKET` if `tell_proxy`; a direct player's
+    /// connection is closed instead), emits the socket's terminal event, and
+    /// frees the slot.
     fn close<S: ProxySessions>(
         &mut self,
         clients: &mut Clients<S>,
@@ -510,16 +549,23 @@ impl ProxyModule {
         reason: &'static str,
     ) {
         let socket = self.handle(index);
-        let proxy = self.sockets[index as usize].proxy;
-        clients.cl_write(proxy, |session, out| {
-            if let Some(link) = session.proxy_link() {
-                link.n_sockets = link.n_sockets.saturating_sub(1);
-                if tell_proxy {
-                    link.send(out, &TProxyMsg::ClosedSocket { socket_id: socket })
-                        .ok();
-                }
+        match self.sockets[index as usize].carrier {
+            Carrier::Proxy(proxy) => {
+                clients.cl_write(proxy, |session, out| {
+                    if let Some(link) = session.proxy_link() {
+                        link.n_sockets = link.n_sockets.saturating_sub(1);
+                        if tell_proxy {
+                            link.send(out, &TProxyMsg::ClosedSocket { socket_id: socket })
+                                .ok();
+                        }
+                    }
+                });
             }
-        });
+            Carrier::Direct(Some(client)) if tell_proxy => {
+                clients.cl_disconnect(client, DisconnectReason::Closed(reason));
+            }
+            Carrier::Direct(_) => {}
+        }
         self.release(index, reason);
     }
 
@@ -534,7 +580,14 @@ impl ProxyModule {
                 proxy_address: None,
                 proxy_key: None,
             }),
-            SocketState::Reserved => ProxyEvent::SocketClosed { socket, reason },
+            SocketState::Reserved(ticket) => {
+                if let Some(ticket) = ticket
+                    && self.direct_by_account.get(ticket.account_name()) == Some(&index)
+                {
+                    self.direct_by_account.remove(ticket.account_name());
+                }
+                ProxyEvent::SocketClosed { socket, reason }
+            }
             SocketState::Connected { .. } => ProxyEvent::PlayerDisconnected { socket, reason },
         };
         if self
@@ -620,11 +673,14 @@ impl ProxyModule {
                 slot.cuts.clear();
                 continue;
             };
-            let proxy = slot.proxy;
             let (pending, cuts) = (&slot.pending, &slot.cuts);
             let mut frames = 0;
-            let sealed = clients.cl_write(proxy, |session, out| -> Result<(), ChannelError> {
-                let link = session.proxy_link().ok_or(ChannelError::NotOpen)?;
+            // One client frame per chunk, sealed with the player's stream; on
+            // a proxy link each goes in a TPROXY_MSG_PLAYER_PACKET, to a
+            // direct player as it is.
+            let mut seal_chunks = |mut header: Option<&mut ProxyLink>,
+                                   out: &mut Vec<u8>|
+             -> Result<(), ChannelError> {
                 let mut start = 0;
                 for end in cuts.iter().copied().chain(std::iter::once(pending.len())) {
                     let chunk = &pending[start..end];
@@ -632,9 +688,11 @@ impl ProxyModule {
                     if chunk.is_empty() {
                         continue;
                     }
-                    let data_len = FRAME_LEN_BYTES + ABYTES + chunk.len();
-                    link.chan.room(out, PLAYER_PACKET_HEADER_BYTES + data_len)?;
-                    put_player_packet_header(out, TPROXY_MSG_PLAYER_PACKET, socket, data_len);
+                    if let Some(link) = header.as_deref_mut() {
+                        let data_len = FRAME_LEN_BYTES + ABYTES + chunk.len();
+                        link.chan.room(out, PLAYER_PACKET_HEADER_BYTES + data_len)?;
+                        put_player_packet_header(out, TPROXY_MSG_PLAYER_PACKET, socket, data_len);
+                    }
                     let frame_start = out.len();
                     out.extend_from_slice(&[0, 0, 0]);
                     out.extend_from_slice(chunk);
@@ -642,12 +700,26 @@ impl ProxyModule {
                     frames += 1;
                 }
                 Ok(())
-            });
+            };
+            let sealed = match slot.carrier {
+                Carrier::Proxy(proxy) => clients.cl_write(proxy, |session, out| {
+                    let link = session.proxy_link().ok_or(ChannelError::NotOpen)?;
+                    seal_chunks(Some(link), out)
+                }),
+                Carrier::Direct(Some(client)) => {
+                    clients.cl_write(client, |_, out| seal_chunks(None, out))
+                }
+                Carrier::Direct(None) => None,
+            };
             slot.pending.clear();
             slot.cuts.clear();
             self.stats.frames_out += frames;
             if !matches!(sealed, Some(Ok(()))) {
-                self.release(index, "its proxy is gone");
+                let reason = match slot.carrier {
+                    Carrier::Proxy(_) => "its proxy is gone",
+                    Carrier::Direct(_) => "its connection is gone",
+                };
+                self.release(index, reason);
             }
         }
         dirty.clear();
@@ -658,7 +730,7 @@ impl ProxyModule {
     pub fn tick<S: ProxySessions>(&mut self, clients: &mut Clients<S>, now: Instant) {
         for index in 0..self.sockets.len() as u32 {
             let slot = &self.sockets[index as usize];
-            if matches!(slot.state, SocketState::Opening | SocketState::Reserved)
+            if matches!(slot.state, SocketState::Opening | SocketState::Reserved(_))
                 && now >= slot.deadline
             {
                 debug!(
@@ -679,7 +751,7 @@ impl ProxyModule {
         }
         for index in 0..self.sockets.len() as u32 {
             let slot = &self.sockets[index as usize];
-            if !matches!(slot.state, SocketState::Free) && slot.proxy == proxy {
+            if !matches!(slot.state, SocketState::Free) && slot.carrier == Carrier::Proxy(proxy) {
                 self.release(index, "its proxy went away");
             }
         }
@@ -876,8 +948,8 @@ impl ProxyModule {
             | Action::Refused { socket }
             | Action::Closed { socket } => *socket,
         };
-        let Some((index, slot)) =
-            find_slot(&mut self.sockets, socket).filter(|(_, s)| s.proxy == proxy)
+        let Some((index, slot)) = find_slot(&mut self.sockets, socket)
+            .filter(|(_, s)| s.carrier == Carrier::Proxy(proxy))
         else {
             self.stats.foreign += 1;
             debug!(
@@ -892,7 +964,7 @@ impl ProxyModule {
                     self.close(clients, index, false, "refused by the proxy");
                     return;
                 }
-                slot.state = SocketState::Reserved;
+                slot.state = SocketState::Reserved(None);
                 let link = clients.get_mut(proxy).and_then(|c| c.session.proxy_link());
                 self.events
                     .list
@@ -902,7 +974,7 @@ impl ProxyModule {
                         proxy_key: link.and_then(|l| l.public_key()),
                     }));
             }
-            (Action::Cryptchan { push, .. }, SocketState::Reserved) => {
+            (Action::Cryptchan { push, .. }, SocketState::Reserved(None)) => {
                 slot.state = SocketState::Connected { push };
                 self.events
                     .list

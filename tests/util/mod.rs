@@ -77,4 +77,5 @@ pub fn pseudo_random_bytes(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
+pub mod play;
 pub mod system;

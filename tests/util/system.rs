@@ -57,6 +57,8 @@ pub struct ShardNode {
     pub name: String,
     pub proxy_addr: SocketAddr,
     pub login_addr: SocketAddr,
+    /// The direct-player listener, if the shard has one.
+    pub direct_addr: Option<SocketAddr>,
     pub key: PublicKey,
     pub run: Running,
 }
@@ -88,9 +90,10 @@ pub fn start_shard_with(
     };
     tweak(&mut cfg);
     let server = ShardServer::start(cfg, Vec::new()).unwrap();
-    let (proxy_addr, login_addr, key) = (
+    let (proxy_addr, login_addr, direct_addr, key) = (
         server.proxy_addr(),
         server.login_addr(),
+        server.direct_addr(),
         server.public_key(),
     );
     let run = Running::spawn("main", server.event_buf(), move || {
@@ -102,6 +105,7 @@ pub fn start_shard_with(
         name: name.to_string(),
         proxy_addr,
         login_addr,
+        direct_addr,
         key,
         run,
     }
