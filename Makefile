@@ -5,7 +5,7 @@ CARGO ?= cargo
 DEMO_SECONDS ?= 20
 export DEMO_SECONDS
 
-.PHONY: all build release demo test lint doc check bench fuzz clean
+.PHONY: all build release demo test lint doc check bench perf fuzz clean
 
 all: build
 
@@ -33,12 +33,30 @@ doc:
 
 check: lint test doc
 
-# Micro-benchmarks (event buffer vs crossbeam-channel, secpool vs malloc);
-# tables in target/bench/micro.md. Figures in docs/performance.md come from here.
-bench:
+# The benchmarks (docs/performance.md): micro-benchmarks (event buffer vs
+# crossbeam-channel, secpool vs malloc, cryptchan push/pull and the crypto
+# floor) into target/bench/micro.md, then the load benchmark (direct, HAProxy
+# and muta-proxy at 100 to 10,000 clients, a connection storm) into
+# target/bench/results.json, docs/benchmarks.md and docs/bench-latency.png.
+# Installs HAProxy (Debian) and matplotlib (PyPI) if missing. BENCH_LOADS,
+# BENCH_SECONDS, BENCH_REPEAT, BENCH_PATHS, BENCH_STORM: see scripts/bench.py.
+bench: release
 	mkdir -p target/bench
 	$(CARGO) bench --locked --bench event_buf | tee target/bench/micro.md
 	$(CARGO) bench --locked --bench secpool | tee -a target/bench/micro.md
+	$(CARGO) bench --locked --bench cryptchan | tee -a target/bench/micro.md
+	@python3 -c "import matplotlib" 2>/dev/null || python3 -m pip install -q matplotlib || echo "matplotlib unavailable: no plot"
+	python3 scripts/bench.py
+
+# The proxy under the benchmark's load (PERF_CLIENTS, default 1000), profiled
+# with `perf record -g` (valgrind --tool=callgrind where perf cannot run), from
+# a build with frame pointers and full debug info. Reports in target/bench/;
+# how to read them: docs/profiling.md.
+perf:
+	$(CARGO) build --locked --profile profiling
+	@command -v perf >/dev/null || command -v valgrind >/dev/null || { \
+		echo "installing linux-perf (Debian)"; apt-get install -y -q linux-perf || true; }
+	BENCH_BIN=target/profiling python3 scripts/bench.py --perf
 
 # The cargo-fuzz targets, FUZZ_SECONDS (60) each. Needs a nightly toolchain
 # and cargo-fuzz (`cargo install cargo-fuzz`); CI runs the seeded stand-in

@@ -289,6 +289,32 @@ fn a_hundred_bots_send_a_thousand_messages_each_with_none_lost_duplicated_or_reo
 }
 
 #[test]
+fn a_connection_storm_logs_everyone_in_first_then_connects_all_at_once() {
+    let sys = System::start(1);
+    sys.ticket("warm-up");
+    let report = bot::run(&BotCfg {
+        login: sys.login.addr.to_string(),
+        clients: 40,
+        rate: 10.0,
+        duration: Duration::from_millis(300),
+        ramp: Duration::from_millis(200),
+        storm: true,
+        ..BotCfg::default()
+    });
+    assert_eq!(report.failures, Vec::new());
+    assert_eq!(report.authenticated, 40);
+    let (handshakes, us) = report.storm.expect("a storm reports its handshakes");
+    assert_eq!(handshakes, 40);
+    assert!(us > 0);
+    let json = report.to_json();
+    assert!(json.contains("\"storm\":{\"handshakes\":40,"), "{json}");
+    assert!(
+        json.starts_with("{\"clients\":40,\"authenticated\":40,"),
+        "{json}"
+    );
+}
+
+#[test]
 fn a_proxy_with_the_wrong_password_is_never_given_players() {
     let sys = System::start(1);
     let impostor = start_proxy(&[sys.shard.proxy_addr], 0, |cfg| {

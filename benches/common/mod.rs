@@ -4,6 +4,8 @@
 //! reports the median and the minimum nanoseconds per operation. The ratio
 //! printed is of medians from the same run.
 
+#![allow(dead_code)] // each benchmark uses its own subset
+
 use std::time::Instant;
 
 /// Repetitions per contender (odd, for a clean median). `MICRO_REPS` overrides.

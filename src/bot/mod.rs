@@ -23,6 +23,13 @@
 //! `sent` and `received` count echo messages; `errors` counts failed bots.
 //! SIGINT or SIGTERM stops sending early: the bots drain their last replies
 //! and the report covers the bots that started playing.
+//!
+//! With `--storm` (a connection storm), every bot logs in first and waits
+//! with its ticket; when all have one, all connect to their proxies at once,
+//! and the report gains `"storm":{"handshakes":H,"seconds":S,"per_s":P}`:
+//! how many were welcomed, how long from the first connect to the last
+//! welcome, and handshakes (key exchange, auth proof, the shard's welcome)
+//! per second.
 
 pub mod client;
 
@@ -77,6 +84,8 @@ pub struct BotCfg {
     pub connect_timeout: Duration,
     /// Print one progress line per second on stderr.
     pub progress: bool,
+    /// A connection storm: log every bot in first, then connect all at once.
+    pub storm: bool,
 }
 
 impl Default for BotCfg {
@@ -96,6 +105,7 @@ impl Default for BotCfg {
             threads: 2,
             connect_timeout: Duration::from_secs(20),
             progress: false,
+            storm: false,
         }
     }
 }
@@ -132,14 +142,24 @@ pub struct BotReport {
     pub broadcasts: u64,
     /// Why bots failed, with counts (not part of the JSON contract).
     pub failures: Vec<(String, u32)>,
+    /// A storm's handshakes and microseconds, first connect to last welcome.
+    pub storm: Option<(u32, u64)>,
 }
 
 impl BotReport {
-    /// The JSON contract line.
+    /// The JSON contract line (a storm adds its own key at the end).
     pub fn to_json(&self) -> String {
+        let storm = match self.storm {
+            Some((handshakes, us)) => format!(
+                ",\"storm\":{{\"handshakes\":{handshakes},\"seconds\":{seconds:.3},\"per_s\":{:.0}}}",
+                f64::from(handshakes) / (us as f64 / 1e6).max(1e-6),
+                seconds = us as f64 / 1e6
+            ),
+            None => String::new(),
+        };
         format!(
             "{{\"clients\":{},\"authenticated\":{},\"sent\":{},\"received\":{},\"errors\":{},\
-             \"latency_us\":{{\"p50\":{},\"p99\":{},\"p999\":{},\"max\":{}}}}}",
+             \"latency_us\":{{\"p50\":{},\"p99\":{},\"p999\":{},\"max\":{}}}{storm}}}",
             self.clients,
             self.authenticated,
             self.sent,
@@ -174,6 +194,11 @@ struct Live {
     buckets: Vec<AtomicU64>,
     /// Set by SIGINT/SIGTERM: stop sending, drain, report.
     stop: Arc<AtomicBool>,
+    /// Storm: bots holding a ticket (or failed before getting one).
+    ticketed: AtomicU64,
+    /// Storm: when the bots were let go, in µs since the epoch, plus one (0:
+    /// not yet).
+    go_us: AtomicU64,
 }
 
 /// Buckets of the live histogram: 4 per power of two of microseconds.
@@ -209,6 +234,8 @@ impl Live {
             errors: AtomicU64::new(0),
             buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
             stop,
+            ticketed: AtomicU64::new(0),
+            go_us: AtomicU64::new(0),
         }
     }
 
@@ -296,8 +323,10 @@ pub fn run_until(cfg: &BotCfg, stop: Arc<AtomicBool>) -> BotReport {
     };
     let mut samples: Vec<u32> = Vec::new();
     let mut failures: HashMap<String, u32> = HashMap::new();
+    let mut last_welcome: Option<Instant> = None;
     for handle in handles {
         let r = handle.join().expect("bot worker panicked");
+        last_welcome = last_welcome.max(r.last_welcome);
         report.authenticated += r.authenticated;
         report.clients -= r.stopped;
         report.sent += r.sent;
@@ -330,6 +359,12 @@ pub fn run_until(cfg: &BotCfg, stop: Arc<AtomicBool>) -> BotReport {
     let mut failures: Vec<(String, u32)> = failures.into_iter().collect();
     failures.sort_by_key(|f| std::cmp::Reverse(f.1));
     report.failures = failures;
+    let go_us = live.go_us.load(Ordering::Relaxed);
+    if cfg.storm && go_us > 0 {
+        let go = epoch + Duration::from_micros(go_us - 1);
+        let us = last_welcome.map_or(0, |t| t.saturating_duration_since(go).as_micros() as u64);
+        report.storm = Some((report.authenticated, us));
+    }
     report
 }
 
@@ -339,6 +374,8 @@ enum Phase {
     Idle,
     /// Talking to the login server.
     Login,
+    /// Storm: holding a ticket, waiting for every other bot to have one.
+    Ticketed,
     /// Talking to the proxy, before the shard's welcome.
     Enter,
     /// Welcomed: sending and checking echoes.
@@ -381,6 +418,8 @@ struct WorkerResult {
     broadcasts: u64,
     samples: Vec<u32>,
     failures: HashMap<String, u32>,
+    /// When the last bot of this worker was welcomed.
+    last_welcome: Option<Instant>,
 }
 
 struct Worker {
@@ -397,6 +436,8 @@ struct Worker {
     read_buf: Vec<u8>,
     result: WorkerResult,
     active: usize,
+    /// Storm: the bots have been let go.
+    stormed: bool,
 }
 
 impl Worker {
@@ -452,8 +493,10 @@ impl Worker {
                 broadcasts: 0,
                 samples: Vec::new(),
                 failures: HashMap::new(),
+                last_welcome: None,
             },
             active,
+            stormed: false,
         }
     }
 
@@ -467,13 +510,22 @@ impl Worker {
                     break;
                 }
             }
+            if self.cfg.storm && !self.stormed && !stopping {
+                self.storm_check();
+            }
             let now = Instant::now();
-            // Wake at least every 100 ms to notice a stop request.
+            // Wake at least every 100 ms to notice a stop request (every
+            // millisecond while a storm waits to be let go).
+            let most = if self.cfg.storm && !self.stormed {
+                1
+            } else {
+                100
+            };
             let timeout = match self.timers.peek() {
                 Some(Reverse((at, _))) => {
-                    (at.saturating_duration_since(now).as_millis() as i32 + 1).min(100)
+                    (at.saturating_duration_since(now).as_millis() as i32 + 1).min(most)
                 }
-                None => 100,
+                None => most,
             };
             if self.np.wait(&mut self.ev_list, timeout).is_err() {
                 continue;
@@ -500,6 +552,46 @@ impl Worker {
         self.result
     }
 
+    /// Storm: once every bot holds a ticket (or failed), lets this worker's
+    /// bots go, all at once.
+    fn storm_check(&mut self) {
+        let live = &self.live;
+        if live.go_us.load(Ordering::Acquire) == 0 {
+            if live.ticketed.load(Ordering::Acquire) < u64::from(self.cfg.clients) {
+                return;
+            }
+            let now_us = self.epoch.elapsed().as_micros() as u64 + 1;
+            let _ = live
+                .go_us
+                .compare_exchange(0, now_us, Ordering::AcqRel, Ordering::Acquire);
+        }
+        self.stormed = true;
+        let now = Instant::now();
+        for b in 0..self.bots.len() as u32 {
+            let bot = &mut self.bots[b as usize];
+            if !matches!(bot.phase, Phase::Ticketed) {
+                continue;
+            }
+            let (address, key, _) = bot.ticket.clone().expect("a ticketed bot has a ticket");
+            bot.phase = Phase::Enter;
+            bot.deadline = now + self.cfg.connect_timeout;
+            let deadline = bot.deadline;
+            self.timers.push(Reverse((deadline, b)));
+            self.enter(b, &address, key);
+        }
+    }
+
+    /// Connects to the ticket's proxy; the handshake goes on from there.
+    fn enter(&mut self, b: u32, address: &str, key: PublicKey) {
+        let Some(addr) = address.to_socket_addrs().ok().and_then(|mut a| a.next()) else {
+            return self.fail(b, "cannot resolve the proxy's address");
+        };
+        if !self.connect(b, addr, Some(key)) {
+            return self.fail(b, "cannot connect to the proxy");
+        }
+        self.flush(b);
+    }
+
     /// Stops sending: bots that play drain, bots not yet welcomed are done
     /// (stopped, not failed).
     fn stop_all(&mut self) {
@@ -518,7 +610,7 @@ impl Worker {
                         self.timers.push(Reverse((deadline, b)));
                     }
                 }
-                Phase::Idle | Phase::Login | Phase::Enter => {
+                Phase::Idle | Phase::Login | Phase::Ticketed | Phase::Enter => {
                     self.result.stopped += 1;
                     self.done(b);
                 }
@@ -531,6 +623,10 @@ impl Worker {
         let bot = &mut self.bots[b as usize];
         if matches!(bot.phase, Phase::Done | Phase::Failed) {
             return;
+        }
+        if self.cfg.storm && matches!(bot.phase, Phase::Idle | Phase::Login) {
+            // It will never hold a ticket: the storm must not wait for it.
+            self.live.ticketed.fetch_add(1, Ordering::AcqRel);
         }
         bot.phase = Phase::Failed;
         if let Some(stream) = bot.stream.take() {
@@ -807,6 +903,7 @@ impl Worker {
                 ServerMsg::Welcome { .. } if matches!(bot.phase, Phase::Enter) => {
                     bot.phase = Phase::Playing;
                     bot.playing_since = now;
+                    self.result.last_welcome = self.result.last_welcome.max(Some(now));
                     self.result.authenticated += 1;
                     self.live.authenticated.fetch_add(1, Ordering::Relaxed);
                     if bot.to_send == 0 {
@@ -884,20 +981,19 @@ impl Worker {
                 let address = ticket.address.to_string();
                 let key = ticket.key;
                 bot.ticket = Some((address.clone(), key, *token));
-                // Leave the login server; connect to the proxy.
+                // Leave the login server; connect to the proxy (in a storm,
+                // once every bot holds a ticket).
                 if let Some(stream) = bot.stream.take() {
                     let _ = self.np.del(&stream);
                 }
-                bot.phase = Phase::Enter;
-                let Some(addr) = address.to_socket_addrs().ok().and_then(|mut a| a.next()) else {
-                    self.fail(b, "cannot resolve the proxy's address");
-                    return false;
-                };
-                if !self.connect(b, addr, Some(key)) {
-                    self.fail(b, "cannot connect to the proxy");
+                bot.chan = None;
+                if self.cfg.storm {
+                    bot.phase = Phase::Ticketed;
+                    self.live.ticketed.fetch_add(1, Ordering::AcqRel);
                     return false;
                 }
-                self.flush(b);
+                bot.phase = Phase::Enter;
+                self.enter(b, &address, key);
                 false
             }
             (FromLogin::LoginResult { .. }, _) => {
@@ -932,6 +1028,8 @@ Options:
   --drain S              seconds to wait for the last replies [default: 5]
   --threads T            worker threads [default: 2]
   --progress             print a JSON progress line per second on stderr
+  --storm                a connection storm: log every bot in first, then
+                         connect all at once; the report adds handshakes/s
   --json                 print the report as one JSON line (the contract)
   -h, --help             print this help
 
@@ -971,6 +1069,7 @@ pub fn main_with_args<I: IntoIterator<Item = OsString>>(args: I) -> i32 {
                 "--drain" => cfg.drain = secs(args.parse(&flag)?)?,
                 "--threads" => cfg.threads = args.parse(&flag)?,
                 "--progress" => cfg.progress = true,
+                "--storm" => cfg.storm = true,
                 "--json" => json = true,
                 "-h" | "--help" => return Ok(false),
                 other => return Err(format!("unknown argument `{other}`")),

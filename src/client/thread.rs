@@ -23,7 +23,8 @@
 //! - `Stop` ends the thread.
 //!
 //! Reads are edge-triggered: a readable client goes on a ready list and is
-//! read until `WouldBlock`, at most `client.reads_per_wakeup` times per turn
+//! read until `WouldBlock` or a short read (which shows the socket drained:
+//! later data brings a new edge), at most `client.reads_per_wakeup` times per turn
 //! so one fast sender cannot starve the rest; a client left with data stays on
 //! the list and the next wait does not sleep. Each read goes into a scratch
 //! buffer and is copied into a secpool block of the read's size (thesis
@@ -152,6 +153,9 @@ struct Conn {
     want_write: bool,
     /// Reading stopped (EOF, error); waiting for the main thread's `Del`.
     hup: bool,
+    /// The peer closed or the socket failed: read to the end, short reads
+    /// included (see `read_conn`).
+    read_closed: bool,
 }
 
 /// Events collected on an I/O thread and pushed in batches.
@@ -365,6 +369,7 @@ impl ClientThread {
         if conn.id != client.id || conn.hup {
             return Ok(()); // an event for a previous occupant, or already stopped
         }
+        conn.read_closed |= flags & (NETPOLL_HUP | NETPOLL_ERR) != 0;
         if flags & (NETPOLL_READ | NETPOLL_HUP | NETPOLL_ERR) != 0 && !conn.in_ready {
             conn.in_ready = true;
             self.ready.push(client.index);
@@ -462,6 +467,14 @@ impl ClientThread {
                 Ok(n) => match self.pool.secpool_copy(&self.scratch[..n]) {
                     Ok(data) => {
                         self.outbox.emit(Event::ReadClient { client, data })?;
+                        if n < self.scratch.len() && !conn.read_closed {
+                            // A short read drained the socket: with
+                            // edge-triggered epoll, later data brings a new
+                            // edge, so the read that would only say
+                            // `WouldBlock` is saved (as tokio does). Not once
+                            // the peer closed: its EOF must still be read.
+                            return Ok(false);
+                        }
                         continue;
                     }
                     Err(err) => {
@@ -533,6 +546,7 @@ impl ClientThread {
                     in_ready: false,
                     want_write: false,
                     hup: false,
+                    read_closed: false,
                 };
                 if let Err(err) =
                     self.np

@@ -156,6 +156,8 @@ struct Conn {
     stream: Arc<TcpStream>,
     in_ready: bool,
     want_write: bool,
+    /// The shard closed or the socket failed: read to the end.
+    read_closed: bool,
 }
 
 struct ShardThread {
@@ -411,6 +413,7 @@ impl ShardThread {
         if conn.conn_id != shard.conn_id {
             return Ok(());
         }
+        conn.read_closed |= flags & (NETPOLL_HUP | NETPOLL_ERR) != 0;
         if flags & (NETPOLL_READ | NETPOLL_HUP | NETPOLL_ERR) != 0 && !conn.in_ready {
             conn.in_ready = true;
             self.ready.push(shard.index);
@@ -458,6 +461,10 @@ impl ShardThread {
                 Ok(n) => match self.pool.secpool_copy(&self.scratch[..n]) {
                     Ok(data) => {
                         self.outbox.emit(Event::ReadShard { shard, data })?;
+                        if n < self.scratch.len() && !conn.read_closed {
+                            // Drained: see `client::thread`'s `read_conn`.
+                            return Ok(false);
+                        }
                         continue;
                     }
                     Err(err) => {
@@ -611,6 +618,7 @@ impl ShardThread {
             stream: stream.clone(),
             in_ready: false,
             want_write: false,
+            read_closed: false,
         });
         self.outbox.emit(Event::ShardConnected { shard, stream })
     }
