@@ -614,18 +614,30 @@ def main_perf():
         entry = run_load("muta-proxy", clients, 0, perf=record)
         say("   " + json.dumps(entry))
         report = os.path.join(OUT, "perf-report.txt")
+        base = ["perf", "report", "-i", data, "--stdio", "-g", "none"]
+        views = [
+            ("CPU by thread", ["--no-children", "--sort", "comm"]),
+            ("CPU by binary (kernel, muta-proxy, libc)", ["--no-children", "--sort", "dso"]),
+            ("Self time by function (flat profile)", ["--no-children", "--sort", "dso,symbol",
+                                                       "--percent-limit", "0.3"]),
+            ("Inclusive time (the function and what it calls)", ["--children", "--sort", "symbol",
+                                                                  "--percent-limit", "2"]),
+        ]
         with open(report, "w") as f:
-            subprocess.run(["perf", "report", "-i", data, "--no-children", "--stdio",
-                            "--percent-limit", "0.5", "--sort", "dso,symbol"],
-                           stdout=f, stderr=subprocess.DEVNULL)
+            f.write(f"# make perf: muta-proxy at {clients} clients\n# {json.dumps(entry)}\n")
+            for title, args in views:
+                f.write(f"\n## {title}\n\n")
+                f.flush()
+                r = subprocess.run(base + args, capture_output=True, text=True)
+                f.write("\n".join(l for l in r.stdout.splitlines() if l.strip() and not l.startswith("#")))
+                f.write("\n")
         folded = os.path.join(OUT, "perf-folded.txt")
         with open(folded, "w") as f:
             script = subprocess.run(["perf", "script", "-i", data], capture_output=True, text=True)
             f.write(fold_stacks(script.stdout))
         say(f"== wrote {os.path.relpath(report, ROOT)} (flat profile) and "
             f"{os.path.relpath(folded, ROOT)} (folded stacks, for flamegraph.pl or speedscope)")
-        top = top_entries(report)
-        for line in top:
+        for line in top_entries(report):
             say("   " + line)
     else:
         say("== perf is not usable here: falling back to valgrind --tool=callgrind")
@@ -663,13 +675,16 @@ def fold_stacks(script):
     return "\n".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1])) + "\n"
 
 
-def top_entries(report, n=15):
-    out = []
+def top_entries(report, n=12):
+    """The first lines of the flat profile, for the terminal."""
+    out, inside = [], False
     with open(report) as f:
         for line in f:
-            s = line.strip()
-            if s and not s.startswith("#") and "%" in s.split()[0]:
-                out.append(s)
+            if line.startswith("## "):
+                inside = line.startswith("## Self time")
+                continue
+            if inside and line.strip():
+                out.append(" ".join(line.split()))
             if len(out) >= n:
                 break
     return out
