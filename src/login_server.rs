@@ -281,7 +281,6 @@ impl LoginServer {
         let evbuf: Arc<ComEventBuf> = Arc::new(EventBuf::new(1024));
         let clients_cfg = ClientsCfg {
             max_clients: cfg.max_clients,
-            in_buf_size: 4096,
             out_buf_size: 16 * 1024,
             read_size: 4096,
             reads_per_wakeup: 4,

@@ -112,8 +112,6 @@ impl fmt::Display for DisconnectReason {
 pub struct ClientsCfg {
     /// Slots in the pool.
     pub max_clients: u32,
-    /// Capacity of each `in_buf`.
-    pub in_buf_size: usize,
     /// Most bytes queued per client.
     pub out_buf_size: usize,
     /// Bytes per read on the client thread.
@@ -135,7 +133,6 @@ impl ClientsCfg {
     pub fn from_config(cfg: &Config) -> ClientsCfg {
         ClientsCfg {
             max_clients: cfg.client.max_clients,
-            in_buf_size: cfg.client.in_buf_size,
             out_buf_size: cfg.client.out_buf_size,
             read_size: cfg.client.read_size,
             reads_per_wakeup: cfg.client.reads_per_wakeup,
@@ -238,10 +235,9 @@ pub struct Clients<S: Session = ()> {
     /// Disconnects not yet taken by the protocol layer; at most one per slot.
     disconnected: Vec<Disconnected<S>>,
     io: ClientIo,
-    /// `(in_buf_size, out_buf_size)` per listener; a listener not in the
-    /// list uses the pool's.
-    listener_bufs: Vec<Option<(usize, usize)>>,
-    in_buf_size: usize,
+    /// `out_buf_size` per listener; a listener not in the list uses the
+    /// pool's.
+    listener_out_max: Vec<Option<usize>>,
     out_buf_size: usize,
     idle_timeout: Option<Duration>,
     refused_since_tick: u64,
@@ -257,8 +253,8 @@ pub const DISCONNECT_LOG_LINES_PER_TICK: u32 = 20;
 
 impl<S: Session> Clients<S> {
     /// Creates the pool for `cfg.max_clients` clients, all free, driving the
-    /// client thread behind `io`. Buffers are allocated when a slot is first
-    /// used and kept for its next occupants.
+    /// client thread behind `io`. A slot's buffers grow as its occupants need
+    /// and keep their capacity for the next ones.
     pub fn new(cfg: &ClientsCfg, io: ClientIo) -> Clients<S> {
         let max_clients = cfg.max_clients;
         let now = Instant::now();
@@ -284,8 +280,7 @@ impl<S: Session> Clients<S> {
             flush_spare: Vec::with_capacity(max_clients as usize),
             disconnected: Vec::with_capacity(64),
             io,
-            listener_bufs: Vec::new(),
-            in_buf_size: cfg.in_buf_size,
+            listener_out_max: Vec::new(),
             out_buf_size: cfg.out_buf_size,
             idle_timeout: (cfg.idle_timeout_ms > 0)
                 .then(|| Duration::from_millis(cfg.idle_timeout_ms)),
@@ -296,15 +291,15 @@ impl<S: Session> Clients<S> {
         }
     }
 
-    /// Gives the connections of one listener their own buffer sizes (a
-    /// program serving two kinds of peers: the shard's proxy links need
-    /// megabytes of output, its direct players kilobytes).
-    pub fn set_listener_bufs(&mut self, listener: u32, in_buf_size: usize, out_buf_size: usize) {
+    /// Gives the connections of one listener their own output limit (a
+    /// program serving two kinds of peers: the shard's proxy links may queue
+    /// megabytes, its direct players kilobytes).
+    pub fn set_listener_out_max(&mut self, listener: u32, out_buf_size: usize) {
         let i = listener as usize;
-        if self.listener_bufs.len() <= i {
-            self.listener_bufs.resize(i + 1, None);
+        if self.listener_out_max.len() <= i {
+            self.listener_out_max.resize(i + 1, None);
         }
-        self.listener_bufs[i] = Some((in_buf_size, out_buf_size));
+        self.listener_out_max[i] = Some(out_buf_size);
     }
 
     /// The client thread's handle.
@@ -348,20 +343,19 @@ impl<S: Session> Clients<S> {
         };
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1).max(1);
-        let (in_buf_size, out_buf_size) = self
-            .listener_bufs
+        let out_max = self
+            .listener_out_max
             .get(listener as usize)
             .copied()
             .flatten()
-            .unwrap_or((self.in_buf_size, self.out_buf_size));
+            .unwrap_or(self.out_buf_size);
         let slot = &mut self.slots[index as usize];
         debug_assert_eq!(slot.flags, 0);
-        // Once per slot and size: a slot keeps its buffers for its next
-        // occupants (both are empty here, so this is a no-op when they are
-        // large enough already).
-        slot.out_buf.reserve_exact(out_buf_size);
-        slot.in_buf.reserve_exact(in_buf_size);
-        slot.out_max = out_buf_size;
+        // Buffers are not sized up front: a slot's buffers grow to what its
+        // occupants needed (its high-water mark, within the limits) and keep
+        // that capacity for the next ones, so a connection costs the memory
+        // it uses, and steady traffic allocates nothing.
+        slot.out_max = out_max;
         let stream = Arc::new(stream);
         slot.id = id;
         slot.flags = CL_FLAG_IN_USE;

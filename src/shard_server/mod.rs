@@ -242,7 +242,6 @@ impl ShardServer {
         };
         let pool_cfg = ClientsCfg {
             max_clients: cfg.max_links + n_direct,
-            in_buf_size,
             out_buf_size: 16 * 1024 * 1024,
             read_size: 64 * 1024,
             reads_per_wakeup: 16,
@@ -307,7 +306,7 @@ impl ShardServer {
             },
         );
         let mut clients = Clients::new(&pool_cfg, io);
-        clients.set_listener_bufs(DIRECT_LISTENER, DIRECT_IN_BUF_SIZE, DIRECT_OUT_BUF_SIZE);
+        clients.set_listener_out_max(DIRECT_LISTENER, DIRECT_OUT_BUF_SIZE);
         Ok(ShardServer {
             clients,
             module,
