@@ -29,8 +29,7 @@ const SIZES: [usize; 5] = [16, 64, 128, 256, 1024];
 
 /// Median and minimum of `reps` timings of `run`, in ns per message; `prep`
 /// (untimed) builds each run's input.
-fn measure<T>(mut prep: impl FnMut() -> T, mut run: impl FnMut(T)) -> (f64, f64) {
-    let reps = common::reps();
+fn measure<T>(reps: usize, mut prep: impl FnMut() -> T, mut run: impl FnMut(T)) -> (f64, f64) {
     run(prep()); // warm-up
     let mut samples: Vec<f64> = (0..reps)
         .map(|_| {
@@ -62,6 +61,7 @@ fn main() {
     for len in SIZES {
         let (mut push, _) = PushStream::new(&ck);
         let push_ns = measure(
+            common::reps(),
             || vec![plain(len); MSGS],
             |mut bufs| {
                 for buf in bufs.iter_mut() {
@@ -81,6 +81,7 @@ fn main() {
             })
             .collect();
         let pull_ns = measure(
+            common::reps(),
             || (PullStream::new(&sk, &header).unwrap(), ciphertexts.clone()),
             |(mut pull, mut bufs)| {
                 for buf in bufs.iter_mut() {
@@ -114,7 +115,10 @@ fn main() {
         })
         .collect();
     let (mut next_hop, _) = PushStream::new(&sk);
+    // More repetitions: `make bench` divides by this figure, and one slow
+    // repetition on a noisy VM should not move it.
     let floor = measure(
+        3 * common::reps(),
         || (PullStream::new(&sk, &header).unwrap(), ciphertexts.clone()),
         |(mut pull, mut bufs)| {
             for buf in bufs.iter_mut() {

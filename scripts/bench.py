@@ -517,7 +517,12 @@ def plot(results):
                 vals = [r[key] for r in runs if r["path"] == path and r["clients"] == n and r[key]]
                 ys.append(sorted(vals)[len(vals) // 2] / 1000 if vals else 0)
             xs = [j + (i - (len(paths) - 1) / 2) * width for j in range(len(loads))]
-            ax.bar(xs, ys, width, label=path, color=colors.get(path))
+            ax.bar(xs, ys, width, label=path if ax is axes[0] else None, color=colors.get(path))
+            for x, y in zip(xs, ys):
+                if not y:  # not run at this load (the fd limit)
+                    ax.annotate("not run", (x, 0), xycoords=("data", "axes fraction"),
+                                xytext=(0, 3), textcoords="offset points", rotation=90,
+                                ha="center", va="bottom", fontsize=7, color="#666666")
         ax.set_xticks(range(len(loads)))
         ax.set_xticklabels([str(n) for n in loads])
         ax.set_xlabel("concurrent clients")
@@ -604,7 +609,7 @@ def main_perf():
     raise_fd_limit()
     clients = int(os.environ.get("PERF_CLIENTS", "1000"))
     data = os.path.join(OUT, "perf.data")
-    tool = "perf" if perf_works() else "callgrind"
+    tool = os.environ.get("PERF_TOOL") or ("perf" if perf_works() else "callgrind")
     say(f"== profiling muta-proxy at {clients} clients with {tool}")
     if tool == "perf":
         def record(pid, seconds):
