@@ -5,7 +5,7 @@ CARGO ?= cargo
 DEMO_SECONDS ?= 20
 export DEMO_SECONDS
 
-.PHONY: all build release demo test lint doc check bench perf fuzz clean
+.PHONY: all build release demo test lint doc check bench bench-smoke perf fuzz clean
 
 all: build
 
@@ -31,7 +31,7 @@ lint:
 doc:
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --locked --no-deps --document-private-items
 
-check: lint test doc
+check: lint test bench-smoke doc
 
 # The benchmarks (docs/performance.md): micro-benchmarks (event buffer vs
 # crossbeam-channel, secpool vs malloc, cryptchan push/pull and the crypto
@@ -46,6 +46,16 @@ bench: release
 	$(CARGO) bench --locked --bench secpool | tee -a target/bench/micro.md
 	$(CARGO) bench --locked --bench cryptchan | tee -a target/bench/micro.md
 	@python3 -c "import matplotlib" 2>/dev/null || python3 -m pip install -q matplotlib || echo "matplotlib unavailable: no plot"
+	python3 scripts/bench.py
+
+# The load benchmark's harness, quickly: every path and the storm at 20
+# clients with the debug build, strict about failures, its outputs under
+# target/bench-smoke. CI runs it so `make bench` cannot rot unnoticed; its
+# figures mean nothing.
+bench-smoke: build
+	mkdir -p target/bench-smoke
+	BENCH_BIN=target/debug BENCH_OUT=target/bench-smoke BENCH_DOCS=target/bench-smoke \
+	BENCH_LOADS=20 BENCH_FOCUS=0 BENCH_SECONDS=2 BENCH_STORM=20 BENCH_STRICT=1 \
 	python3 scripts/bench.py
 
 # The proxy under the benchmark's load (PERF_CLIENTS, default 1000), profiled

@@ -48,9 +48,10 @@ import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-OUT = os.path.join(ROOT, "target", "bench")
+OUT = os.path.join(ROOT, os.environ.get("BENCH_OUT", os.path.join("target", "bench")))
 BIN = os.path.join(ROOT, os.environ.get("BENCH_BIN", os.path.join("target", "release")))
-DOCS = os.path.join(ROOT, "docs")
+# Where the table and the plot go (CI's smoke run writes them elsewhere).
+DOCS = os.path.join(ROOT, os.environ.get("BENCH_DOCS", "docs"))
 
 LOADS = [int(x) for x in os.environ.get("BENCH_LOADS", "100,1000,5000,10000").split(",") if x]
 PATHS = [x for x in os.environ.get("BENCH_PATHS", "direct,haproxy,muta-proxy").split(",") if x]
@@ -533,7 +534,7 @@ def plot(results):
     axes[0].legend()
     fig.tight_layout()
     fig.savefig(os.path.join(DOCS, "bench-latency.png"), dpi=100)
-    say("== wrote docs/bench-latency.png")
+    say(f"== wrote {os.path.relpath(os.path.join(DOCS, 'bench-latency.png'), ROOT)}")
 
 
 def raise_fd_limit():
@@ -593,13 +594,19 @@ def main_bench():
     }
     with open(os.path.join(OUT, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
-    say("== wrote target/bench/results.json")
+    say(f"== wrote {os.path.relpath(os.path.join(OUT, 'results.json'), ROOT)}")
     write_docs(results, started, time.time() - t0)
-    say("== wrote docs/benchmarks.md")
+    say(f"== wrote {os.path.relpath(os.path.join(DOCS, 'benchmarks.md'), ROOT)}")
     plot(results)
     # Bots that failed under overload are a result (the table shows them);
     # a run that produced no report at all is a broken benchmark.
     broken = [r for r in runs if r["p50_us"] is None]
+    if os.environ.get("BENCH_STRICT") == "1":
+        # The smoke run: a load this small must go through without a failure.
+        broken += [r for r in runs if r["errors"] or not r["msgs_per_s"]]
+        broken += [s for s in storms if s["errors"] or not s["per_s"]]
+    if broken:
+        say(f"== broken runs: {broken}")
     return 1 if broken else 0
 
 
