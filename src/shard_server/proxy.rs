@@ -92,7 +92,7 @@ pub struct ProxyModuleCfg {
     /// Most plaintext bytes in one frame to a player (at most
     /// [`PLAYER_FRAME_PLAINTEXT_MAX`]); a longer batch is cut between messages.
     pub player_frame_max: usize,
-    /// Serve players directly, without proxies ([`direct`]): if set, every new
+    /// Serve players directly, without proxies ([`DirectCfg`]): if set, every new
     /// socket is a direct one.
     pub direct: Option<DirectCfg>,
 }
@@ -167,7 +167,7 @@ enum Carrier {
     /// A proxy link (thesis §3.6): messages travel in
     /// `TPROXY_MSG_PLAYER_PACKET`s.
     Proxy(ClientRef),
-    /// The player's own connection on the direct listener ([`direct`]), once
+    /// The player's own connection on the direct listener ([`DirectConn`]), once
     /// it has authenticated.
     Direct(Option<ClientRef>),
 }
