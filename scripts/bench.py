@@ -175,10 +175,13 @@ class System:
                 proxy_bin = os.path.join(self.path.split("@", 1)[1], "muta-proxy")
             with open(os.path.join(ROOT, "proxy.cfg")) as f:
                 cfg = f.read()
-            cfg = cfg.replace('listen = "0.0.0.0:7702"', f'listen = "127.0.0.1:{front}"')
-            cfg = cfg.replace('public_address = "127.0.0.1:7702"', f'public_address = "127.0.0.1:{front}"')
-            cfg = cfg.replace("max_clients = 1024", f"max_clients = {self.clients + 1000}")
-            cfg = cfg.replace('log_level = "info"', 'log_level = "warn"')
+            for old, new in [('listen = "0.0.0.0:7702"', f'listen = "127.0.0.1:{front}"'),
+                             ('public_address = "127.0.0.1:7702"', f'public_address = "127.0.0.1:{front}"'),
+                             ("max_clients = 1024", f"max_clients = {self.clients + 1000}"),
+                             ('log_level = "info"', 'log_level = "warn"')]:
+                if old not in cfg:
+                    raise RuntimeError(f"proxy.cfg no longer has `{old}`: update scripts/bench.py")
+                cfg = cfg.replace(old, new)
             cfg_path = os.path.join(OUT, f"{self.tag}-proxy.cfg")
             shards_path = os.path.join(OUT, f"{self.tag}-shards.cfg")
             with open(cfg_path, "w") as f:
@@ -213,13 +216,18 @@ backend shard
         wait_for(self.one_player_plays, 15, "a first player to get through")
 
     def one_player_plays(self):
-        r = subprocess.run([os.path.join(BIN, "muta-bot"), "--login", f"127.0.0.1:{self.login_port}",
-                            "--clients", "1", "--first-account", "9000000", "--rate", "10",
-                            "--duration", "0.1", "--ramp", "0", "--drain", "2"],
-                           cwd=ROOT, env=self.env, capture_output=True)
+        try:
+            r = subprocess.run([os.path.join(BIN, "muta-bot"), "--login", f"127.0.0.1:{self.login_port}",
+                                "--clients", "1", "--first-account", "9000000", "--rate", "10",
+                                "--duration", "0.1", "--ramp", "0", "--drain", "2"],
+                               cwd=ROOT, env=self.env, capture_output=True, timeout=6)
+        except subprocess.TimeoutExpired:
+            return False
         return r.returncode == 0
 
     def stop(self):
+        """Stops every process of the run, helpers (bots, perf) first; on an
+        error or Ctrl-C too, so nothing is left running."""
         for _, p in reversed(self.procs):
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
@@ -234,8 +242,16 @@ backend shard
     def bots(self, args):
         cmd = [os.path.join(BIN, "muta-bot"), "--login", f"127.0.0.1:{self.login_port}",
                "--threads", "2", "--json", "--progress"] + args
-        return subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, start_new_session=True)
+        p = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, start_new_session=True)
+        self.procs.append(("bots", p))
+        return p
+
+    def track(self, name, proc):
+        """Stops `proc` with the rest (a perf recorder)."""
+        if proc is not None:
+            self.procs.append((name, proc))
+        return proc
 
 
 def port_open(port):
@@ -253,6 +269,16 @@ def wait_for(cond, seconds, what):
             return
         time.sleep(0.05)
     raise RuntimeError(f"timed out waiting for {what}")
+
+
+def finish(proc, seconds, what):
+    """Waits for a process we have asked to end; kills it if it does not."""
+    try:
+        proc.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        say(f"   {what} did not finish in {seconds} s; killed")
+        proc.kill()
+        proc.wait()
 
 
 def bot_report(proc, tag):
@@ -300,9 +326,11 @@ def run_load(path, clients, rep, perf=None, steady=STEADY):
         start = time.time() + 1.0
         end = start + steady
         time.sleep(max(0.0, start - time.time()))
+        # The window opens: latency counts from here (muta-bot's SIGUSR1).
+        bots.send_signal(signal.SIGUSR1)
         cpu0 = cpu_seconds(proxy_pid) if proxy_pid else None
         shard_cpu0 = cpu_seconds(sys_.shard.pid)
-        perf_proc = perf(proxy_pid, end - start) if perf else None
+        perf_proc = sys_.track("perf", perf(proxy_pid, end - start) if perf else None)
         time.sleep(max(0.0, end - time.time()))
         cpu1 = cpu_seconds(proxy_pid) if proxy_pid else None
         shard_cpu1 = cpu_seconds(sys_.shard.pid)
@@ -310,14 +338,21 @@ def run_load(path, clients, rep, perf=None, steady=STEADY):
         window = time.time() - start
         bots.send_signal(signal.SIGINT)
         if perf_proc:
-            perf_proc.wait()
-        bots.wait()
+            finish(perf_proc, 30, "perf")
+        finish(bots, 30, "the bots")
         out.join(timeout=5)
         report = out.last() or {}
-        # The shard's per-second lines that fall inside the window.
-        lines = [obj for (t, obj) in sys_.stats.lines if start + 0.5 <= t <= end + 0.5]
-        msgs = sum(o["msgs_in"] + o["msgs_out"] for o in lines)
-        msgs_per_s = msgs / max(1, len(lines))
+        # The shard's per-second lines that fall inside the window; each holds
+        # the counts since the one before, so the rate is their sum over the
+        # time they cover (a busy shard may print late).
+        stamped = sys_.stats.lines
+        inside = [i for i, (t, _) in enumerate(stamped) if start + 0.5 <= t <= end + 0.5]
+        msgs_per_s = 0.0
+        if inside and inside[0] > 0:
+            first, last = inside[0], inside[-1]
+            covered_ms = stamped[last][1]["t_ms"] - stamped[first - 1][1]["t_ms"]
+            msgs = sum(stamped[i][1]["msgs_in"] + stamped[i][1]["msgs_out"] for i in inside)
+            msgs_per_s = msgs / max(covered_ms / 1000.0, 1e-3)
         mmsgs = msgs_per_s * window / 1e6
         lat = report.get("latency_us", {})
         return {
@@ -352,7 +387,7 @@ def run_storm(path, clients):
         bots = sys_.bots(["--clients", str(clients), "--rate", "1", "--duration", "1",
                           "--ramp", f"{max(1.0, clients / 1000.0):g}", "--storm", "--drain", "10"])
         _, out = bot_report(bots, tag)
-        bots.wait()
+        finish(bots, 60, "the storm's bots")
         out.join(timeout=5)
         report = out.last() or {}
         storm = report.get("storm", {})
@@ -397,7 +432,8 @@ def focus_summary(runs, floor):
                   for k in ("p50_us", "proxy_cpu_s_per_mmsg")}
            for path in ("direct", "haproxy", "muta-proxy")}
     d = med["direct"]["p50_us"]
-    out = {"clients": FOCUS, "runs_per_path": FOCUS_REPEAT}
+    out = {"clients": FOCUS, "runs_per_path": min(
+        sum(1 for r in at if r["path"] == path) for path in ("direct", "haproxy", "muta-proxy"))}
     for path in ("haproxy", "muta-proxy"):
         p50 = med[path]["p50_us"]
         out[f"{path}_added_p50_us"] = p50 - d if p50 is not None and d is not None else None
@@ -520,8 +556,8 @@ def plot(results):
             xs = [j + (i - (len(paths) - 1) / 2) * width for j in range(len(loads))]
             ax.bar(xs, ys, width, label=path if ax is axes[0] else None, color=colors.get(path))
             for x, y in zip(xs, ys):
-                if not y:  # not run at this load (the fd limit)
-                    ax.annotate("not run", (x, 0), xycoords=("data", "axes fraction"),
+                if not y:  # not run at this load (the fd limit), or no report
+                    ax.annotate("no data", (x, 0), xycoords=("data", "axes fraction"),
                                 xytext=(0, 3), textcoords="offset points", rotation=90,
                                 ha="center", va="bottom", fontsize=7, color="#666666")
         ax.set_xticks(range(len(loads)))
@@ -538,13 +574,20 @@ def plot(results):
 
 
 def raise_fd_limit():
+    """Raises the open-file limit the processes of a run inherit, as far as
+    this process may; returns the soft limit in force."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = 65536
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (want, max(hard, want)))
-    except (ValueError, OSError):
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    inf = resource.RLIM_INFINITY
+    if soft != inf and soft < want:
+        for new in ((want, hard if hard == inf or hard >= want else want), (min(want, hard), hard)):
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, new)
+                break
+            except (ValueError, OSError):
+                continue
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return 1 << 30 if soft == inf else soft
 
 
 def main_bench():
@@ -559,7 +602,7 @@ def main_bench():
     # A first run on a cold machine is slow whatever the path (page cache,
     # CPU frequency, allocator warm-up): one short unrecorded run first.
     say("== warm-up (not recorded)")
-    run_load(paths[-1], 100, 0, steady=3)
+    run_load(paths[-1], 100, "warm-up", steady=3)
     runs = []
     for n in LOADS:
         for rep in range(FOCUS_REPEAT if n == FOCUS else REPEAT):
@@ -574,7 +617,9 @@ def main_bench():
                 say("   " + json.dumps(entry))
                 runs.append(entry)
     storms = []
-    if STORM > 0:
+    if STORM > 0 and 2 * STORM + 1000 > fds:
+        say(f"== skipping the storm: {STORM} clients need more than {fds} fds")
+    elif STORM > 0:
         for path in paths:
             say(f"== connection storm: {path}, {STORM} clients")
             s = run_storm(path, STORM)

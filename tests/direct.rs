@@ -77,6 +77,7 @@ fn the_direct_public_address_is_what_players_are_told() {
 #[test]
 fn bots_play_directly_with_nothing_lost_or_reordered() {
     let (_shard, login) = direct_shard(|_| {});
+    login_until(login.addr, "warm-up", "shard-d", T).unwrap(); // linked
     let report = bot::run(&BotCfg {
         login: login.addr.to_string(),
         shard: "shard-d".to_string(),
@@ -92,6 +93,41 @@ fn bots_play_directly_with_nothing_lost_or_reordered() {
     assert_eq!((report.clients, report.authenticated), (20, 20));
     assert_eq!(report.sent, 2_000);
     assert_eq!(report.received, 2_000);
+    assert_eq!(report.latency_samples, 2_000, "no mark: every echo counts");
+}
+
+#[test]
+fn the_mark_starts_the_latency_measurement() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let (_shard, login) = direct_shard(|_| {});
+    login_until(login.addr, "warm-up", "shard-d", T).unwrap();
+    let mark = Arc::new(AtomicBool::new(false));
+    let setter = {
+        let mark = mark.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(1500));
+            mark.store(true, Ordering::Relaxed); // what SIGUSR1 does
+        })
+    };
+    let cfg = BotCfg {
+        login: login.addr.to_string(),
+        shard: "shard-d".to_string(),
+        clients: 5,
+        rate: 50.0,
+        duration: Duration::from_secs(3),
+        ramp: Duration::from_millis(100),
+        ..BotCfg::default()
+    };
+    let report = bot::run_marked(&cfg, Arc::new(AtomicBool::new(false)), mark);
+    setter.join().unwrap();
+    assert_eq!(report.received, 750);
+    // Echoes sent before the mark are left out of the latency figures.
+    assert!(
+        report.latency_samples > 0 && report.latency_samples < 600,
+        "{} samples",
+        report.latency_samples
+    );
 }
 
 #[test]
@@ -136,4 +172,36 @@ fn a_broadcast_reaches_only_the_senders_area() {
         ServerMsg::Echo { seq: 1, .. } => {}
         other => panic!("b0 heard another area's broadcast: {other:?}"),
     }
+}
+
+#[test]
+fn direct_players_cannot_take_the_slots_the_links_need() {
+    use std::io::Read;
+    let shard = start_shard_with("shard-d", loopback(0), loopback(0), |cfg| {
+        cfg.direct_listen = Some(loopback(0));
+        cfg.max_direct = 2;
+        cfg.max_links = 2;
+    });
+    let direct = shard.direct_addr.unwrap();
+    // Four idle connections, as many as the whole pool has slots: two hold
+    // every direct slot, the other two are closed at once.
+    let mut idle: Vec<_> = (0..4)
+        .map(|_| {
+            let s = std::net::TcpStream::connect(direct).unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(500)))
+                .unwrap();
+            s
+        })
+        .collect();
+    let mut buf = [0u8; 64];
+    let closed = idle
+        .iter_mut()
+        .map(|s| matches!(s.read(&mut buf), Ok(0)))
+        .filter(|&c| c)
+        .count();
+    assert_eq!(closed, 2, "connections over --max-direct must be closed");
+    // ...and a login server still links to the shard and gets tickets.
+    let login = start_login(&[shard.login_addr]);
+    let ticket = login_until(login.addr, "linked", "shard-d", T).unwrap();
+    assert_eq!(ticket.proxy_address, direct.to_string());
 }

@@ -269,8 +269,12 @@ fn a_hundred_bots_send_a_thousand_messages_each_with_none_lost_duplicated_or_reo
     let report = bot::run(&BotCfg {
         login: sys.login.addr.to_string(),
         clients: 100,
-        rate: 200.0,
-        duration: Duration::from_secs(5),
+        // 100 a second for 10 s: the load of a debug build's three nodes
+        // sharing two cores with the other tests must stay below what they
+        // can carry, or queues fill and links drop (ARCHITECTURE.md, "Known
+        // limits") and the test measures the machine, not the system.
+        rate: 100.0,
+        duration: Duration::from_secs(10),
         ramp: Duration::from_millis(500),
         drain: Duration::from_secs(10),
         threads: 2,

@@ -24,6 +24,11 @@
 //! SIGINT or SIGTERM stops sending early: the bots drain their last replies
 //! and the report covers the bots that started playing.
 //!
+//! SIGUSR1 marks the start of a measurement window: the report's latency
+//! percentiles then cover only the echoes sent after it (`make bench` sends
+//! it once every bot plays, so log-ins and the ramp do not count); `sent` and
+//! `received` still count every echo.
+//!
 //! With `--storm` (a connection storm), every bot logs in first and waits
 //! with its ticket; when all have one, all connect to their proxies at once,
 //! and the report gains `"storm":{"handshakes":H,"seconds":S,"per_s":P}`:
@@ -138,6 +143,9 @@ pub struct BotReport {
     pub errors: u32,
     /// Echo round trips.
     pub latency_us: Latency,
+    /// Echoes the latency figures cover (all, or those sent after the mark;
+    /// not part of the JSON contract).
+    pub latency_samples: u64,
     /// Broadcast messages received (chat, moves, emotes).
     pub broadcasts: u64,
     /// Why bots failed, with counts (not part of the JSON contract).
@@ -194,6 +202,11 @@ struct Live {
     buckets: Vec<AtomicU64>,
     /// Set by SIGINT/SIGTERM: stop sending, drain, report.
     stop: Arc<AtomicBool>,
+    /// Set by SIGUSR1: latency counts from now on.
+    mark: Arc<AtomicBool>,
+    /// When the mark was seen, in µs since the epoch, plus one (0: none):
+    /// echoes sent before it are left out of the latency samples.
+    measure_from_us: AtomicU64,
     /// Storm: bots holding a ticket (or failed before getting one).
     ticketed: AtomicU64,
     /// Storm: when the bots were let go, in µs since the epoch, plus one (0:
@@ -226,8 +239,10 @@ fn bucket_top(i: usize) -> u64 {
 }
 
 impl Live {
-    fn new(stop: Arc<AtomicBool>) -> Live {
+    fn new(stop: Arc<AtomicBool>, mark: Arc<AtomicBool>) -> Live {
         Live {
+            mark,
+            measure_from_us: AtomicU64::new(0),
             authenticated: AtomicU64::new(0),
             sent: AtomicU64::new(0),
             received: AtomicU64::new(0),
@@ -271,8 +286,14 @@ pub fn run(cfg: &BotCfg) -> BotReport {
 
 /// As [`run`]; setting `stop` ends sending early (the bots drain and report).
 pub fn run_until(cfg: &BotCfg, stop: Arc<AtomicBool>) -> BotReport {
+    run_marked(cfg, stop, Arc::new(AtomicBool::new(false)))
+}
+
+/// As [`run_until`]; setting `mark` starts the latency measurement: echoes
+/// sent before it are left out of the percentiles.
+pub fn run_marked(cfg: &BotCfg, stop: Arc<AtomicBool>, mark: Arc<AtomicBool>) -> BotReport {
     crate::cryptchan::init().expect("libsodium");
-    let live = Arc::new(Live::new(stop));
+    let live = Arc::new(Live::new(stop, mark));
     let epoch = Instant::now();
     let threads = cfg.threads.clamp(1, 64).min(cfg.clients.max(1) as usize);
     let mut handles = Vec::new();
@@ -343,6 +364,7 @@ pub fn run_until(cfg: &BotCfg, stop: Arc<AtomicBool>) -> BotReport {
         let _ = handle.join();
     }
     samples.sort_unstable();
+    report.latency_samples = samples.len() as u64;
     let pick = |q: f64| -> u64 {
         if samples.is_empty() {
             return 0;
@@ -438,6 +460,8 @@ struct Worker {
     active: usize,
     /// Storm: the bots have been let go.
     stormed: bool,
+    /// The measurement mark has been seen.
+    marked: bool,
 }
 
 impl Worker {
@@ -497,6 +521,7 @@ impl Worker {
             },
             active,
             stormed: false,
+            marked: false,
         }
     }
 
@@ -512,6 +537,19 @@ impl Worker {
             }
             if self.cfg.storm && !self.stormed && !stopping {
                 self.storm_check();
+            }
+            if !self.marked && self.live.mark.load(Ordering::Relaxed) {
+                // The first worker to see the mark sets its time; each drops
+                // the samples it took before it.
+                let now_us = self.epoch.elapsed().as_micros() as u64 + 1;
+                let _ = self.live.measure_from_us.compare_exchange(
+                    0,
+                    now_us,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                );
+                self.result.samples.clear();
+                self.marked = true;
             }
             let now = Instant::now();
             // Wake at least every 100 ms to notice a stop request (every
@@ -925,9 +963,11 @@ impl Worker {
                     }
                     bot.next_expect += 1;
                     let rtt = (self.epoch.elapsed().as_micros() as u64).saturating_sub(time_us);
-                    self.result
-                        .samples
-                        .push(rtt.min(u64::from(u32::MAX)) as u32);
+                    if time_us + 1 >= self.live.measure_from_us.load(Ordering::Relaxed) {
+                        self.result
+                            .samples
+                            .push(rtt.min(u64::from(u32::MAX)) as u32);
+                    }
                     self.live.buckets[bucket_of(rtt)].fetch_add(1, Ordering::Relaxed);
                     self.result.received += 1;
                     self.live.received.fetch_add(1, Ordering::Relaxed);
@@ -1033,6 +1073,9 @@ Options:
   --json                 print the report as one JSON line (the contract)
   -h, --help             print this help
 
+Signals: SIGINT or SIGTERM stops sending (the bots drain and report); SIGUSR1
+starts the latency measurement (echoes sent before it are left out).
+
 Exit status: 0 if every bot was welcomed and got every echo back, 1 otherwise.
 ";
 
@@ -1103,7 +1146,11 @@ pub fn main_with_args<I: IntoIterator<Item = OsString>>(args: I) -> i32 {
             eprintln!("muta-bot: cannot handle signals: {err}");
         }
     }
-    let report = run_until(&cfg, stop);
+    let mark = Arc::new(AtomicBool::new(false));
+    if let Err(err) = signal_hook::flag::register(signal_hook::consts::SIGUSR1, mark.clone()) {
+        eprintln!("muta-bot: cannot handle SIGUSR1: {err}");
+    }
+    let report = run_marked(&cfg, stop, mark);
     for (why, n) in &report.failures {
         eprintln!("muta-bot: {n} bot(s) failed: {why}");
     }

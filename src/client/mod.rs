@@ -235,16 +235,30 @@ pub struct Clients<S: Session = ()> {
     /// Disconnects not yet taken by the protocol layer; at most one per slot.
     disconnected: Vec<Disconnected<S>>,
     io: ClientIo,
-    /// `out_buf_size` per listener; a listener not in the list uses the
-    /// pool's.
-    listener_out_max: Vec<Option<usize>>,
+    /// Limits of one listener's connections, where they differ from the
+    /// pool's, and how many it has now.
+    listeners: Vec<ListenerLimits>,
     out_buf_size: usize,
     idle_timeout: Option<Duration>,
     refused_since_tick: u64,
+    /// Connections refused by a listener's own limit since the last tick.
+    refused_by_listener_since_tick: u64,
     /// Disconnect lines still allowed this tick, and those held back.
     log_budget: u32,
     log_suppressed: u64,
     stats: ClientStats,
+}
+
+/// One listener's own limits (see [`Clients::set_listener_limits`]).
+#[derive(Clone, Copy, Debug, Default)]
+struct ListenerLimits {
+    /// Most bytes queued per connection; the pool's `out_buf_size` if `None`.
+    out_max: Option<usize>,
+    /// Most slots its connections hold at once; no limit but the pool's if
+    /// `None`.
+    max_conns: Option<u32>,
+    /// Slots its connections hold now (from accept until the slot is free).
+    open: u32,
 }
 
 /// Disconnects logged at `info` per second at most; more are counted and
@@ -280,26 +294,36 @@ impl<S: Session> Clients<S> {
             flush_spare: Vec::with_capacity(max_clients as usize),
             disconnected: Vec::with_capacity(64),
             io,
-            listener_out_max: Vec::new(),
+            listeners: Vec::new(),
             out_buf_size: cfg.out_buf_size,
             idle_timeout: (cfg.idle_timeout_ms > 0)
                 .then(|| Duration::from_millis(cfg.idle_timeout_ms)),
             refused_since_tick: 0,
+            refused_by_listener_since_tick: 0,
             log_budget: DISCONNECT_LOG_LINES_PER_TICK,
             log_suppressed: 0,
             stats: ClientStats::default(),
         }
     }
 
-    /// Gives the connections of one listener their own output limit (a
-    /// program serving two kinds of peers: the shard's proxy links may queue
-    /// megabytes, its direct players kilobytes).
-    pub fn set_listener_out_max(&mut self, listener: u32, out_buf_size: usize) {
+    /// Gives the connections of one listener their own limits, for a program
+    /// serving two kinds of peers from one pool (the shard: its proxy links
+    /// may queue megabytes, its direct players less; and players, on a public
+    /// listener, must not be able to take the slots its links need).
+    /// `out_buf_size` replaces the pool's for these connections; at most
+    /// `max_conns` of them hold a slot at once, more are refused at accept.
+    pub fn set_listener_limits(&mut self, listener: u32, out_buf_size: usize, max_conns: u32) {
+        let limits = self.listener_mut(listener);
+        limits.out_max = Some(out_buf_size);
+        limits.max_conns = Some(max_conns);
+    }
+
+    fn listener_mut(&mut self, listener: u32) -> &mut ListenerLimits {
         let i = listener as usize;
-        if self.listener_out_max.len() <= i {
-            self.listener_out_max.resize(i + 1, None);
+        if self.listeners.len() <= i {
+            self.listeners.resize(i + 1, ListenerLimits::default());
         }
-        self.listener_out_max[i] = Some(out_buf_size);
+        &mut self.listeners[i]
     }
 
     /// The client thread's handle.
@@ -333,6 +357,13 @@ impl<S: Session> Clients<S> {
         addr: SocketAddr,
         now: Instant,
     ) -> Option<ClientRef> {
+        let limits = *self.listener_mut(listener);
+        if limits.max_conns.is_some_and(|max| limits.open >= max) {
+            self.refused_by_listener_since_tick += 1;
+            self.stats.refused_full += 1;
+            drop(stream);
+            return None;
+        }
         let Some(index) = self.free.pop() else {
             // Logged once per tick, not per connection: a flood must not also
             // flood the log.
@@ -343,12 +374,8 @@ impl<S: Session> Clients<S> {
         };
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1).max(1);
-        let out_max = self
-            .listener_out_max
-            .get(listener as usize)
-            .copied()
-            .flatten()
-            .unwrap_or(self.out_buf_size);
+        let out_max = limits.out_max.unwrap_or(self.out_buf_size);
+        self.listener_mut(listener).open += 1;
         let slot = &mut self.slots[index as usize];
         debug_assert_eq!(slot.flags, 0);
         // Buffers are not sized up front: a slot's buffers grow to what its
@@ -615,6 +642,14 @@ impl<S: Session> Clients<S> {
         }
         slot.flags = 0;
         slot.addr = NO_ADDR;
+        // A buffer that once grew past its limit (one write may overshoot it
+        // before the check) is not kept that large for the next occupant.
+        if slot.out_buf.capacity() > slot.out_max {
+            slot.out_buf.shrink_to(slot.out_max);
+        }
+        let listener = slot.listener;
+        let limits = self.listener_mut(listener);
+        limits.open = limits.open.saturating_sub(1);
         self.free.push(client.index);
     }
 
@@ -628,6 +663,13 @@ impl<S: Session> Clients<S> {
                 self.slots.len()
             );
             self.refused_since_tick = 0;
+        }
+        if self.refused_by_listener_since_tick > 0 {
+            warn!(
+                "refused {} connections: their listener's own limit is reached",
+                self.refused_by_listener_since_tick
+            );
+            self.refused_by_listener_since_tick = 0;
         }
         if self.log_suppressed > 0 {
             info!(

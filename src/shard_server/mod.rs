@@ -59,10 +59,15 @@ pub const PROXY_LISTENER: u32 = 0;
 pub const LOGIN_LISTENER: u32 = 1;
 /// Index of the direct-player listener, if there is one.
 pub const DIRECT_LISTENER: u32 = 2;
-/// A direct player's buffers: as the proxy's `client.in_buf_size` and
-/// `client.out_buf_size` defaults.
+/// A direct player's incomplete-frame buffer: as the proxy's
+/// `client.in_buf_size` default.
 const DIRECT_IN_BUF_SIZE: usize = 8192;
-const DIRECT_OUT_BUF_SIZE: usize = 256 * 1024;
+/// Most bytes queued to a direct player: room for one flush of the proxy
+/// module's whole per-player queue (`PLAYER_OUT_MAX`) sealed into frames, so
+/// the module's own limit decides when a player is too slow.
+const DIRECT_OUT_BUF_SIZE: usize = 2 * PLAYER_OUT_MAX;
+/// Most plaintext bytes queued for one player before it is dropped.
+const PLAYER_OUT_MAX: usize = 1 << 20;
 /// How often timers run and stats are printed.
 const TICK: Duration = Duration::from_secs(1);
 
@@ -97,6 +102,9 @@ pub struct ShardServerCfg {
     pub direct_public: Option<String>,
     /// Most direct players connected at once.
     pub max_direct: u32,
+    /// Check that a direct player connects from the address the login server
+    /// announced (off behind a forwarder that hides it).
+    pub direct_check_address: bool,
     /// Players per area: chat, moves and emotes reach the players of the
     /// sender's area only (0: everyone).
     pub area_players: usize,
@@ -118,6 +126,7 @@ impl Default for ShardServerCfg {
             direct_listen: None,
             direct_public: None,
             max_direct: 10_000,
+            direct_check_address: true,
             area_players: 0,
         }
     }
@@ -241,7 +250,7 @@ impl ShardServer {
             0
         };
         let pool_cfg = ClientsCfg {
-            max_clients: cfg.max_links + n_direct,
+            max_clients: cfg.max_links.saturating_add(n_direct),
             out_buf_size: 16 * 1024 * 1024,
             read_size: 64 * 1024,
             reads_per_wakeup: 16,
@@ -281,7 +290,7 @@ impl ShardServer {
             DirectCfg {
                 public_address: cfg.direct_public.clone().unwrap_or(addr.to_string()),
                 handshake_timeout: Duration::from_secs(5),
-                require_announced_ip: true,
+                require_announced_ip: cfg.direct_check_address,
                 in_buf_size: DIRECT_IN_BUF_SIZE,
             }
         });
@@ -298,7 +307,7 @@ impl ShardServer {
                 shard_name: cfg.name.clone(),
                 password: cfg.password.clone(),
                 max_sockets: cfg.max_players,
-                player_out_max: 1 << 20,
+                player_out_max: PLAYER_OUT_MAX,
                 connect_timeout: Duration::from_secs(30),
                 in_buf_size,
                 player_frame_max: cfg.player_frame_max,
@@ -306,7 +315,9 @@ impl ShardServer {
             },
         );
         let mut clients = Clients::new(&pool_cfg, io);
-        clients.set_listener_out_max(DIRECT_LISTENER, DIRECT_OUT_BUF_SIZE);
+        // Players, on a public listener, must never take the slots the proxy
+        // and login-server links need.
+        clients.set_listener_limits(DIRECT_LISTENER, DIRECT_OUT_BUF_SIZE, n_direct);
         Ok(ShardServer {
             clients,
             module,
@@ -761,7 +772,10 @@ Options:
                            shard before proxies, thesis 2.3; a benchmark baseline)
   --direct-public ADDR     the address players are told for it (a forwarder in
                            front of it) [default: the listener's]
-  --max-direct N           most direct players at once [default: 10000]
+  --max-direct N           most direct players at once, 1 to 1000000 [default: 10000]
+  --direct-any-address     do not check that a direct player connects from the
+                           address the login server saw (for a forwarder that
+                           hides it)
   --area-players N         players per area; chat, moves and emotes reach only
                            the sender's area (0: everyone) [default: 0]
   --stats-json             print one JSON stats line per second on stdout
@@ -790,11 +804,15 @@ pub fn parse_args<I: IntoIterator<Item = OsString>>(
             "--direct-listen" => cfg.direct_listen = Some(args.parse(&flag)?),
             "--direct-public" => cfg.direct_public = Some(args.value(&flag)?),
             "--max-direct" => cfg.max_direct = args.parse(&flag)?,
+            "--direct-any-address" => cfg.direct_check_address = false,
             "--area-players" => cfg.area_players = args.parse(&flag)?,
             "--stats-json" => cfg.stats_json = true,
             "-h" | "--help" => return Ok(None),
             other => return Err(format!("unknown argument `{other}`")),
         }
+    }
+    if !(1..=1_000_000).contains(&cfg.max_direct) {
+        return Err("--max-direct must be 1 to 1000000".to_string());
     }
     if cfg.name.is_empty() || cfg.name.len() > crate::proto::SHARD_NAME_MAX {
         return Err("--name must be 1 to 32 bytes".to_string());

@@ -561,10 +561,12 @@ impl ProxyModule {
                     }
                 });
             }
-            Carrier::Direct(Some(client)) if tell_proxy => {
+            // A direct player has no proxy to tell: its connection ends with
+            // its socket, whoever ended the socket.
+            Carrier::Direct(Some(client)) => {
                 clients.cl_disconnect(client, DisconnectReason::Closed(reason));
             }
-            Carrier::Direct(_) => {}
+            Carrier::Direct(None) => {}
         }
         self.release(index, reason);
     }
@@ -714,12 +716,14 @@ impl ProxyModule {
             slot.pending.clear();
             slot.cuts.clear();
             self.stats.frames_out += frames;
-            if !matches!(sealed, Some(Ok(()))) {
-                let reason = match slot.carrier {
-                    Carrier::Proxy(_) => "its proxy is gone",
-                    Carrier::Direct(_) => "its connection is gone",
-                };
-                self.release(index, reason);
+            match (sealed, slot.carrier) {
+                (Some(Ok(())), _) => {}
+                (_, Carrier::Proxy(_)) => self.release(index, "its proxy is gone"),
+                // Dropped by the pool (a slow reader), or sealing failed: the
+                // socket and its connection end together.
+                (_, Carrier::Direct(_)) => {
+                    self.close(clients, index, true, "its connection failed or fell behind")
+                }
             }
         }
         dirty.clear();

@@ -28,9 +28,12 @@ pub fn pool_for(cfg: &Config) -> &'static Secpool {
     .leak()
 }
 
-/// Logs to the test's captured output when `RUST_LOG` is set.
+/// Logs to the test's captured output: warnings, or what `RUST_LOG` says.
 pub fn init_logger() {
-    let _ = env_logger::builder().is_test(true).try_init();
+    // Warnings by default: a failing test's output then says what the nodes
+    // saw (a dropped link, a slow reader); passing tests' output is hidden.
+    let env = env_logger::Env::default().default_filter_or("warn");
+    let _ = env_logger::Builder::from_env(env).is_test(true).try_init();
 }
 
 /// Polls `f` every few milliseconds until it is true or `timeout` passes.

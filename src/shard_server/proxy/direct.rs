@@ -85,6 +85,8 @@ enum DirectError {
     Channel(ChannelError),
     Proof(&'static str),
     Filter(ProtoError),
+    /// The socket ended (the shard dropped the player) before the connection.
+    Ended,
 }
 
 impl From<ChannelError> for DirectError {
@@ -179,7 +181,12 @@ impl ProxyModule {
             return;
         };
         let out_before = out.len();
-        let DirectConn { chan, socket, .. } = conn;
+        let DirectConn {
+            chan,
+            socket,
+            deadline,
+        } = conn;
+        let deadline = *deadline;
         let ProxyModule {
             cfg,
             sockets,
@@ -208,6 +215,11 @@ impl ProxyModule {
                         } => {
                             pos += consumed;
                             if let Some(handle) = *socket {
+                                // The socket may have ended (the shard dropped
+                                // the player) with its connection not yet gone.
+                                if find_slot(sockets, handle).is_none() {
+                                    return Err(DirectError::Ended);
+                                }
                                 let n =
                                     filter_client_frame(plaintext).map_err(DirectError::Filter)?;
                                 stats.msgs_in += n as u64;
@@ -220,7 +232,12 @@ impl ProxyModule {
                                 });
                                 continue;
                             }
-                            // The first frame: the auth proof.
+                            // The first frame: the auth proof, in time.
+                            if now >= deadline {
+                                return Err(DirectError::Proof(
+                                    "it came after the handshake deadline",
+                                ));
+                            }
                             let proof = AuthProof::decode_frame(plaintext)
                                 .map_err(|_| DirectError::Proof("not an auth proof"))?;
                             if proof.shard_name != cfg.shard_name {
@@ -277,6 +294,10 @@ impl ProxyModule {
             Err(FeedError::Process(DirectError::Filter(e))) => {
                 self.stats.filtered += 1;
                 format!("filtered: {e}")
+            }
+            Err(FeedError::Process(DirectError::Ended)) => {
+                clients.cl_disconnect(client, DisconnectReason::Closed("its socket has ended"));
+                return;
             }
         };
         clients.cl_disconnect(client, DisconnectReason::Protocol(reason));
