@@ -72,7 +72,28 @@ def say(text):
     print(text, flush=True)
 
 
+def ephemeral_start():
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port():
+    """A port free now, below the ephemeral range: the kernel gives ports in
+    that range to outgoing connections (thousands of bots), and one may take
+    a port picked there before our listener binds it."""
+    import random
+    top = ephemeral_start() - 1
+    for _ in range(200):
+        port = random.randint(max(1024, top - 20000), top)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                continue
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
