@@ -35,16 +35,18 @@ check: lint test bench-smoke doc
 
 # The benchmarks (docs/performance.md): micro-benchmarks (event buffer vs
 # crossbeam-channel, secpool vs malloc, cryptchan push/pull and the crypto
-# floor) into target/bench/micro.md, then the load benchmark (direct, HAProxy
-# and muta-proxy at 100 to 10,000 clients, a connection storm) into
-# target/bench/results.json, docs/benchmarks.md and docs/bench-latency.png.
+# floor, loopback TCP and the kernel floor) into target/bench/micro.md, built
+# with the release profile the binaries use (no second build), then the load
+# benchmark (direct, HAProxy and muta-proxy at 100 to 10,000 clients, a
+# connection storm) into target/bench/results.json, docs/benchmarks.md and docs/bench-latency.png.
 # Installs HAProxy (Debian) and matplotlib (PyPI) if missing. BENCH_LOADS,
 # BENCH_SECONDS, BENCH_REPEAT, BENCH_PATHS, BENCH_STORM: see scripts/bench.py.
 bench: release
 	mkdir -p target/bench
-	$(CARGO) bench --locked --bench event_buf | tee target/bench/micro.md
-	$(CARGO) bench --locked --bench secpool | tee -a target/bench/micro.md
-	$(CARGO) bench --locked --bench cryptchan | tee -a target/bench/micro.md
+	$(CARGO) bench --locked --profile release --bench event_buf | tee target/bench/micro.md
+	$(CARGO) bench --locked --profile release --bench secpool | tee -a target/bench/micro.md
+	$(CARGO) bench --locked --profile release --bench cryptchan | tee -a target/bench/micro.md
+	$(CARGO) bench --locked --profile release --bench net_floor | tee -a target/bench/micro.md
 	@python3 -c "import matplotlib" 2>/dev/null || python3 -m pip install -q matplotlib || echo "matplotlib unavailable: no plot"
 	python3 scripts/bench.py
 

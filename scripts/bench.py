@@ -25,13 +25,17 @@ sender's area. Measured per run, over a steady window once every bot plays:
   proxy_rss_idle_kib        ... before the bots connected
   shard_cpu_s_per_mmsg      the shard's CPU, for context (direct: the shard
                             does the players' crypto itself)
+  proxy_sleeps_per_msg      times the proxy's threads went to sleep
+                            (voluntary context switches) per message: each
+                            costs a wake-up, the largest cost on a VM
+  proxy_sleeps_per_s        ... per second, by thread name
 
 Then a connection storm per path (BENCH_STORM clients log in first, then
 all connect at once; muta-bot --storm) for handshakes per second.
 
 Writes target/bench/results.json, docs/benchmarks.md (the table) and
-docs/bench-latency.png (the plot). The crypto floor comes from the
-cryptchan micro-benchmark of the same `make bench` run
+docs/bench-latency.png (the plot). The crypto and kernel floors come from
+the cryptchan and net_floor micro-benchmarks of the same `make bench` run
 (target/bench/micro.md). `--perf` instead runs the muta-proxy path once at
 PERF_CLIENTS clients under `perf record -g` (see docs/profiling.md).
 """
@@ -104,6 +108,28 @@ def cpu_seconds(pid):
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def sleeps(pid):
+    """How many times each of the process's threads has gone to sleep
+    (voluntary context switches), by thread name: each sleep costs a
+    wake-up later, which on a VM is the dearest thing a thread does."""
+    by_thread = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                name = f.read().strip()
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                for line in f:
+                    if line.startswith("voluntary_ctxt_switches:"):
+                        by_thread[name] = by_thread.get(name, 0) + int(line.split()[1])
+        except OSError:
+            continue
+    return by_thread
 
 
 def rss_kib(pid):
@@ -350,13 +376,18 @@ def run_load(path, clients, rep, perf=None, steady=STEADY):
         # The window opens: latency counts from here (muta-bot's SIGUSR1).
         bots.send_signal(signal.SIGUSR1)
         cpu0 = cpu_seconds(proxy_pid) if proxy_pid else None
+        sleeps0 = sleeps(proxy_pid) if proxy_pid else None
         shard_cpu0 = cpu_seconds(sys_.shard.pid)
         perf_proc = sys_.track("perf", perf(proxy_pid, end - start) if perf else None)
         time.sleep(max(0.0, end - time.time()))
         cpu1 = cpu_seconds(proxy_pid) if proxy_pid else None
+        sleeps1 = sleeps(proxy_pid) if proxy_pid else None
         shard_cpu1 = cpu_seconds(sys_.shard.pid)
         rss = rss_kib(proxy_pid) if proxy_pid else None
         window = time.time() - start
+        slept = None
+        if sleeps0 is not None and sleeps1 is not None:
+            slept = {t: n - sleeps0.get(t, 0) for t, n in sleeps1.items()}
         bots.send_signal(signal.SIGINT)
         if perf_proc:
             finish(perf_proc, 30, "perf")
@@ -387,6 +418,9 @@ def run_load(path, clients, rep, perf=None, steady=STEADY):
             "proxy_rss_kib": rss,
             "proxy_rss_idle_kib": idle_rss,
             "shard_cpu_s_per_mmsg": round((shard_cpu1 - shard_cpu0) / mmsgs, 3) if mmsgs > 0 else None,
+            "proxy_sleeps_per_msg": (round(sum(slept.values()) / (mmsgs * 1e6), 3)
+                                     if slept is not None and mmsgs > 0 else None),
+            "proxy_sleeps_per_s": slept and {t: round(n / window) for t, n in slept.items()},
             "offered_msgs_per_s": round(offered(clients)),
             "all_playing": all_playing,
             "max_us": lat.get("max"),
@@ -419,15 +453,24 @@ def run_storm(path, clients):
         sys_.stop()
 
 
-def crypto_floor():
+def micro_figure(key):
+    """A machine-readable line `KEY N` of the micro-benchmarks' output."""
     try:
         with open(os.path.join(OUT, "micro.md")) as f:
             for line in f:
-                if line.startswith("crypto_floor_ns_per_msg"):
+                if line.startswith(key + " "):
                     return float(line.split()[1])
     except OSError:
         pass
     return None
+
+
+def crypto_floor():
+    return micro_figure("crypto_floor_ns_per_msg")
+
+
+def kernel_floor():
+    return micro_figure("kernel_floor_ns_per_msg")
 
 
 def fmt(v, digits=0):
@@ -444,13 +487,13 @@ def median(values):
     return values[len(values) // 2] if values else None
 
 
-def focus_summary(runs, floor):
+def focus_summary(runs, floor, kfloor=None):
     """The targets, judged on the medians at the focus load."""
     at = [r for r in runs if r["clients"] == FOCUS]
     if not at:
         return {}
-    med = {path: {k: median([r[k] for r in at if r["path"] == path])
-                  for k in ("p50_us", "proxy_cpu_s_per_mmsg")}
+    med = {path: {k: median([r.get(k) for r in at if r["path"] == path])
+                  for k in ("p50_us", "proxy_cpu_s_per_mmsg", "proxy_sleeps_per_msg")}
            for path in ("direct", "haproxy", "muta-proxy")}
     d = med["direct"]["p50_us"]
     out = {"clients": FOCUS, "runs_per_path": min(
@@ -460,14 +503,18 @@ def focus_summary(runs, floor):
         out[f"{path}_added_p50_us"] = p50 - d if p50 is not None and d is not None else None
         out[f"{path}_cpu_ns_per_msg"] = (med[path]["proxy_cpu_s_per_mmsg"] * 1000
                                          if med[path]["proxy_cpu_s_per_mmsg"] is not None else None)
+        out[f"{path}_sleeps_per_msg"] = med[path]["proxy_sleeps_per_msg"]
     cpu = out.get("muta-proxy_cpu_ns_per_msg")
     out["cpu_over_crypto_floor"] = round(cpu / floor, 2) if cpu and floor else None
+    out["cpu_over_crypto_and_kernel_floor"] = (round(cpu / (floor + kfloor), 2)
+                                               if cpu and floor and kfloor else None)
     return out
 
 
 def write_docs(results, started, elapsed):
     runs = results["runs"]
     floor = results["crypto_floor_ns_per_msg"]
+    kfloor = results.get("kernel_floor_ns_per_msg")
     rows = []
     for r in runs:
         direct = median([d["p50_us"] for d in runs if d["path"] == "direct" and d["clients"] == r["clients"]])
@@ -483,6 +530,7 @@ def write_docs(results, started, elapsed):
             f"| {fmt(r['msgs_per_s'])} ({share:.0f} %){'' if r['all_playing'] else ' ¹'} "
             f"| {fmt(cpu, 2)} | {fmt(cpu * 1000 / floor, 1) if cpu is not None and floor else '–'} "
             f"| {fmt(r['proxy_rss_kib'])} | {fmt(per_client, 1)} "
+            f"| {fmt(r.get('proxy_sleeps_per_msg'), 2)} "
             f"| {fmt(r['shard_cpu_s_per_mmsg'], 2)} | {r['errors'] if r['errors'] is not None else '?'} |")
     storms = "\n".join(
         f"| {s['path']} | {s['clients']} | {fmt(s['per_s'])} | {s['seconds']} | {s['errors']} |"
@@ -497,9 +545,12 @@ def write_docs(results, started, elapsed):
 |---|---|---|
 | added p50 latency over direct | {fmt(f.get('haproxy_added_p50_us'))} µs | {fmt(f.get('muta-proxy_added_p50_us'))} µs |
 | proxy CPU per forwarded message | {fmt(f.get('haproxy_cpu_ns_per_msg'))} ns | {fmt(f.get('muta-proxy_cpu_ns_per_msg'))} ns |
+| proxy threads' sleeps per message | {fmt(f.get('haproxy_sleeps_per_msg'), 2)} | {fmt(f.get('muta-proxy_sleeps_per_msg'), 2)} |
 
 muta-proxy's CPU per message is {f.get('cpu_over_crypto_floor')} × the crypto floor
-({fmt(floor)} ns; target: within 2 ×). Added p50 latency target (no worse
+({fmt(floor)} ns; target: within 2 ×), and
+{f.get('cpu_over_crypto_and_kernel_floor')} × the crypto floor plus the kernel floor
+({fmt(floor)} + {fmt(kfloor)} ns). Added p50 latency target (no worse
 than HAProxy's): {"met" if (f.get('muta-proxy_added_p50_us') is not None and f.get('haproxy_added_p50_us') is not None and f['muta-proxy_added_p50_us'] <= f['haproxy_added_p50_us']) else "not met"} in this run.
 """
     text = f"""# Benchmark results
@@ -515,15 +566,17 @@ Bots, shard, login server and proxy share the machine's {os.cpu_count()} cores.
 {verdict}
 ## Every run
 
-| path | clients | p50 µs | p99 µs | p99.9 µs | added p50 µs | msgs/s (of offered) | proxy CPU s / M msgs | × crypto floor | proxy RSS KiB | RSS KiB / client | shard CPU s / M msgs | errors |
-|---|---|---|---|---|---|---|---|---|---|---|---|---|
+| path | clients | p50 µs | p99 µs | p99.9 µs | added p50 µs | msgs/s (of offered) | proxy CPU s / M msgs | × crypto floor | proxy RSS KiB | RSS KiB / client | proxy sleeps / msg | shard CPU s / M msgs | errors |
+|---|---|---|---|---|---|---|---|---|---|---|---|---|---|
 {chr(10).join(rows)}
 
 ¹ Not every client was playing when the window opened (the path was
 overloaded while they logged in).
 
 Crypto floor (libsodium pull + push of one client message, from the
-cryptchan micro-benchmark of the same run): {fmt(floor)} ns.
+cryptchan micro-benchmark of the same run): {fmt(floor)} ns. Kernel floor
+(one 64-byte `write` and its `read` over loopback TCP, reader awake, from
+the net_floor micro-benchmark of the same run): {fmt(kfloor)} ns.
 
 ## Connection storm
 
@@ -647,12 +700,13 @@ def main_bench():
             say("   " + json.dumps(s))
             storms.append(s)
     proxy_storm = next((s["per_s"] for s in storms if s["path"] == "muta-proxy"), None)
-    floor = crypto_floor()
+    floor, kfloor = crypto_floor(), kernel_floor()
     results = {
         "runs": runs,
         "handshakes_per_s": proxy_storm,
         "crypto_floor_ns_per_msg": floor,
-        "focus": focus_summary(runs, floor),
+        "kernel_floor_ns_per_msg": kfloor,
+        "focus": focus_summary(runs, floor, kfloor),
         "storms": storms,
         "load": {"rate": RATE, "chat_rate": CHAT_RATE, "area_players": AREA, "steady_s": STEADY},
         "machine": machine(),
