@@ -29,6 +29,10 @@ sender's area. Measured per run, over a steady window once every bot plays:
                             (voluntary context switches) per message: each
                             costs a wake-up, the largest cost on a VM
   proxy_sleeps_per_s        ... per second, by thread name
+  proxy_runq_wait_ms_per_s  ms per second the proxy's threads, by name,
+                            waited for a CPU while runnable (schedstat)
+  shard_runq_wait_ms_per_s  the same for the shard's threads
+  bots_runq_wait_ms_per_s   ... and muta-bot's
 
 Then a connection storm per path (BENCH_STORM clients log in first, then
 all connect at once; muta-bot --storm) for handshakes per second.
@@ -110,26 +114,42 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def sleeps(pid):
-    """How many times each of the process's threads has gone to sleep
-    (voluntary context switches), by thread name: each sleep costs a
-    wake-up later, which on a VM is the dearest thing a thread does."""
+def thread_stats(pid):
+    """Per thread name, summed over threads of that name: how many times the
+    threads went to sleep (voluntary context switches; each costs a wake-up
+    later, on a VM the dearest thing a thread does) and how long they waited
+    for a CPU while runnable (nanoseconds, `schedstat`'s second field)."""
     by_thread = {}
     try:
         tids = os.listdir(f"/proc/{pid}/task")
     except OSError:
         return None
     for tid in tids:
+        base = f"/proc/{pid}/task/{tid}"
         try:
-            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+            with open(f"{base}/comm") as f:
                 name = f.read().strip()
-            with open(f"/proc/{pid}/task/{tid}/status") as f:
+            with open(f"{base}/schedstat") as f:
+                waited = int(f.read().split()[1])
+            slept = 0
+            with open(f"{base}/status") as f:
                 for line in f:
                     if line.startswith("voluntary_ctxt_switches:"):
-                        by_thread[name] = by_thread.get(name, 0) + int(line.split()[1])
-        except OSError:
+                        slept = int(line.split()[1])
+        except (OSError, IndexError, ValueError):
             continue
+        old = by_thread.get(name, (0, 0))
+        by_thread[name] = (old[0] + slept, old[1] + waited)
     return by_thread
+
+
+def thread_delta(before, after, window):
+    """Sleeps per second and ms of run-queue wait per second, by thread name."""
+    if before is None or after is None:
+        return None, None
+    sleeps = {t: round((a[0] - before.get(t, (0, 0))[0]) / window) for t, a in after.items()}
+    waits = {t: round((a[1] - before.get(t, (0, 0))[1]) / 1e6 / window, 1) for t, a in after.items()}
+    return sleeps, waits
 
 
 def rss_kib(pid):
@@ -376,18 +396,22 @@ def run_load(path, clients, rep, perf=None, steady=STEADY):
         # The window opens: latency counts from here (muta-bot's SIGUSR1).
         bots.send_signal(signal.SIGUSR1)
         cpu0 = cpu_seconds(proxy_pid) if proxy_pid else None
-        sleeps0 = sleeps(proxy_pid) if proxy_pid else None
+        threads0 = thread_stats(proxy_pid) if proxy_pid else None
+        shard_threads0 = thread_stats(sys_.shard.pid)
+        bot_threads0 = thread_stats(bots.pid)
         shard_cpu0 = cpu_seconds(sys_.shard.pid)
         perf_proc = sys_.track("perf", perf(proxy_pid, end - start) if perf else None)
         time.sleep(max(0.0, end - time.time()))
         cpu1 = cpu_seconds(proxy_pid) if proxy_pid else None
-        sleeps1 = sleeps(proxy_pid) if proxy_pid else None
+        threads1 = thread_stats(proxy_pid) if proxy_pid else None
+        shard_threads1 = thread_stats(sys_.shard.pid)
+        bot_threads1 = thread_stats(bots.pid)
         shard_cpu1 = cpu_seconds(sys_.shard.pid)
         rss = rss_kib(proxy_pid) if proxy_pid else None
         window = time.time() - start
-        slept = None
-        if sleeps0 is not None and sleeps1 is not None:
-            slept = {t: n - sleeps0.get(t, 0) for t, n in sleeps1.items()}
+        sleeps_per_s, runq_ms_per_s = thread_delta(threads0, threads1, window)
+        _, shard_runq_ms_per_s = thread_delta(shard_threads0, shard_threads1, window)
+        _, bots_runq_ms_per_s = thread_delta(bot_threads0, bot_threads1, window)
         bots.send_signal(signal.SIGINT)
         if perf_proc:
             finish(perf_proc, 30, "perf")
@@ -418,9 +442,12 @@ def run_load(path, clients, rep, perf=None, steady=STEADY):
             "proxy_rss_kib": rss,
             "proxy_rss_idle_kib": idle_rss,
             "shard_cpu_s_per_mmsg": round((shard_cpu1 - shard_cpu0) / mmsgs, 3) if mmsgs > 0 else None,
-            "proxy_sleeps_per_msg": (round(sum(slept.values()) / (mmsgs * 1e6), 3)
-                                     if slept is not None and mmsgs > 0 else None),
-            "proxy_sleeps_per_s": slept and {t: round(n / window) for t, n in slept.items()},
+            "proxy_sleeps_per_msg": (round(sum(sleeps_per_s.values()) * window / (mmsgs * 1e6), 3)
+                                     if sleeps_per_s is not None and mmsgs > 0 else None),
+            "proxy_sleeps_per_s": sleeps_per_s,
+            "proxy_runq_wait_ms_per_s": runq_ms_per_s,
+            "shard_runq_wait_ms_per_s": shard_runq_ms_per_s,
+            "bots_runq_wait_ms_per_s": bots_runq_ms_per_s,
             "offered_msgs_per_s": round(offered(clients)),
             "all_playing": all_playing,
             "max_us": lat.get("max"),
