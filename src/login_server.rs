@@ -42,7 +42,7 @@ use crate::cryptchan::{self, KeyPair, PublicKey, PwhashCost, TOKEN_BYTES};
 use crate::event_buf::EventBuf;
 use crate::netpoll;
 use crate::proto::ProtoError;
-use crate::proto::frame::{Channel, ChannelError, FeedError, Step, feed};
+use crate::proto::frame::{Channel, ChannelError, FeedError, PeerError, Step, feed};
 use crate::proto::login::{
     FromLogin, FromShard, ProxyTicket, RESULT_BAD_CREDENTIALS, RESULT_NO_SHARD, RESULT_OK,
     RESULT_REFUSED, ToLogin, ToShard,
@@ -452,10 +452,10 @@ impl LoginServer {
                     } => {
                         pos += consumed;
                         let (msg, len) = ToLogin::decode(plaintext)
-                            .map_err(PlayerError::Proto)?
-                            .ok_or(PlayerError::Proto(ProtoError::Truncated("login message")))?;
+                            .map_err(PeerError::Proto)?
+                            .ok_or(PeerError::Proto(ProtoError::Truncated("login message")))?;
                         if len != plaintext.len() {
-                            return Err(PlayerError::Proto(ProtoError::TrailingBytes));
+                            return Err(PeerError::Proto(ProtoError::TrailingBytes));
                         }
                         match (msg, &*state) {
                             (
@@ -476,7 +476,7 @@ impl LoginServer {
                                         && accounts.len() < cfg.max_accounts =>
                                     {
                                         let hash = cryptchan::pwhash_str(password, cfg.pwhash_cost)
-                                            .map_err(|_| PlayerError::Refused("cannot hash"))?;
+                                            .map_err(|_| PeerError::Refused("cannot hash"))?;
                                         let id = *next_account_id;
                                         *next_account_id += 1;
                                         accounts
@@ -513,7 +513,7 @@ impl LoginServer {
                                             account_id: 0,
                                         }
                                         .encode(out);
-                                        return Err(PlayerError::Refused(
+                                        return Err(PeerError::Refused(
                                             "wrong account name or password",
                                         ));
                                     }
@@ -565,7 +565,7 @@ impl LoginServer {
                                     Ok::<(), ChannelError>(())
                                 });
                                 if !matches!(sent, Some(Ok(()))) {
-                                    return Err(PlayerError::Refused("the shard link failed"));
+                                    return Err(PeerError::Refused("the shard link failed"));
                                 }
                                 pending.insert(
                                     request_id,
@@ -580,7 +580,7 @@ impl LoginServer {
                                 cryptchan::memzero(&mut token);
                                 *state = PlayerState::AwaitShard { request_id };
                             }
-                            _ => return Err(PlayerError::Refused("message out of order")),
+                            _ => return Err(PeerError::Refused("message out of order")),
                         }
                     }
                 }
@@ -645,10 +645,8 @@ impl LoginServer {
                         let mut at = 0;
                         while at < plaintext.len() {
                             let (msg, len) = FromShard::decode(&plaintext[at..])
-                                .map_err(PlayerError::Proto)?
-                                .ok_or(PlayerError::Proto(ProtoError::Truncated(
-                                    "shard message",
-                                )))?;
+                                .map_err(PeerError::Proto)?
+                                .ok_or(PeerError::Proto(ProtoError::Truncated("shard message")))?;
                             at += len;
                             match (msg, *state) {
                                 (
@@ -656,7 +654,7 @@ impl LoginServer {
                                     ShardLinkState::LoggingIn,
                                 ) => {
                                     if result != RESULT_OK {
-                                        return Err(PlayerError::Refused(
+                                        return Err(PeerError::Refused(
                                             "the shard refused the login password",
                                         ));
                                     }
@@ -677,7 +675,7 @@ impl LoginServer {
                                     };
                                     answer_player(clients, &p, result, ticket.as_ref());
                                 }
-                                _ => return Err(PlayerError::Refused("message out of order")),
+                                _ => return Err(PeerError::Refused("message out of order")),
                             }
                         }
                     }
@@ -785,29 +783,6 @@ fn answer_player(
         msg.encode(out);
         session.state = PlayerState::Done;
     });
-}
-
-/// Why a connection is dropped.
-enum PlayerError {
-    Channel(ChannelError),
-    Proto(ProtoError),
-    Refused(&'static str),
-}
-
-impl From<ChannelError> for PlayerError {
-    fn from(e: ChannelError) -> PlayerError {
-        PlayerError::Channel(e)
-    }
-}
-
-impl std::fmt::Display for PlayerError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            PlayerError::Channel(e) => write!(f, "{e}"),
-            PlayerError::Proto(e) => write!(f, "protocol violation: {e}"),
-            PlayerError::Refused(why) => f.write_str(why),
-        }
-    }
 }
 
 /// `muta-login`'s usage text.

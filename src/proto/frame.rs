@@ -97,6 +97,36 @@ impl fmt::Display for ChannelError {
 
 impl std::error::Error for ChannelError {}
 
+/// Why a program drops a peer connection carried by a [`Channel`]: the
+/// channel failed, a message broke the protocol, or the peer was refused
+/// (the proxy's shard links, the shard's proxy and login links, the login
+/// server's players). The reason is the log line's text.
+#[derive(Debug)]
+pub enum PeerError {
+    /// The channel failed (framing, cryptography, handshake).
+    Channel(ChannelError),
+    /// A message decoded but broke the protocol.
+    Proto(ProtoError),
+    /// The peer was refused, and why.
+    Refused(&'static str),
+}
+
+impl From<ChannelError> for PeerError {
+    fn from(e: ChannelError) -> PeerError {
+        PeerError::Channel(e)
+    }
+}
+
+impl fmt::Display for PeerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PeerError::Channel(e) => write!(f, "{e}"),
+            PeerError::Proto(e) => write!(f, "protocol violation: {e}"),
+            PeerError::Refused(why) => f.write_str(why),
+        }
+    }
+}
+
 impl From<ProtoError> for ChannelError {
     fn from(e: ProtoError) -> ChannelError {
         ChannelError::Proto(e)

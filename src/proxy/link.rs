@@ -35,7 +35,7 @@ use crate::client::{Clients, DisconnectReason, Session};
 use crate::com::{ClientRef, ShardRef};
 use crate::cryptchan::{TOKEN_BYTES, memzero};
 use crate::proto::ProtoError;
-use crate::proto::frame::{Channel, ChannelError, FeedError, Step, feed};
+use crate::proto::frame::{Channel, ChannelError, FeedError, PeerError, Step, feed};
 use crate::proto::proxy_shard::{
     CLOSE_REASON_REPLACED, CLOSE_REASON_TIMEOUT, FPROXY_MSG_PLAYER_PACKET, FProxyMsg,
     LOGIN_RESULT_OK, OPENED_SOCKET_DUPLICATE, OPENED_SOCKET_FULL, OPENED_SOCKET_OK,
@@ -197,29 +197,6 @@ fn release_reservation(
     }
 }
 
-/// Why a shard link is dropped.
-enum LinkError {
-    Channel(ChannelError),
-    Proto(ProtoError),
-    Login(&'static str),
-}
-
-impl From<ChannelError> for LinkError {
-    fn from(e: ChannelError) -> LinkError {
-        LinkError::Channel(e)
-    }
-}
-
-impl fmt::Display for LinkError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            LinkError::Channel(e) => write!(f, "{e}"),
-            LinkError::Proto(e) => write!(f, "protocol violation: {e}"),
-            LinkError::Login(why) => f.write_str(why),
-        }
-    }
-}
-
 impl Proxy {
     /// Handles `EVENT_CONNECT_SHARD`: starts the handshake (the proxy speaks
     /// first, with its public key).
@@ -292,8 +269,8 @@ impl Proxy {
                             let mut at = 0;
                             while at < plaintext.len() {
                                 let (msg, len) = TProxyMsg::decode(&plaintext[at..])
-                                    .map_err(LinkError::Proto)?
-                                    .ok_or(LinkError::Proto(ProtoError::Truncated(
+                                    .map_err(PeerError::Proto)?
+                                    .ok_or(PeerError::Proto(ProtoError::Truncated(
                                         "shard message",
                                     )))?;
                                 at += len;
@@ -303,7 +280,7 @@ impl Proxy {
                                         LinkState::LoggingIn,
                                     ) => {
                                         if result != LOGIN_RESULT_OK {
-                                            return Err(LinkError::Login(
+                                            return Err(PeerError::Refused(
                                                 "the shard refused the password (shard.password)",
                                             ));
                                         }
@@ -312,12 +289,12 @@ impl Proxy {
                                         logged_in = true;
                                     }
                                     (_, LinkState::Handshake | LinkState::LoggingIn) => {
-                                        return Err(LinkError::Login(
+                                        return Err(PeerError::Refused(
                                             "message before TPROXY_MSG_LOGIN_RESULT",
                                         ));
                                     }
                                     (TProxyMsg::LoginResult { .. }, LinkState::Ready) => {
-                                        return Err(LinkError::Login(
+                                        return Err(PeerError::Refused(
                                             "a second TPROXY_MSG_LOGIN_RESULT",
                                         ));
                                     }
@@ -421,7 +398,7 @@ impl Proxy {
         if let Err(err) = result {
             let why = match err {
                 FeedError::TooLarge => "frame larger than shard.in_buf_size".to_string(),
-                FeedError::Process(LinkError::Login(why)) => {
+                FeedError::Process(PeerError::Refused(why)) => {
                     error!("shard {shard_addr}: {why}");
                     why.to_string()
                 }

@@ -42,7 +42,7 @@ use crate::cryptchan::{KeyPair, PublicKey, TOKEN_BYTES, memcmp_ct};
 use crate::event_buf::EventBuf;
 use crate::netpoll;
 use crate::proto::ProtoError;
-use crate::proto::frame::{Channel, ChannelError, FeedError, Step, feed};
+use crate::proto::frame::{Channel, FeedError, PeerError, Step, feed};
 use crate::proto::login::{
     FromShard, ProxyTicket, RESULT_BAD_CREDENTIALS, RESULT_NO_PROXY, RESULT_OK, ToShard,
 };
@@ -591,10 +591,8 @@ impl ShardServer {
                         let mut at = 0;
                         while at < plaintext.len() {
                             let (msg, len) = ToShard::decode(&plaintext[at..])
-                                .map_err(LoginLinkError::Proto)?
-                                .ok_or(LoginLinkError::Proto(ProtoError::Truncated(
-                                    "login message",
-                                )))?;
+                                .map_err(PeerError::Proto)?
+                                .ok_or(PeerError::Proto(ProtoError::Truncated("login message")))?;
                             at += len;
                             match (msg, *state) {
                                 (ToShard::Login { password }, LoginLinkState::AwaitLogin) => {
@@ -611,9 +609,7 @@ impl ShardServer {
                                     }
                                     .encode(out);
                                     if !ok {
-                                        return Err(LoginLinkError::Refused(
-                                            "wrong login password",
-                                        ));
+                                        return Err(PeerError::Refused("wrong login password"));
                                     }
                                     *state = LoginLinkState::Ready;
                                 }
@@ -642,7 +638,7 @@ impl ShardServer {
                                     },
                                     LoginLinkState::Ready,
                                 ) => cancels.push((account_id, login_session_id)),
-                                _ => return Err(LoginLinkError::Refused("message out of order")),
+                                _ => return Err(PeerError::Refused("message out of order")),
                             }
                         }
                     }
@@ -728,29 +724,6 @@ impl ShardServer {
         self.evbuf.close();
         self.clients.io().stop_and_join();
         info!("shard {:?} stopped", self.cfg.name);
-    }
-}
-
-/// Why a login link is dropped.
-enum LoginLinkError {
-    Channel(ChannelError),
-    Proto(ProtoError),
-    Refused(&'static str),
-}
-
-impl From<ChannelError> for LoginLinkError {
-    fn from(e: ChannelError) -> LoginLinkError {
-        LoginLinkError::Channel(e)
-    }
-}
-
-impl std::fmt::Display for LoginLinkError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            LoginLinkError::Channel(e) => write!(f, "{e}"),
-            LoginLinkError::Proto(e) => write!(f, "protocol violation: {e}"),
-            LoginLinkError::Refused(why) => f.write_str(why),
-        }
     }
 }
 

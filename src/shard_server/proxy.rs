@@ -52,7 +52,7 @@ use crate::cryptchan::{ABYTES, KeyPair, PublicKey, PushStream, TOKEN_BYTES, memc
 use crate::proto::ProtoError;
 use crate::proto::client::filter_client_frame;
 use crate::proto::frame::{
-    Channel, ChannelError, FRAME_LEN_BYTES, FeedError, Step, feed, seal_with,
+    Channel, ChannelError, FRAME_LEN_BYTES, FeedError, PeerError, Step, feed, seal_with,
 };
 use crate::proto::proxy_shard::{
     FProxyMsg, LOGIN_RESULT_BAD_PASSWORD, LOGIN_RESULT_OK, OPENED_SOCKET_OK,
@@ -819,8 +819,8 @@ impl ProxyModule {
                             let mut at = 0;
                             while at < plaintext.len() {
                                 let (msg, len) = FProxyMsg::decode(&plaintext[at..])
-                                    .map_err(LinkError::Proto)?
-                                    .ok_or(LinkError::Proto(ProtoError::Truncated(
+                                    .map_err(PeerError::Proto)?
+                                    .ok_or(PeerError::Proto(ProtoError::Truncated(
                                         "proxy message",
                                     )))?;
                                 at += len;
@@ -846,7 +846,7 @@ impl ProxyModule {
                                         }
                                         .encode(out);
                                         if !ok {
-                                            return Err(LinkError::Login("wrong password"));
+                                            return Err(PeerError::Refused("wrong password"));
                                         }
                                         *public_address = address.to_string();
                                         *capacity = cap;
@@ -854,12 +854,14 @@ impl ProxyModule {
                                         logged_in = true;
                                     }
                                     (_, ProxyLinkState::Handshake | ProxyLinkState::AwaitLogin) => {
-                                        return Err(LinkError::Login(
+                                        return Err(PeerError::Refused(
                                             "message before FPROXY_MSG_LOGIN",
                                         ));
                                     }
                                     (FProxyMsg::Login { .. }, ProxyLinkState::Ready) => {
-                                        return Err(LinkError::Login("a second FPROXY_MSG_LOGIN"));
+                                        return Err(PeerError::Refused(
+                                            "a second FPROXY_MSG_LOGIN",
+                                        ));
                                     }
                                     (FProxyMsg::OpenedSocketResult { socket_id, result }, _) => {
                                         actions.push(Action::Opened {
@@ -1000,29 +1002,6 @@ impl ProxyModule {
                     proxy.index
                 );
             }
-        }
-    }
-}
-
-/// Why a proxy link is dropped.
-enum LinkError {
-    Channel(ChannelError),
-    Proto(ProtoError),
-    Login(&'static str),
-}
-
-impl From<ChannelError> for LinkError {
-    fn from(e: ChannelError) -> LinkError {
-        LinkError::Channel(e)
-    }
-}
-
-impl fmt::Display for LinkError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            LinkError::Channel(e) => write!(f, "{e}"),
-            LinkError::Proto(e) => write!(f, "protocol violation: {e}"),
-            LinkError::Login(why) => f.write_str(why),
         }
     }
 }
