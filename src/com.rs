@@ -1,19 +1,26 @@
 //! The common module (thesis §3.5.1, prefix `com`): the typed events that the
-//! I/O threads post to the main thread (§3.4.2), the ids that name clients and
-//! shard connections across threads, and a few shared constants.
+//! I/O threads post to the main thread (§3.4.2), the reference that names a
+//! connection across threads, and a few shared constants.
 //!
 //! The thesis keeps its events in a C union tagged by `type`
 //! (`EVENT_READ_SHARD`, `EVENT_ACCEPT_CLIENT`, `EVENT_READ_CLIENT`); here that
-//! union is the enum [`Event`]. The thesis's three events are kept under their
-//! names; the others are the connect, disconnect and write-readiness events the
-//! design needs (each marked **port decision** in `docs/thesis-map.md`).
+//! union is the enum [`Event`]. One set of variants serves both I/O threads,
+//! because both run the same connection layer ([`crate::conn`]); the
+//! [`PoolId`] in each [`ConnRef`] says which thread and pool an event is
+//! about, and [`Event::name`] gives the thesis's name (`EVENT_READ_CLIENT` for
+//! a read on the client thread, `EVENT_READ_SHARD` on the shard thread). The
+//! connect, disconnect and write-readiness events are the ones the design
+//! needs beyond the thesis's three (each marked **port decision** in
+//! `docs/thesis-map.md`).
 //!
 //! This module is a leaf: it depends on nothing else in the crate except the
-//! pool handle that carries event data.
+//! event buffer's type and the pool handle that carries event data.
 
+use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::event_buf::EventBuf;
 use crate::secpool::PoolBuf;
@@ -25,59 +32,74 @@ pub const FOREVER: i32 = -1;
 /// The main thread's event buffer (`com_event_buf` in the thesis).
 pub type ComEventBuf = EventBuf<Event>;
 
-/// One client connection as both threads name it: the slot index in the
-/// client pool and the 32-bit id the slot was given when it was last taken
-/// (thesis §3.5.2 `client_index`, `client_id`).
+/// Which of the thesis's two I/O threads, and so which connection pool of the
+/// main thread, a connection belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PoolId {
+    /// The client thread (thesis §3.5.2): listeners and what they accept.
+    Client,
+    /// The shard thread (thesis §3.5.3): connections the program opens.
+    Shard,
+}
+
+impl PoolId {
+    /// The thread's name, and the word in the thesis's event names.
+    pub fn name(self) -> &'static str {
+        match self {
+            PoolId::Client => "client",
+            PoolId::Shard => "shard",
+        }
+    }
+}
+
+/// One connection as every thread names it: its pool, the slot index in that
+/// pool, and the 32-bit id the slot was given when it was last taken (thesis
+/// §3.5.2 `client_index`, `client_id`).
 ///
 /// Slots are reused; ids are not (until 2^32 connections later), so an event
 /// that names a reused slot with an old id is recognised and dropped.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct ClientRef {
-    /// Index into the fixed client pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnRef {
+    /// The pool (and I/O thread) of the connection.
+    pub pool: PoolId,
+    /// Index into the pool's fixed table of slots.
     pub index: u32,
-    /// The id the slot carries while this connection owns it.
+    /// The id the slot carries while this connection owns it (its generation).
     pub id: u32,
 }
 
-/// One connection to one shard: the shard's line in `shards.cfg` (0-based) and
-/// the number of the connection, which grows by one on every reconnect.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct ShardRef {
-    /// Index of the shard in `shards.cfg` order.
-    pub index: u32,
-    /// Which connection to that shard this is (1 for the first).
-    pub conn_id: u32,
-}
-
 /// Netpoll data words at the top of the 64-bit range are reserved for
-/// non-connection sources; connection data words (`id << 32 | index`) never
-/// reach them because an index is always below [`crate::config::MAX_CLIENTS_LIMIT`].
+/// non-connection sources (listeners, signal pipes, the waker); connection
+/// data words (`id << 32 | index`) never reach them because an index is
+/// always below [`crate::config::MAX_CLIENTS_LIMIT`].
 pub const NETPOLL_DATA_RESERVED_MIN: u64 = u64::MAX - 255;
 
-macro_rules! packed_ref {
-    ($ty:ident, $hi:ident) => {
-        impl $ty {
-            /// Packs the pair into a netpoll data word: the id in the high 32 bits.
-            pub fn to_data(self) -> u64 {
-                let data = (u64::from(self.$hi) << 32) | u64::from(self.index);
-                debug_assert!(data < NETPOLL_DATA_RESERVED_MIN);
-                data
-            }
+impl ConnRef {
+    /// Packs the slot and id into a netpoll data word: the id in the high 32
+    /// bits. The pool is not stored: each I/O thread polls one pool only.
+    pub fn to_data(self) -> u64 {
+        let data = (u64::from(self.id) << 32) | u64::from(self.index);
+        debug_assert!(data < NETPOLL_DATA_RESERVED_MIN);
+        data
+    }
 
-            /// Unpacks a data word made by [`Self::to_data`].
-            pub fn from_data(data: u64) -> Self {
-                Self {
-                    index: data as u32,
-                    $hi: (data >> 32) as u32,
-                }
-            }
+    /// Unpacks a data word made by [`Self::to_data`] on `pool`'s thread.
+    pub fn from_data(pool: PoolId, data: u64) -> Self {
+        Self {
+            pool,
+            index: data as u32,
+            id: (data >> 32) as u32,
         }
-    };
+    }
 }
-packed_ref!(ClientRef, id);
-packed_ref!(ShardRef, conn_id);
 
-/// Why an I/O thread stopped reading a connection.
+impl fmt::Display for ConnRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.pool.name(), self.index)
+    }
+}
+
+/// Why an I/O thread stopped reading a connection, or never opened it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HupReason {
     /// The peer closed its side (read returned 0).
@@ -88,14 +110,21 @@ pub enum HupReason {
     /// configuration that passes `--check-config` (see `config::Config::secpool_bytes_needed`);
     /// handled anyway by dropping that one connection.
     PoolExhausted,
+    /// An outbound connection could not be made (every address refused it,
+    /// or its name did not resolve).
+    ConnectFailed(io::ErrorKind),
+    /// An outbound connection was not made before its deadline.
+    ConnectTimeout,
 }
 
-impl std::fmt::Display for HupReason {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl fmt::Display for HupReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             HupReason::Eof => f.write_str("closed by peer"),
             HupReason::Error(kind) => write!(f, "socket error: {kind}"),
             HupReason::PoolExhausted => f.write_str("secpool exhausted"),
+            HupReason::ConnectFailed(kind) => write!(f, "{kind}"),
+            HupReason::ConnectTimeout => f.write_str("no answer before the connect deadline"),
         }
     }
 }
@@ -105,70 +134,57 @@ impl std::fmt::Display for HupReason {
 /// consumes the event returns the block to secpool by dropping it.
 #[derive(Debug)]
 pub enum Event {
-    /// `EVENT_ACCEPT_CLIENT` (thesis): the client thread accepted a connection.
-    /// The main thread decides whether it gets a slot (`cl_accept`).
-    AcceptClient {
-        /// Which listener accepted it (index in the list given to `cl_start`).
+    /// `EVENT_ACCEPT_CLIENT` (thesis): a listener accepted a connection. The
+    /// main thread decides whether it gets a slot (`cl_accept`).
+    Accepted {
+        /// The pool of the thread that accepted it.
+        pool: PoolId,
+        /// Which listener (index in the list given to the thread).
         listener: u32,
         /// The accepted, non-blocking socket.
         stream: mio::net::TcpStream,
         /// The peer's address.
         addr: SocketAddr,
     },
-    /// `EVENT_READ_CLIENT` (thesis): bytes read from a client.
-    ReadClient {
-        /// Which client.
-        client: ClientRef,
-        /// The bytes, in a secpool block.
-        data: PoolBuf,
-    },
-    /// `EVENT_WRITABLE_CLIENT` (port decision): a client whose output could not
-    /// all be written can take more. Sent once per `WantWrite` command.
-    ClientWritable {
-        /// Which client.
-        client: ClientRef,
-    },
-    /// `EVENT_HUP_CLIENT` (port decision): the client thread stopped reading a
-    /// client (peer closed, socket error). The main thread disconnects it.
-    ClientHup {
-        /// Which client.
-        client: ClientRef,
-        /// Why.
-        reason: HupReason,
-    },
-    /// `EVENT_CLOSED_CLIENT` (port decision): the client thread has dropped its
-    /// handle to the socket after a `Del` command, so the slot may be reused.
-    ClientClosed {
-        /// Which client.
-        client: ClientRef,
-    },
-    /// `EVENT_CONNECT_SHARD` (port decision): the shard thread connected to a
-    /// shard (thesis §3.8.1); the main thread takes the write side.
-    ShardConnected {
-        /// Which shard connection.
-        shard: ShardRef,
-        /// The connected, non-blocking socket, shared with the shard thread.
+    /// `EVENT_CONNECT_SHARD` (port decision): an outbound connection the main
+    /// thread asked for is established (thesis §3.8.1); the main thread takes
+    /// the write side.
+    Connected {
+        /// The connection.
+        conn: ConnRef,
+        /// The connected, non-blocking socket, shared with the I/O thread.
         stream: Arc<mio::net::TcpStream>,
+        /// The address it reached.
+        peer: SocketAddr,
     },
-    /// `EVENT_READ_SHARD` (thesis): bytes read from a shard.
-    ReadShard {
-        /// Which shard connection.
-        shard: ShardRef,
-        /// The bytes, in a secpool block.
+    /// `EVENT_READ_CLIENT`, `EVENT_READ_SHARD` (thesis): bytes read from a
+    /// connection, in a secpool block.
+    Read {
+        /// The connection.
+        conn: ConnRef,
+        /// The bytes.
         data: PoolBuf,
     },
-    /// `EVENT_WRITABLE_SHARD` (port decision): as [`Event::ClientWritable`].
-    ShardWritable {
-        /// Which shard connection.
-        shard: ShardRef,
+    /// `EVENT_WRITABLE_*` (port decision): a connection whose output could
+    /// not all be written can take more. Sent once per `WantWrite` command.
+    Writable {
+        /// The connection.
+        conn: ConnRef,
     },
-    /// `EVENT_HUP_SHARD` (port decision): a shard connection was lost; the shard
-    /// thread will reconnect after `shard.connect_retry_ms`.
-    ShardHup {
-        /// Which shard connection.
-        shard: ShardRef,
+    /// `EVENT_HUP_*` (port decision): the I/O thread stopped reading a
+    /// connection (peer closed, socket error) or could not open it. The main
+    /// thread disconnects it.
+    Hup {
+        /// The connection.
+        conn: ConnRef,
         /// Why.
         reason: HupReason,
+    },
+    /// `EVENT_CLOSED_*` (port decision): the I/O thread has dropped its
+    /// handle to the socket after a `Del` command, so the slot may be reused.
+    Closed {
+        /// The connection.
+        conn: ConnRef,
     },
     /// `EVENT_SIGNAL` (port decision): SIGINT or SIGTERM arrived.
     Signal {
@@ -180,16 +196,29 @@ pub enum Event {
 impl Event {
     /// The event's name in the thesis's style, for logs and counters.
     pub fn name(&self) -> &'static str {
+        let pool = match self {
+            Event::Accepted { pool, .. } => *pool,
+            Event::Connected { conn, .. }
+            | Event::Read { conn, .. }
+            | Event::Writable { conn }
+            | Event::Hup { conn, .. }
+            | Event::Closed { conn } => conn.pool,
+            Event::Signal { .. } => return "EVENT_SIGNAL",
+        };
+        let client = pool == PoolId::Client;
         match self {
-            Event::AcceptClient { .. } => "EVENT_ACCEPT_CLIENT",
-            Event::ReadClient { .. } => "EVENT_READ_CLIENT",
-            Event::ClientWritable { .. } => "EVENT_WRITABLE_CLIENT",
-            Event::ClientHup { .. } => "EVENT_HUP_CLIENT",
-            Event::ClientClosed { .. } => "EVENT_CLOSED_CLIENT",
-            Event::ShardConnected { .. } => "EVENT_CONNECT_SHARD",
-            Event::ReadShard { .. } => "EVENT_READ_SHARD",
-            Event::ShardWritable { .. } => "EVENT_WRITABLE_SHARD",
-            Event::ShardHup { .. } => "EVENT_HUP_SHARD",
+            Event::Accepted { .. } if client => "EVENT_ACCEPT_CLIENT",
+            Event::Accepted { .. } => "EVENT_ACCEPT_SHARD",
+            Event::Connected { .. } if client => "EVENT_CONNECT_CLIENT",
+            Event::Connected { .. } => "EVENT_CONNECT_SHARD",
+            Event::Read { .. } if client => "EVENT_READ_CLIENT",
+            Event::Read { .. } => "EVENT_READ_SHARD",
+            Event::Writable { .. } if client => "EVENT_WRITABLE_CLIENT",
+            Event::Writable { .. } => "EVENT_WRITABLE_SHARD",
+            Event::Hup { .. } if client => "EVENT_HUP_CLIENT",
+            Event::Hup { .. } => "EVENT_HUP_SHARD",
+            Event::Closed { .. } if client => "EVENT_CLOSED_CLIENT",
+            Event::Closed { .. } => "EVENT_CLOSED_SHARD",
             Event::Signal { .. } => "EVENT_SIGNAL",
         }
     }
@@ -200,14 +229,14 @@ impl Event {
 /// (and a main thread blocked on a slow log sink).
 #[derive(Debug, Default)]
 pub struct LogLimit {
-    last: Option<std::time::Instant>,
+    last: Option<Instant>,
     suppressed: u64,
 }
 
 impl LogLimit {
     /// `Some(n)` if a line may be logged now, `n` being how many were held
     /// back since the last one; `None` (and one more held back) otherwise.
-    pub fn allow(&mut self, now: std::time::Instant, every: std::time::Duration) -> Option<u64> {
+    pub fn allow(&mut self, now: Instant, every: Duration) -> Option<u64> {
         match self.last {
             Some(last) if now.duration_since(last) < every => {
                 self.suppressed += 1;
@@ -237,17 +266,35 @@ mod tests {
 
     #[test]
     fn data_word_round_trips_and_stays_below_reserved_range() {
-        let c = ClientRef {
+        let c = ConnRef {
+            pool: PoolId::Client,
             index: 999_999,
             id: u32::MAX,
         };
         let data = c.to_data();
         assert!(data < NETPOLL_DATA_RESERVED_MIN);
-        assert_eq!(ClientRef::from_data(data), c);
-        let s = ShardRef {
+        assert_eq!(ConnRef::from_data(PoolId::Client, data), c);
+        let s = ConnRef {
+            pool: PoolId::Shard,
             index: 3,
-            conn_id: 7,
+            id: 7,
         };
-        assert_eq!(ShardRef::from_data(s.to_data()), s);
+        assert_eq!(ConnRef::from_data(PoolId::Shard, s.to_data()), s);
+    }
+
+    #[test]
+    fn event_names_follow_the_thesis() {
+        let conn = |pool| ConnRef {
+            pool,
+            index: 0,
+            id: 1,
+        };
+        let hup = |pool| Event::Hup {
+            conn: conn(pool),
+            reason: HupReason::Eof,
+        };
+        assert_eq!(hup(PoolId::Client).name(), "EVENT_HUP_CLIENT");
+        assert_eq!(hup(PoolId::Shard).name(), "EVENT_HUP_SHARD");
+        assert_eq!(Event::Signal { signal: 15 }.name(), "EVENT_SIGNAL");
     }
 }

@@ -18,12 +18,14 @@
 //! | [`secpool`] | §3.4.4 | segregated-fit pool for variable-size events |
 //! | [`netpoll`] | §3.3.1 | the netpoll API over mio |
 //! | [`config`] | §3.8.1 | `proxy.cfg` (TOML) and `shards.cfg` (line format) |
-//! | [`client`] | §3.5.2 | the client module: `client_t` pool, client thread, `cl_flush` |
-//! | [`shard`] | §3.5.3, §3.8.1 | the shard module: shard thread, reconnects, `shard_flush` |
+//! | [`conn`] | §3.5.2, §3.5.3 | the connection layer: `client_t` pool for accepted and opened connections, the I/O thread (`cl_start`, `shard_start`), `cl_flush`/`shard_flush` |
+//! | [`runtime`] | §3.4, §3.4.3 | the threading model: event buffer, I/O threads, the main loop driving a [`runtime::Server`] |
+//! | [`shard`] | §3.5.3, §3.8.1 | the shard module's policy: one link per `shards.cfg` line, reconnects every 2 s |
 //! | [`cryptchan`] | §2.4.3 | libsodium key exchange and secretstream, in place |
-//! | [`proto`] | §3.8.2–§3.8.4 | the protocols, free of I/O: frames, messages, the filter table |
-//! | [`proxy`] | §3.8 | the proxy's behaviour: handshakes, auth, reservations, routing, filtering |
-//! | [`daemon`] | §3.4.3 | the program: command line, signals, start-up, shutdown |
+//! | [`proto`] | §3.8.2–§3.8.4 | the protocols, free of I/O: the frame driver, messages, the filter table |
+//! | [`proxy`] | §3.8 | the proxy's behaviour: stages, auth, reservations, routing, filtering |
+//! | [`process`] | §3.4 | what the programs share around the main thread: logging, signals, exit codes |
+//! | [`daemon`] | — | `muta-proxy`'s command line and `--check-config` |
 //!
 //! `ARCHITECTURE.md` describes the data flow, who owns what, what may block
 //! where and every bound; `docs/thesis-map.md` maps each thesis section to the
@@ -34,16 +36,18 @@ compile_error!("netpoll stores a 64-bit data word in mio's usize token: 64-bit t
 
 pub mod bot;
 pub mod cli;
-pub mod client;
 pub mod com;
 pub mod config;
+pub mod conn;
 pub mod cryptchan;
 pub mod daemon;
 pub mod event_buf;
-pub mod login_server;
+// TEMP pub mod login_server;
 pub mod netpoll;
+pub mod process;
 pub mod proto;
 pub mod proxy;
+pub mod runtime;
 pub mod secpool;
 pub mod shard;
-pub mod shard_server;
+// TEMP pub mod shard_server;

@@ -498,6 +498,20 @@ impl ServerMsg<'_> {
     }
 }
 
+impl<'a> crate::proto::Message<'a> for ClientMsg<'a> {
+    const WHAT: &'static str = "client message";
+    fn decode(buf: &'a [u8]) -> crate::proto::Decoded<Self> {
+        ClientMsg::decode(buf)
+    }
+}
+
+impl<'a> crate::proto::Message<'a> for ServerMsg<'a> {
+    const WHAT: &'static str = "server message";
+    fn decode(buf: &'a [u8]) -> crate::proto::Decoded<Self> {
+        ServerMsg::decode(buf)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

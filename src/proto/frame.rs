@@ -109,6 +109,8 @@ pub enum PeerError {
     Proto(ProtoError),
     /// The peer was refused, and why.
     Refused(&'static str),
+    /// A frame larger than the input buffer may hold.
+    TooLarge,
 }
 
 impl From<ChannelError> for PeerError {
@@ -123,6 +125,7 @@ impl fmt::Display for PeerError {
             PeerError::Channel(e) => write!(f, "{e}"),
             PeerError::Proto(e) => write!(f, "protocol violation: {e}"),
             PeerError::Refused(why) => f.write_str(why),
+            PeerError::TooLarge => f.write_str("frame larger than the input buffer"),
         }
     }
 }
@@ -514,82 +517,228 @@ pub fn seal_with(
     Ok(())
 }
 
-/// Why [`feed`] stopped.
-#[derive(Debug)]
-pub enum FeedError<E> {
-    /// The next frame or message is larger than the input buffer may hold.
+/// Why [`Frames::next`] stopped: the connection must be closed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrameError {
+    /// The next frame or handshake message is larger than the input buffer
+    /// may hold.
     TooLarge,
-    /// What the processing function returned.
-    Process(E),
+    /// The channel refused the bytes (framing, cryptography, handshake).
+    Channel(ChannelError),
 }
 
-/// Hands the bytes of one read to `process`, which runs `chan` over the
-/// front of a buffer, consuming whole handshake messages and frames, and
-/// returns how many bytes it used. `in_buf` holds what an earlier read left
-/// incomplete.
+impl From<ChannelError> for FrameError {
+    fn from(e: ChannelError) -> FrameError {
+        FrameError::Channel(e)
+    }
+}
+
+impl From<ProtoError> for FrameError {
+    fn from(e: ProtoError) -> FrameError {
+        FrameError::Channel(e.into())
+    }
+}
+
+impl From<ProtoError> for PeerError {
+    fn from(e: ProtoError) -> PeerError {
+        PeerError::Proto(e)
+    }
+}
+
+impl From<FrameError> for PeerError {
+    fn from(e: FrameError) -> PeerError {
+        match e {
+            FrameError::TooLarge => PeerError::TooLarge,
+            FrameError::Channel(e) => PeerError::Channel(e),
+        }
+    }
+}
+
+impl fmt::Display for FrameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FrameError::TooLarge => f.write_str("frame larger than the input buffer"),
+            FrameError::Channel(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// What [`Frames::next`] hands the protocol: the handshake's end, or a frame.
+/// (Handshake messages before the last are answered inside the driver.)
+#[derive(Debug, PartialEq, Eq)]
+pub enum Unit<'a> {
+    /// The handshake finished: messages may be sent now.
+    Opened,
+    /// A decrypted frame's plaintext: one or more messages.
+    Frame(&'a [u8]),
+}
+
+/// Where a frame's plaintext starts: after its length and the
+/// secretstream tag byte.
+const PLAINTEXT_AT: usize = FRAME_LEN_BYTES + 1;
+
+/// The frame driver: one read's bytes cut into handshake steps and frames,
+/// for every link of every program (thesis §3.4.4 keeps "incomplete messages
+/// waiting for more data" in `in_buf`).
 ///
-/// Units that lie whole inside `data` are processed in place, where they
+/// ```text
+/// let mut frames = Frames::new(&mut in_buf, data, in_buf_max);
+/// while let Some(unit) = frames.next(&mut chan, &mut out)? { ... }
+/// ```
+///
+/// Units that lie whole inside `data` are decrypted in place, where they
 /// arrived (a secpool block): no copy. Only the bytes of a unit split across
 /// reads are copied into `in_buf`, and only as many as complete it, so
 /// `in_buf` never holds more than one unit; a unit whose announced length is
-/// over `in_buf_max` is refused before it is buffered.
-pub fn feed<E>(
-    in_buf: &mut Vec<u8>,
-    data: &mut [u8],
+/// over `in_buf_max` is refused before it is buffered. The channel and the
+/// output buffer are passed to each call rather than held, so that between
+/// units the caller may use them (and everything else) freely. Run it until
+/// `None`: that is when a trailing incomplete unit is kept in `in_buf`.
+#[derive(Debug)]
+pub struct Frames<'b> {
+    in_buf: &'b mut Vec<u8>,
+    data: &'b mut [u8],
+    /// Bytes of `data` used so far.
+    pos: usize,
     in_buf_max: usize,
-    chan: &mut Channel,
-    mut process: impl FnMut(&mut Channel, &mut [u8]) -> Result<usize, E>,
-) -> Result<(), FeedError<E>> {
-    let mut data = data;
-    if !in_buf.is_empty() {
-        // Complete the unit at the front of in_buf from the new bytes.
+    /// The unit in `in_buf` was handed out: clear it at the next call.
+    in_buf_used: bool,
+    /// Every byte of `data` is used or kept.
+    done: bool,
+}
+
+impl<'b> Frames<'b> {
+    /// The units of `data`, after what an earlier read left in `in_buf`.
+    pub fn new(in_buf: &'b mut Vec<u8>, data: &'b mut [u8], in_buf_max: usize) -> Frames<'b> {
+        Frames {
+            in_buf,
+            data,
+            pos: 0,
+            in_buf_max,
+            in_buf_used: false,
+            done: false,
+        }
+    }
+
+    /// The next unit, or `None` once the bytes are used up (an incomplete
+    /// unit at the end is kept in `in_buf` for the next read). Handshake
+    /// replies are written to `out`.
+    pub fn next(
+        &mut self,
+        chan: &mut Channel,
+        out: &mut Vec<u8>,
+    ) -> Result<Option<Unit<'_>>, FrameError> {
         loop {
-            match chan.pending_len(in_buf) {
-                Some(total) if total > in_buf_max => return Err(FeedError::TooLarge),
-                Some(total) => {
-                    let take = total.saturating_sub(in_buf.len()).min(data.len());
-                    in_buf.extend_from_slice(&data[..take]);
-                    data = &mut data[take..];
-                    if in_buf.len() < total {
-                        return Ok(()); // still incomplete: wait for the next read
+            if self.in_buf_used {
+                self.in_buf.clear();
+                self.in_buf_used = false;
+            }
+            if !self.in_buf.is_empty() {
+                if !self.fill_in_buf(chan)? {
+                    self.done = true;
+                    return Ok(None); // still incomplete: wait for the next read
+                }
+                let total = self.in_buf.len();
+                let (consumed, unit) = match chan.next(self.in_buf, out)? {
+                    Step::NeedMore => (0, None),
+                    Step::Handshake { consumed } => (consumed, None),
+                    Step::Opened { consumed } => (consumed, Some(None)),
+                    Step::Frame {
+                        consumed,
+                        plaintext,
+                    } => (consumed, Some(Some(plaintext.len()))),
+                };
+                if consumed != total {
+                    // The unit did not end where its length said: cannot
+                    // happen with a channel, refused rather than guessed at.
+                    return Err(ProtoError::BadLength("a unit's length").into());
+                }
+                self.in_buf_used = true;
+                match unit {
+                    None => continue,
+                    Some(None) => return Ok(Some(Unit::Opened)),
+                    Some(Some(len)) => {
+                        return Ok(Some(Unit::Frame(
+                            &self.in_buf[PLAINTEXT_AT..PLAINTEXT_AT + len],
+                        )));
                     }
-                    break;
+                }
+            }
+            if self.done {
+                return Ok(None);
+            }
+            let at = self.pos;
+            match chan.next(&mut self.data[at..], out)? {
+                Step::NeedMore => {
+                    self.keep_rest(chan)?;
+                    return Ok(None);
+                }
+                Step::Handshake { consumed } => self.pos += consumed,
+                Step::Opened { consumed } => {
+                    self.pos += consumed;
+                    return Ok(Some(Unit::Opened));
+                }
+                Step::Frame {
+                    consumed,
+                    plaintext,
+                } => {
+                    let start = at + PLAINTEXT_AT;
+                    let end = start + plaintext.len();
+                    self.pos += consumed;
+                    return Ok(Some(Unit::Frame(&self.data[start..end])));
+                }
+            }
+        }
+    }
+
+    /// Completes the unit at the front of `in_buf` from `data`; false if
+    /// `data` ran out first (all of it is then in `in_buf`).
+    fn fill_in_buf(&mut self, chan: &Channel) -> Result<bool, FrameError> {
+        loop {
+            let left = self.data.len() - self.pos;
+            match chan.pending_len(self.in_buf) {
+                Some(total) if total > self.in_buf_max => return Err(FrameError::TooLarge),
+                Some(total) => {
+                    let take = total.saturating_sub(self.in_buf.len()).min(left);
+                    self.in_buf
+                        .extend_from_slice(&self.data[self.pos..self.pos + take]);
+                    self.pos += take;
+                    return Ok(self.in_buf.len() >= total);
                 }
                 // The length itself is still incomplete: take one more byte.
-                None if data.is_empty() => return Ok(()),
-                None if in_buf.len() >= in_buf_max => return Err(FeedError::TooLarge),
+                None if left == 0 => return Ok(false),
+                None if self.in_buf.len() >= self.in_buf_max => return Err(FrameError::TooLarge),
                 None => {
-                    in_buf.push(data[0]);
-                    data = &mut data[1..];
+                    self.in_buf.push(self.data[self.pos]);
+                    self.pos += 1;
                 }
             }
         }
-        let used = process(chan, in_buf).map_err(FeedError::Process)?;
-        in_buf.drain(..used);
-        if !in_buf.is_empty() {
-            // The unit did not end where its length said (cannot happen with a
-            // channel); keep the bytes in order and go on from the buffer.
-            if in_buf.len() + data.len() > in_buf_max {
-                return Err(FeedError::TooLarge);
-            }
-            in_buf.extend_from_slice(data);
-            let used = process(chan, in_buf).map_err(FeedError::Process)?;
-            in_buf.drain(..used);
-            return Ok(());
+    }
+
+    /// Keeps the incomplete unit at the end of `data` in `in_buf`, refusing
+    /// one that announces more than `in_buf_max`.
+    fn keep_rest(&mut self, chan: &Channel) -> Result<(), FrameError> {
+        self.done = true;
+        let rest = &self.data[self.pos..];
+        if chan.pending_len(rest).is_some_and(|total| total > self.in_buf_max)
+            || rest.len() > self.in_buf_max
+        {
+            return Err(FrameError::TooLarge);
+        }
+        self.in_buf.extend_from_slice(rest);
+        self.pos = self.data.len();
+        Ok(())
+    }
+}
+
+impl Drop for Frames<'_> {
+    /// A unit handed out is used, even if the caller stopped after it.
+    fn drop(&mut self) {
+        if self.in_buf_used {
+            self.in_buf.clear();
         }
     }
-    let used = process(chan, data).map_err(FeedError::Process)?;
-    let rest = &data[used..];
-    if let Some(total) = chan.pending_len(rest)
-        && total > in_buf_max
-    {
-        return Err(FeedError::TooLarge);
-    }
-    if rest.len() > in_buf_max {
-        return Err(FeedError::TooLarge);
-    }
-    in_buf.extend_from_slice(rest);
-    Ok(())
 }
 
 #[cfg(test)]
@@ -720,61 +869,83 @@ mod tests {
     }
 
     #[test]
-    fn feed_copies_only_what_is_split_across_reads() {
-        let (mut ini, mut acc) = open_pair(None, Arc::new(KeyPair::generate())).unwrap();
-        let mut wire = Vec::new();
-        for i in 0..50u8 {
-            ini.send(&mut wire, &vec![i; 1 + i as usize * 37]).unwrap();
-            ini.seal(&mut wire).unwrap();
-        }
+    fn frames_copies_only_what_is_split_across_reads() {
+        let frames_of = |i: u8| vec![i; 1 + i as usize * 37];
         // Cut the stream into reads of awkward sizes.
         for read_size in [1, 2, 3, 100, 1000, 7777] {
-            let (mut ini2, mut acc2) = open_pair(None, Arc::new(KeyPair::generate())).unwrap();
-            std::mem::swap(&mut ini, &mut ini2);
-            std::mem::swap(&mut acc, &mut acc2);
+            let (mut ini, mut acc) = open_pair(None, Arc::new(KeyPair::generate())).unwrap();
             let mut wire = Vec::new();
             for i in 0..50u8 {
-                ini.send(&mut wire, &vec![i; 1 + i as usize * 37]).unwrap();
+                ini.send(&mut wire, &frames_of(i)).unwrap();
                 ini.seal(&mut wire).unwrap();
             }
             let mut in_buf = Vec::new();
             let mut got = Vec::new();
+            let mut copied_max = 0;
             for chunk in wire.chunks(read_size) {
                 let mut data = chunk.to_vec();
-                feed(&mut in_buf, &mut data, 4096, &mut acc, |chan, buf| {
-                    let mut pos = 0;
-                    loop {
-                        match chan.next(&mut buf[pos..], &mut Vec::new())? {
-                            Step::NeedMore => return Ok::<usize, ChannelError>(pos),
-                            Step::Frame {
-                                consumed,
-                                plaintext,
-                            } => {
-                                got.push(plaintext.to_vec());
-                                pos += consumed;
-                            }
-                            Step::Handshake { consumed } | Step::Opened { consumed } => {
-                                pos += consumed
-                            }
-                        }
+                let mut frames = Frames::new(&mut in_buf, &mut data, 4096);
+                while let Some(unit) = frames.next(&mut acc, &mut Vec::new()).unwrap() {
+                    match unit {
+                        Unit::Frame(plaintext) => got.push(plaintext.to_vec()),
+                        Unit::Opened => panic!("already open"),
                     }
-                })
-                .unwrap();
+                }
+                drop(frames);
+                copied_max = copied_max.max(in_buf.len());
                 assert!(in_buf.len() <= 4096);
             }
             assert!(in_buf.is_empty());
             assert_eq!(got.len(), 50, "read size {read_size}");
             for (i, frame) in got.iter().enumerate() {
-                assert_eq!(frame, &vec![i as u8; 1 + i * 37]);
+                assert_eq!(frame, &frames_of(i as u8));
+            }
+            if read_size == 7777 {
+                // Frames whole inside a read were not copied: in_buf held at
+                // most the split one.
+                assert!(copied_max < 7777);
             }
         }
         // A frame announcing more than the buffer may hold is refused at once.
+        let (_, mut acc) = open_pair(None, Arc::new(KeyPair::generate())).unwrap();
         let mut in_buf = Vec::new();
         let mut data = vec![0xFF, 0xFF, 1, 2, 3];
-        let result = feed(&mut in_buf, &mut data, 4096, &mut acc, |_, _| {
-            Ok::<usize, ()>(0)
-        });
-        assert!(matches!(result, Err(FeedError::TooLarge)));
+        let mut frames = Frames::new(&mut in_buf, &mut data, 4096);
+        assert_eq!(
+            frames.next(&mut acc, &mut Vec::new()),
+            Err(FrameError::TooLarge)
+        );
+    }
+
+    #[test]
+    fn the_handshake_runs_through_frames_and_ends_in_opened() {
+        let keys = Arc::new(KeyPair::generate());
+        let mut to_acc = Vec::new();
+        let mut ini = Channel::initiator(Arc::new(KeyPair::generate()), None, &mut to_acc);
+        let mut acc = Channel::acceptor(keys);
+        let (mut acc_in, mut ini_in) = (Vec::new(), Vec::new());
+        let mut to_ini = Vec::new();
+        // The acceptor gets the initiator's key one byte at a time.
+        for b in to_acc.clone() {
+            let mut data = vec![b];
+            let mut frames = Frames::new(&mut acc_in, &mut data, 4096);
+            assert_eq!(frames.next(&mut acc, &mut to_ini).unwrap(), None);
+        }
+        let mut data = std::mem::take(&mut to_ini);
+        let mut frames = Frames::new(&mut ini_in, &mut data, 4096);
+        assert_eq!(frames.next(&mut ini, &mut to_acc).unwrap(), Some(Unit::Opened));
+        assert_eq!(frames.next(&mut ini, &mut to_acc).unwrap(), None);
+        drop(frames);
+        ini.send(&mut to_acc, b"first").unwrap();
+        ini.seal(&mut to_acc).unwrap();
+        let mut data = to_acc.split_off(33);
+        let mut frames = Frames::new(&mut acc_in, &mut data, 4096);
+        assert_eq!(frames.next(&mut acc, &mut to_ini).unwrap(), Some(Unit::Opened));
+        assert_eq!(
+            frames.next(&mut acc, &mut to_ini).unwrap(),
+            Some(Unit::Frame(&b"first"[..]))
+        );
+        assert_eq!(frames.next(&mut acc, &mut to_ini).unwrap(), None);
     }
 
     #[test]

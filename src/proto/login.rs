@@ -403,6 +403,34 @@ impl FromShard<'_> {
     }
 }
 
+impl<'a> crate::proto::Message<'a> for ToLogin<'a> {
+    const WHAT: &'static str = "login message";
+    fn decode(buf: &'a [u8]) -> crate::proto::Decoded<Self> {
+        ToLogin::decode(buf)
+    }
+}
+
+impl<'a> crate::proto::Message<'a> for FromLogin<'a> {
+    const WHAT: &'static str = "login server message";
+    fn decode(buf: &'a [u8]) -> crate::proto::Decoded<Self> {
+        FromLogin::decode(buf)
+    }
+}
+
+impl<'a> crate::proto::Message<'a> for ToShard<'a> {
+    const WHAT: &'static str = "login message";
+    fn decode(buf: &'a [u8]) -> crate::proto::Decoded<Self> {
+        ToShard::decode(buf)
+    }
+}
+
+impl<'a> crate::proto::Message<'a> for FromShard<'a> {
+    const WHAT: &'static str = "shard message";
+    fn decode(buf: &'a [u8]) -> crate::proto::Decoded<Self> {
+        FromShard::decode(buf)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -60,6 +60,54 @@ impl std::error::Error for ProtoError {}
 /// needed, `Err` when the bytes can never become a valid message.
 pub type Decoded<T> = Result<Option<(T, usize)>, ProtoError>;
 
+/// A protocol's message type, decoded one after another from a frame (see
+/// [`messages`]).
+pub trait Message<'a>: Sized {
+    /// What a message cut short is called in errors ("shard message", ...).
+    const WHAT: &'static str;
+    /// Decodes the message at the front of `buf`.
+    fn decode(buf: &'a [u8]) -> Decoded<Self>;
+}
+
+/// The messages of one frame, in order (the second half of the frame driver,
+/// after [`frame::Frames`]). A message cut short inside the frame is
+/// [`ProtoError::Truncated`]; after an error the iterator ends.
+#[derive(Debug)]
+pub struct Messages<'a, M> {
+    frame: &'a [u8],
+    pos: usize,
+    _msg: std::marker::PhantomData<M>,
+}
+
+/// The messages of `frame`, as `M`.
+pub fn messages<'a, M: Message<'a>>(frame: &'a [u8]) -> Messages<'a, M> {
+    Messages {
+        frame,
+        pos: 0,
+        _msg: std::marker::PhantomData,
+    }
+}
+
+impl<'a, M: Message<'a>> Iterator for Messages<'a, M> {
+    type Item = Result<M, ProtoError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.pos >= self.frame.len() {
+            return None;
+        }
+        let result = match M::decode(&self.frame[self.pos..]) {
+            Ok(Some((msg, len))) => {
+                self.pos += len;
+                return Some(Ok(msg));
+            }
+            Ok(None) => Err(ProtoError::Truncated(M::WHAT)),
+            Err(e) => Err(e),
+        };
+        self.pos = self.frame.len();
+        Some(result)
+    }
+}
+
 /// Most bytes in an account name (port decision).
 pub const ACCOUNT_NAME_MAX: usize = 32;
 /// Most bytes in a shard name (port decision).

@@ -331,6 +331,20 @@ pub fn put_player_packet_header(out: &mut Vec<u8>, ty: u8, socket_id: u32, len: 
     put::u16(out, len as u16);
 }
 
+impl<'a> crate::proto::Message<'a> for TProxyMsg<'a> {
+    const WHAT: &'static str = "shard message";
+    fn decode(buf: &'a [u8]) -> crate::proto::Decoded<Self> {
+        TProxyMsg::decode(buf)
+    }
+}
+
+impl<'a> crate::proto::Message<'a> for FProxyMsg<'a> {
+    const WHAT: &'static str = "proxy message";
+    fn decode(buf: &'a [u8]) -> crate::proto::Decoded<Self> {
+        FProxyMsg::decode(buf)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

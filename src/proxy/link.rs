@@ -5,95 +5,45 @@
 //! handshake, refusing a shard whose key differs from one pinned in
 //! `shards.cfg`, then sends `FPROXY_MSG_LOGIN` with the password, its public
 //! address and its capacity. `TPROXY_MSG_LOGIN_RESULT` names the shard; a
-//! wrong password or a name another link already uses drops the link (and the
-//! shard thread tries again in 2 s).
+//! wrong password or a name another link already uses drops the link (and
+//! the shard module tries again in 2 s).
 //!
-//! Once logged in, the shard's messages:
-//! - `TPROXY_MSG_OPENED_SOCKET`: reserve a slot for a player, announcing their
-//!   IP (thesis `shard_check_client_ip`), answered by
-//!   `FPROXY_MSG_OPENED_SOCKET_RESULT`. A reservation counts against
-//!   `client.max_clients` and expires after `client.reservation_timeout_ms`,
-//!   when the shard is told with `FPROXY_MSG_CLOSE_SOCKET`.
-//! - `TPROXY_MSG_PLAYER_PACKET`: bytes for a player, already encrypted by the
-//!   shard, appended to the player's output as they are
-//!   (`cl_forward_shard_packet`).
-//! - `TPROXY_MSG_CLOSED_SOCKET`: disconnect the player, or drop the
-//!   reservation (thesis `cl_disconnect` called from the shard module).
+//! Once logged in, the shard's messages, one function each:
+//! - `TPROXY_MSG_OPENED_SOCKET` ([`Proxy::on_opened_socket`]): reserve a slot
+//!   for a player, announcing their address (thesis
+//!   `shard_check_client_ip`), answered by `FPROXY_MSG_OPENED_SOCKET_RESULT`.
+//!   A reservation counts against `client.max_clients` and expires after
+//!   `client.reservation_timeout_ms`, when the shard is told with
+//!   `FPROXY_MSG_CLOSE_SOCKET`.
+//! - `TPROXY_MSG_PLAYER_PACKET` ([`Proxy::on_player_packet`]): bytes for a
+//!   player, already encrypted by the shard, appended to the player's output
+//!   as they are (`cl_forward_shard_packet`).
+//! - `TPROXY_MSG_CLOSED_SOCKET` ([`Proxy::on_closed_socket`]): disconnect the
+//!   player, or drop the reservation (thesis `cl_disconnect` called from the
+//!   shard module).
 //!
-//! A link's sockets and reservations live in its session, so a lost shard
-//! takes them with it (`shard_gone`).
+//! A link's connected players live in its session and its reservations in
+//! [`Reservations`](super::reservations::Reservations), keyed by the link:
+//! a lost shard takes both with it (`shard_gone`).
 
 use std::collections::HashMap;
-use std::fmt;
-use std::net::IpAddr;
-use std::sync::Arc;
 use std::time::Instant;
 
 use log::{debug, error, info, warn};
 
-use crate::client::{Clients, DisconnectReason, Session};
-use crate::com::{ClientRef, ShardRef};
-use crate::cryptchan::{TOKEN_BYTES, memzero};
-use crate::proto::ProtoError;
-use crate::proto::frame::{Channel, ChannelError, FeedError, PeerError, Step, feed};
+use crate::com::ConnRef;
+use crate::conn::{DisconnectReason, Disconnected, Session};
+use crate::proto::frame::{Channel, ChannelError, Frames, PeerError, Unit};
 use crate::proto::proxy_shard::{
     CLOSE_REASON_REPLACED, CLOSE_REASON_TIMEOUT, FPROXY_MSG_PLAYER_PACKET, FProxyMsg,
     LOGIN_RESULT_OK, OPENED_SOCKET_DUPLICATE, OPENED_SOCKET_FULL, OPENED_SOCKET_OK,
     PLAYER_PACKET_DATA_MAX, PLAYER_PACKET_HEADER_BYTES, TProxyMsg, put_player_packet_header,
 };
-use crate::secpool::PoolBuf;
-use crate::shard::ShardDisconnected;
+use crate::proto::{ProtoError, messages};
 
-use super::cl::ClSession;
-use super::{AnnouncedIps, Proxy};
-
-/// A player the shard announced: what the auth proof is checked against.
-/// The token is wiped when the reservation goes.
-pub struct Reservation {
-    /// The account's name (also the key of `ShardLink::by_account`).
-    pub account_name: String,
-    /// The account.
-    pub account_id: u64,
-    /// The login session.
-    pub login_session_id: u32,
-    /// Where the player will connect from.
-    pub ip: IpAddr,
-    /// The token.
-    pub token: [u8; TOKEN_BYTES],
-    /// Released, and the shard told, if unclaimed by then.
-    pub expires: Instant,
-}
-
-impl Drop for Reservation {
-    fn drop(&mut self) {
-        memzero(&mut self.token);
-    }
-}
-
-impl fmt::Debug for Reservation {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Reservation")
-            .field("account_name", &self.account_name)
-            .field("ip", &self.ip)
-            .finish_non_exhaustive()
-    }
-}
-
-/// What a proxy socket id refers to.
-#[derive(Debug)]
-pub enum SocketState {
-    /// Waiting for the player's auth proof.
-    Reserved(Box<Reservation>),
-    /// The authenticated player's connection.
-    Connected(ClientRef),
-}
-
-/// One proxy socket (thesis: the shard's "proxy socket", seen from the proxy).
-#[derive(Debug)]
-pub struct ProxySocket {
-    /// Reserved or connected.
-    pub state: SocketState,
-}
+use super::Proxy;
+use super::cl::Binding;
+use super::reservations::Reservation;
 
 /// Where a shard link is.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -116,10 +66,9 @@ pub struct ShardLink {
     pub state: LinkState,
     /// The shard's name, from `TPROXY_MSG_LOGIN_RESULT`.
     pub name: String,
-    /// Reservations and connected players, by the socket id the shard chose.
-    pub sockets: HashMap<u32, ProxySocket>,
-    /// Reservations by account name (a player proves an account, not a socket id).
-    pub by_account: HashMap<String, u32>,
+    /// The players connected through this link, by the socket id the shard
+    /// chose (thesis §3.8.4: ids known to both sides).
+    pub players: HashMap<u32, ConnRef>,
 }
 
 impl Session for ShardLink {
@@ -135,11 +84,6 @@ impl Session for ShardLink {
 }
 
 impl ShardLink {
-    /// True once logged in.
-    pub fn is_ready(&self) -> bool {
-        self.state == LinkState::Ready
-    }
-
     /// Appends a control message to the open frame.
     pub fn send(&mut self, out: &mut Vec<u8>, msg: &FProxyMsg<'_>) -> Result<(), ChannelError> {
         let chan = self.chan.as_mut().ok_or(ChannelError::NotOpen)?;
@@ -165,328 +109,323 @@ impl ShardLink {
         out.extend_from_slice(data);
         Ok(())
     }
-
-    /// Removes a reservation, releasing its announced IP.
-    fn release(&mut self, socket_id: u32, announced: &mut AnnouncedIps, n_reserved: &mut usize) {
-        release_reservation(
-            &mut self.sockets,
-            &mut self.by_account,
-            socket_id,
-            announced,
-            n_reserved,
-        );
-    }
-}
-
-/// Removes reservation `socket_id` (if it is one), releasing its announced IP.
-fn release_reservation(
-    sockets: &mut HashMap<u32, ProxySocket>,
-    by_account: &mut HashMap<String, u32>,
-    socket_id: u32,
-    announced: &mut AnnouncedIps,
-    n_reserved: &mut usize,
-) {
-    if let Some(SocketState::Reserved(_)) = sockets.get(&socket_id).map(|s| &s.state)
-        && let Some(ProxySocket {
-            state: SocketState::Reserved(r),
-        }) = sockets.remove(&socket_id)
-    {
-        by_account.remove(&r.account_name);
-        announced.release(r.ip);
-        *n_reserved -= 1;
-    }
 }
 
 impl Proxy {
-    /// Handles `EVENT_CONNECT_SHARD`: starts the handshake (the proxy speaks
-    /// first, with its public key).
-    pub(super) fn shard_connected(&mut self, shard: ShardRef, stream: Arc<mio::net::TcpStream>) {
-        let Some(s) = self.shards.shard_connected(shard, stream) else {
-            return;
-        };
-        let pinned = s.entry.key;
-        let (link, _, out) = s.parts();
-        link.chan = Some(Channel::initiator(self.keys.clone(), pinned, out));
-        self.shards.shard_wrote(shard.index);
+    /// True if `shard` is a link that has logged in.
+    pub(super) fn is_ready(&self, shard: ConnRef) -> bool {
+        self.shards
+            .get(shard)
+            .is_some_and(|s| s.session.state == LinkState::Ready)
     }
 
-    /// Handles `EVENT_READ_SHARD` (thesis `shard_read`).
-    pub(super) fn shard_read(&mut self, shard: ShardRef, mut data: PoolBuf) {
-        let Proxy {
-            clients,
-            shards,
-            announced,
-            n_reserved,
-            settings,
-            stats,
-            ..
-        } = self;
-        let Some(s) = shards.shard_read(shard) else {
+    /// The logged-in link to the shard named `name`.
+    pub(super) fn ready_link_named(&self, name: &str) -> Option<ConnRef> {
+        self.links.up().find(|&shard| {
+            self.shards
+                .get(shard)
+                .is_some_and(|s| s.session.state == LinkState::Ready && s.session.name == name)
+        })
+    }
+
+    /// Appends a message to a shard link's open frame; false if the link is
+    /// gone (or was just dropped, its output full).
+    pub(super) fn link_send(&mut self, shard: ConnRef, msg: &FProxyMsg<'_>) -> bool {
+        matches!(
+            self.shards.write(shard, |link, out| link.send(out, msg)),
+            Some(Ok(()))
+        )
+    }
+
+    /// Thesis `shard_forward_client_packet`: one `FPROXY_MSG_PLAYER_PACKET`
+    /// appended to the shard's open frame, sealed with the rest at the end
+    /// of the iteration. False if the link is gone.
+    pub(super) fn shard_forward_client_packet(&mut self, binding: Binding, frame: &[u8]) -> bool {
+        matches!(
+            self.shards.write(binding.shard, |link, out| link.forward(
+                out,
+                binding.socket_id,
+                frame
+            )),
+            Some(Ok(()))
+        )
+    }
+
+    /// Records a player on the link of its binding.
+    pub(super) fn bind_player(&mut self, binding: Binding, client: ConnRef) {
+        if let Some(s) = self.shards.get_mut(binding.shard) {
+            s.session.players.insert(binding.socket_id, client);
+        }
+    }
+
+    /// Forgets a player's socket, if the link still has it bound to that
+    /// player; true if it did (and the shard is to be told).
+    pub(super) fn unbind_player(&mut self, binding: Binding, client: ConnRef) -> bool {
+        let Some(s) = self.shards.get_mut(binding.shard) else {
+            return false;
+        };
+        let players = &mut s.session.players;
+        if players.get(&binding.socket_id) != Some(&client) {
+            return false;
+        }
+        players.remove(&binding.socket_id);
+        true
+    }
+
+    /// Handles `EVENT_CONNECT_SHARD`: starts the handshake (the proxy speaks
+    /// first, with its public key).
+    pub(super) fn shard_connected(&mut self, shard: ConnRef) {
+        let Some(entry) = self.links.connected(shard) else {
             return;
         };
-        let shard_addr = s.entry.addr();
-        let (link, in_buf, out) = s.parts();
-        let ShardLink {
-            chan,
-            state,
-            name,
-            sockets,
-            by_account,
-        } = link;
-        let Some(chan) = chan.as_mut() else {
+        let pinned = entry.key;
+        let keys = self.keys.clone();
+        self.shards.write(shard, |link, out| {
+            link.chan = Some(Channel::initiator(keys, pinned, out));
+        });
+    }
+
+    /// Handles `EVENT_READ_SHARD` (thesis `shard_read`): the bytes through
+    /// the link's channel, each message of each frame to its handler.
+    pub(super) fn shard_read(&mut self, shard: ConnRef, data: &mut [u8], now: Instant) {
+        let Some(slot) = self.shards.read(shard, data.len(), now) else {
             return;
         };
-        let now = Instant::now();
-        let out_before = out.len();
-        let mut logged_in = false;
-        let result = feed(
-            in_buf,
-            data.as_mut_slice(),
-            settings.shard_in_buf_size,
-            chan,
-            |chan, buf| {
-                let mut pos = 0;
-                loop {
-                    match chan.next(&mut buf[pos..], out)? {
-                        Step::NeedMore => return Ok(pos),
-                        Step::Handshake { consumed } => pos += consumed,
-                        Step::Opened { consumed } => {
-                            pos += consumed;
-                            chan.room(out, FProxyMsg::CONTROL_MAX)?;
-                            FProxyMsg::Login {
-                                password: settings.password.expose().as_bytes(),
-                                public_address: &settings.public_address,
-                                capacity: settings.max_clients,
-                            }
-                            .encode(out);
-                            *state = LinkState::LoggingIn;
-                        }
-                        Step::Frame {
-                            consumed,
-                            plaintext,
-                        } => {
-                            pos += consumed;
-                            let mut at = 0;
-                            while at < plaintext.len() {
-                                let (msg, len) = TProxyMsg::decode(&plaintext[at..])
-                                    .map_err(PeerError::Proto)?
-                                    .ok_or(PeerError::Proto(ProtoError::Truncated(
-                                        "shard message",
-                                    )))?;
-                                at += len;
-                                match (msg, *state) {
-                                    (
-                                        TProxyMsg::LoginResult { result, shard_name },
-                                        LinkState::LoggingIn,
-                                    ) => {
-                                        if result != LOGIN_RESULT_OK {
-                                            return Err(PeerError::Refused(
-                                                "the shard refused the password (shard.password)",
-                                            ));
-                                        }
-                                        *name = shard_name.to_string();
-                                        *state = LinkState::Ready;
-                                        logged_in = true;
-                                    }
-                                    (_, LinkState::Handshake | LinkState::LoggingIn) => {
-                                        return Err(PeerError::Refused(
-                                            "message before TPROXY_MSG_LOGIN_RESULT",
-                                        ));
-                                    }
-                                    (TProxyMsg::LoginResult { .. }, LinkState::Ready) => {
-                                        return Err(PeerError::Refused(
-                                            "a second TPROXY_MSG_LOGIN_RESULT",
-                                        ));
-                                    }
-                                    (
-                                        TProxyMsg::OpenedSocket {
-                                            socket_id,
-                                            account_id,
-                                            login_session_id,
-                                            ip,
-                                            account_name,
-                                            token,
-                                        },
-                                        LinkState::Ready,
-                                    ) => {
-                                        let result = if sockets.contains_key(&socket_id) {
-                                            OPENED_SOCKET_DUPLICATE
-                                        } else if *n_reserved + clients.in_use()
-                                            >= settings.max_clients as usize
-                                        {
-                                            OPENED_SOCKET_FULL
-                                        } else {
-                                            // A newer login of the same account replaces the old reservation.
-                                            if let Some(old) = by_account.get(account_name).copied()
-                                            {
-                                                release_reservation(
-                                                    sockets, by_account, old, announced, n_reserved,
-                                                );
-                                                // The shard must forget the old socket too.
-                                                chan.room(out, FProxyMsg::CONTROL_MAX)?;
-                                                FProxyMsg::CloseSocket {
-                                                    socket_id: old,
-                                                    reason: CLOSE_REASON_REPLACED,
-                                                }
-                                                .encode(out);
-                                            }
-                                            sockets.insert(
-                                                socket_id,
-                                                ProxySocket {
-                                                    state: SocketState::Reserved(Box::new(
-                                                        Reservation {
-                                                            account_name: account_name.to_string(),
-                                                            account_id,
-                                                            login_session_id,
-                                                            ip,
-                                                            token: *token,
-                                                            expires: now
-                                                                + settings.reservation_timeout,
-                                                        },
-                                                    )),
-                                                },
-                                            );
-                                            by_account.insert(account_name.to_string(), socket_id);
-                                            announced.add(ip);
-                                            *n_reserved += 1;
-                                            OPENED_SOCKET_OK
-                                        };
-                                        chan.room(out, FProxyMsg::CONTROL_MAX)?;
-                                        FProxyMsg::OpenedSocketResult { socket_id, result }
-                                            .encode(out);
-                                    }
-                                    (TProxyMsg::ClosedSocket { socket_id }, LinkState::Ready) => {
-                                        match sockets.remove(&socket_id).map(|s| s.state) {
-                                            Some(SocketState::Connected(client)) => {
-                                                clients.cl_disconnect(
-                                                    client,
-                                                    DisconnectReason::Closed("closed by the shard"),
-                                                );
-                                            }
-                                            Some(SocketState::Reserved(r)) => {
-                                                by_account.remove(&r.account_name);
-                                                announced.release(r.ip);
-                                                *n_reserved -= 1;
-                                            }
-                                            None => {
-                                                debug!("shard closed unknown socket {socket_id}")
-                                            }
-                                        }
-                                    }
-                                    (
-                                        TProxyMsg::PlayerPacket { socket_id, data },
-                                        LinkState::Ready,
-                                    ) => {
-                                        // A packet for a player who just left is dropped: the
-                                        // shard will see FPROXY_MSG_CLOSE_SOCKET.
-                                        if let Some(ProxySocket {
-                                            state: SocketState::Connected(client),
-                                        }) = sockets.get(&socket_id)
-                                            && clients.cl_send(*client, data)
-                                        {
-                                            stats.packets_to_clients += 1;
-                                        }
-                                    }
-                                }
-                            }
-                        }
+        let mut in_buf = std::mem::take(&mut slot.in_buf);
+        let mut frames = Frames::new(&mut in_buf, data, self.settings.shard_in_buf_size);
+        let result = self.shard_units(shard, &mut frames, now);
+        drop(frames);
+        match result {
+            Ok(()) => {
+                if let Some(slot) = self.shards.get_mut(shard) {
+                    slot.in_buf = in_buf;
+                }
+                self.shards.wrote(shard);
+            }
+            Err(err) => {
+                let why = match err {
+                    PeerError::TooLarge => "frame larger than shard.in_buf_size".to_string(),
+                    PeerError::Refused(why) => {
+                        error!("{shard}: {why}");
+                        why.to_string()
+                    }
+                    e => e.to_string(),
+                };
+                self.shards.disconnect(shard, DisconnectReason::Protocol(why));
+            }
+        }
+    }
+
+    fn shard_units(&mut self, shard: ConnRef, frames: &mut Frames<'_>, now: Instant) -> Result<(), PeerError> {
+        loop {
+            let Some(slot) = self.shards.get_mut(shard) else {
+                return Ok(()); // dropped meanwhile
+            };
+            let (link, out) = slot.session_and_out();
+            let Some(chan) = link.chan.as_mut() else {
+                return Ok(());
+            };
+            let unit = frames.next(chan, out).map_err(PeerError::from)?;
+            match unit {
+                None => return Ok(()),
+                Some(Unit::Opened) => self.shard_opened(shard)?,
+                Some(Unit::Frame(frame)) => {
+                    for msg in messages::<TProxyMsg<'_>>(frame) {
+                        self.shard_msg(shard, msg?, now)?;
                     }
                 }
-            },
-        );
-        let wrote = out.len() != out_before;
-        if let Err(err) = result {
-            let why = match err {
-                FeedError::TooLarge => "frame larger than shard.in_buf_size".to_string(),
-                FeedError::Process(PeerError::Refused(why)) => {
-                    error!("shard {shard_addr}: {why}");
-                    why.to_string()
-                }
-                FeedError::Process(e) => e.to_string(),
-            };
-            shards.shard_disconnect(shard, &why);
-            return;
-        }
-        if logged_in {
-            let s = &shards.all()[shard.index as usize];
-            let taken = shards.all().iter().enumerate().any(|(i, other)| {
-                i != shard.index as usize
-                    && other.session.is_ready()
-                    && other.session.name == s.session.name
-            });
-            if taken {
-                let why = format!("another shard is already named {:?}", s.session.name);
-                error!("shard {shard_addr}: {why}");
-                shards.shard_disconnect(shard, &why);
-                return;
             }
-            info!("shard {shard_addr}: logged in as {:?}", s.session.name);
         }
-        if wrote {
-            shards.shard_wrote(shard.index);
+    }
+
+    /// The handshake finished: log in.
+    fn shard_opened(&mut self, shard: ConnRef) -> Result<(), PeerError> {
+        let settings = &self.settings;
+        let login = FProxyMsg::Login {
+            password: settings.password.expose().as_bytes(),
+            public_address: &settings.public_address,
+            capacity: settings.max_clients,
+        };
+        let Some(s) = self.shards.get_mut(shard) else {
+            return Ok(());
+        };
+        let (link, out) = s.session_and_out();
+        link.send(out, &login)?;
+        link.state = LinkState::LoggingIn;
+        Ok(())
+    }
+
+    /// One message of a shard, in the order the link allows: the login result
+    /// first and once, then the rest.
+    fn shard_msg(&mut self, shard: ConnRef, msg: TProxyMsg<'_>, now: Instant) -> Result<(), PeerError> {
+        let state = self.shards.get(shard).map(|s| s.session.state);
+        match (msg, state) {
+            (TProxyMsg::LoginResult { result, shard_name }, Some(LinkState::LoggingIn)) => {
+                self.on_login_result(shard, result, shard_name)
+            }
+            (TProxyMsg::LoginResult { .. }, _) => {
+                Err(PeerError::Refused("a second TPROXY_MSG_LOGIN_RESULT"))
+            }
+            (_, Some(LinkState::Handshake | LinkState::LoggingIn)) => {
+                Err(PeerError::Refused("message before TPROXY_MSG_LOGIN_RESULT"))
+            }
+            (_, None) => Ok(()), // dropped meanwhile
+            (
+                TProxyMsg::OpenedSocket {
+                    socket_id,
+                    account_id,
+                    login_session_id,
+                    ip,
+                    account_name,
+                    token,
+                },
+                Some(LinkState::Ready),
+            ) => self.on_opened_socket(
+                shard,
+                socket_id,
+                Reservation {
+                    account_name: account_name.to_string(),
+                    account_id,
+                    login_session_id,
+                    ip,
+                    token: *token,
+                    expires: now + self.settings.reservation_timeout,
+                },
+            ),
+            (TProxyMsg::ClosedSocket { socket_id }, Some(LinkState::Ready)) => {
+                self.on_closed_socket(shard, socket_id);
+                Ok(())
+            }
+            (TProxyMsg::PlayerPacket { socket_id, data }, Some(LinkState::Ready)) => {
+                self.on_player_packet(shard, socket_id, data);
+                Ok(())
+            }
+        }
+    }
+
+    /// `TPROXY_MSG_LOGIN_RESULT`: the shard accepted the password and told
+    /// its name, which no other link may have.
+    fn on_login_result(&mut self, shard: ConnRef, result: u8, name: &str) -> Result<(), PeerError> {
+        if result != LOGIN_RESULT_OK {
+            return Err(PeerError::Refused(
+                "the shard refused the password (shard.password)",
+            ));
+        }
+        if self.ready_link_named(name).is_some() {
+            error!("{shard}: another shard is already named {name:?}");
+            return Err(PeerError::Refused("another shard is already named so"));
+        }
+        if let Some(s) = self.shards.get_mut(shard) {
+            s.session.name = name.to_string();
+            s.session.state = LinkState::Ready;
+        }
+        let addr = self.links.entry(shard).map(|e| e.addr()).unwrap_or_default();
+        info!("shard {addr}: logged in as {name:?}");
+        Ok(())
+    }
+
+    /// `TPROXY_MSG_OPENED_SOCKET`: a reservation, if the socket id is new on
+    /// this link and the proxy has room; a newer login of the same account
+    /// replaces the older (and the shard is told to forget it).
+    fn on_opened_socket(&mut self, shard: ConnRef, socket_id: u32, r: Reservation) -> Result<(), PeerError> {
+        let taken = self.reservations.contains(shard, socket_id)
+            || self
+                .shards
+                .get(shard)
+                .is_some_and(|s| s.session.players.contains_key(&socket_id));
+        let result = if taken {
+            OPENED_SOCKET_DUPLICATE
+        } else if self.reservations.len() + self.clients.in_use() >= self.settings.max_clients as usize {
+            OPENED_SOCKET_FULL
+        } else {
+            if let Some(old) = self.reservations.reserve(shard, socket_id, r) {
+                self.send_or_refuse(shard, &FProxyMsg::CloseSocket {
+                    socket_id: old,
+                    reason: CLOSE_REASON_REPLACED,
+                })?;
+            }
+            OPENED_SOCKET_OK
+        };
+        self.send_or_refuse(shard, &FProxyMsg::OpenedSocketResult { socket_id, result })
+    }
+
+    /// Appends a reply to the link's frame; the link's own failure ends it.
+    fn send_or_refuse(&mut self, shard: ConnRef, msg: &FProxyMsg<'_>) -> Result<(), PeerError> {
+        match self.shards.write(shard, |link, out| link.send(out, msg)) {
+            Some(result) => result.map_err(PeerError::from),
+            None => Ok(()), // dropped (its output full): nothing more to do
+        }
+    }
+
+    /// `TPROXY_MSG_CLOSED_SOCKET`: the shard ends a player, or a reservation.
+    fn on_closed_socket(&mut self, shard: ConnRef, socket_id: u32) {
+        let player = self
+            .shards
+            .get_mut(shard)
+            .and_then(|s| s.session.players.remove(&socket_id));
+        if let Some(client) = player {
+            self.clients
+                .disconnect(client, DisconnectReason::Closed("closed by the shard"));
+        } else if !self.reservations.release(shard, socket_id) {
+            debug!("{shard}: closed unknown socket {socket_id}");
+        }
+    }
+
+    /// `TPROXY_MSG_PLAYER_PACKET` (thesis `cl_forward_shard_packet`): a frame
+    /// the shard encrypted for its player, copied to the player's output. A
+    /// packet for a player who just left is dropped: the shard will see
+    /// `FPROXY_MSG_CLOSE_SOCKET`.
+    fn on_player_packet(&mut self, shard: ConnRef, socket_id: u32, data: &[u8]) {
+        let Some(&client) = self
+            .shards
+            .get(shard)
+            .and_then(|s| s.session.players.get(&socket_id))
+        else {
+            return;
+        };
+        if self.clients.send(client, data) {
+            self.stats.packets_to_clients += 1;
         }
     }
 
     /// Releases reservations nobody claimed in time (thesis §3.8.5 "Timing
     /// clients out") and tells their shards.
     pub(super) fn expire_reservations(&mut self, now: Instant) {
-        let Proxy {
-            shards,
-            announced,
-            n_reserved,
-            scratch_sockets,
-            ..
-        } = self;
-        for index in 0..shards.all().len() as u32 {
-            shards.shard_write(index, |link, out| {
-                scratch_sockets.clear();
-                scratch_sockets.extend(link.sockets.iter().filter_map(|(&id, s)| match &s.state {
-                    SocketState::Reserved(r) if now >= r.expires => Some(id),
-                    _ => None,
-                }));
-                for &socket_id in scratch_sockets.iter() {
-                    debug!("reservation {socket_id} of shard {:?} expired", link.name);
-                    link.release(socket_id, announced, n_reserved);
-                    link.send(
-                        out,
-                        &FProxyMsg::CloseSocket {
-                            socket_id,
-                            reason: CLOSE_REASON_TIMEOUT,
-                        },
-                    )
-                    .ok();
-                }
-            });
+        let mut expired = std::mem::take(&mut self.scratch_expired);
+        self.reservations.expired(now, &mut expired);
+        for &(shard, socket_id) in &expired {
+            debug!("{shard}: reservation {socket_id} expired");
+            self.reservations.release(shard, socket_id);
+            self.link_send(
+                shard,
+                &FProxyMsg::CloseSocket {
+                    socket_id,
+                    reason: CLOSE_REASON_TIMEOUT,
+                },
+            );
         }
+        expired.clear();
+        self.scratch_expired = expired;
     }
-}
 
-/// A shard connection ended: its players are disconnected cleanly and its
-/// reservations released. Their shard is not told (it is gone).
-pub(super) fn shard_gone(
-    gone: ShardDisconnected<ShardLink>,
-    clients: &mut Clients<ClSession>,
-    announced: &mut AnnouncedIps,
-    n_reserved: &mut usize,
-) {
-    let link = gone.session;
-    let mut players = 0;
-    for (_, socket) in link.sockets {
-        match socket.state {
-            SocketState::Connected(client) => {
-                players += 1;
-                clients.cl_disconnect(client, DisconnectReason::Closed("its shard disconnected"));
-            }
-            SocketState::Reserved(r) => {
-                announced.release(r.ip);
-                *n_reserved -= 1;
-            }
+    /// A shard connection ended (refused, timed out, lost or dropped): its
+    /// players are disconnected cleanly, its reservations released, and the
+    /// shard module schedules the next attempt. The shard is not told (it is
+    /// gone).
+    pub(super) fn shard_gone(&mut self, gone: Disconnected<ShardLink>, now: Instant) {
+        self.links.gone(gone.conn, &gone.reason, now);
+        let released = self.reservations.release_link(gone.conn);
+        let link = gone.session;
+        let players = link.players.len();
+        for (_, client) in link.players {
+            self.clients
+                .disconnect(client, DisconnectReason::Closed("its shard disconnected"));
         }
-    }
-    if link.state == LinkState::Ready {
-        warn!(
-            "shard {:?} (connection {}) lost: {players} player(s) disconnected",
-            link.name, gone.shard.conn_id
-        );
+        if link.state == LinkState::Ready {
+            warn!(
+                "shard {:?} ({}) lost: {players} player(s) disconnected, {released} reservation(s) released",
+                link.name, gone.conn
+            );
+        }
     }
 }

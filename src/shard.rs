@@ -1,0 +1,263 @@
+//! The shard module's connect policy (thesis §3.5.3 `shard_start`, §3.8.1
+//! "Forming connections with shard servers"): one link per `shards.cfg`
+//! line, kept up for the life of the process. The proxy and the login server
+//! both use it for their links to shards.
+//!
+//! "If a shard cannot be reached or gets disconnected, the proxy will attempt
+//! to connect to it every two seconds" (thesis): an attempt starts every
+//! `shard.connect_retry_ms` from the start of the previous one while a shard
+//! cannot be reached, and that long after a connection is lost. The attempt
+//! itself is a connection of the shard thread's pool ([`Pool::connect`]):
+//! opened without blocking through netpoll, given up after
+//! `shard.connect_timeout_ms`, a DNS name resolved anew each time. (The
+//! thesis makes blocking `connect()` calls on threads of their own; the
+//! connection layer does without them, so the same pool can open thousands
+//! of connections at once. Port decision, in `docs/thesis-map.md`.)
+//!
+//! This is policy only, on the main thread: the pool reports every outcome
+//! (connected, refused, timed out, lost) and [`ShardLinks`] decides when to
+//! try again. Each connection a link makes is numbered in the log
+//! ("connection 3"), the thesis's reconnects made visible.
+
+use std::time::{Duration, Instant};
+
+use log::{debug, info, warn};
+
+use crate::com::ConnRef;
+use crate::config::ShardEntry;
+use crate::conn::{DisconnectReason, Pool, Session, Target};
+
+/// Where one `shards.cfg` line's link is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LinkState {
+    /// Not connected; the next attempt starts then.
+    Waiting { next_attempt: Instant },
+    /// An attempt is in flight on this connection, since `started`.
+    Connecting { conn: ConnRef, started: Instant },
+    /// Connected.
+    Up { conn: ConnRef },
+}
+
+#[derive(Debug)]
+struct Link {
+    entry: ShardEntry,
+    state: LinkState,
+    /// Connect attempts so far.
+    attempts: u64,
+    /// Connections made so far.
+    connections: u32,
+}
+
+/// The links to every shard of `shards.cfg`, and when to try again.
+#[derive(Debug)]
+pub struct ShardLinks {
+    links: Vec<Link>,
+    retry: Duration,
+}
+
+impl ShardLinks {
+    /// One link per entry; the first attempts are due at once.
+    pub fn new(entries: &[ShardEntry], retry: Duration, now: Instant) -> ShardLinks {
+        ShardLinks {
+            links: entries
+                .iter()
+                .map(|entry| Link {
+                    entry: entry.clone(),
+                    state: LinkState::Waiting { next_attempt: now },
+                    attempts: 0,
+                    connections: 0,
+                })
+                .collect(),
+            retry,
+        }
+    }
+
+    /// How many links there are (`shards.cfg` lines).
+    pub fn len(&self) -> usize {
+        self.links.len()
+    }
+
+    /// True if `shards.cfg` listed none (only in tests: the file may not be
+    /// empty).
+    pub fn is_empty(&self) -> bool {
+        self.links.is_empty()
+    }
+
+    /// When the next attempt is due, if a link is waiting.
+    pub fn next_timer(&self) -> Option<Instant> {
+        self.links
+            .iter()
+            .filter_map(|link| match link.state {
+                LinkState::Waiting { next_attempt } => Some(next_attempt),
+                _ => None,
+            })
+            .min()
+    }
+
+    /// Starts the attempts that are due, as connections of `pool`.
+    pub fn connect_due<S: Session>(&mut self, pool: &mut Pool<S>, now: Instant) {
+        for link in &mut self.links {
+            let LinkState::Waiting { next_attempt } = link.state else {
+                continue;
+            };
+            if next_attempt > now {
+                continue;
+            }
+            let target = Target::new(&link.entry.host, link.entry.port);
+            let Some(conn) = pool.connect(target, now) else {
+                // Cannot happen: the pool has a slot per link. Try later.
+                warn!("shard {}: no free connection slot", link.entry.addr());
+                link.state = LinkState::Waiting {
+                    next_attempt: now + self.retry,
+                };
+                continue;
+            };
+            link.attempts += 1;
+            debug!(
+                "shard {}: connecting (attempt {})",
+                link.entry.addr(),
+                link.attempts
+            );
+            link.state = LinkState::Connecting { conn, started: now };
+        }
+    }
+
+    fn find(&self, conn: ConnRef) -> Option<usize> {
+        self.links.iter().position(|link| match link.state {
+            LinkState::Connecting { conn: c, .. } | LinkState::Up { conn: c } => c == conn,
+            LinkState::Waiting { .. } => false,
+        })
+    }
+
+    /// `EVENT_CONNECT_SHARD`: the attempt on `conn` connected. Returns the
+    /// link's `shards.cfg` entry, or `None` if `conn` is no attempt of ours.
+    pub fn connected(&mut self, conn: ConnRef) -> Option<&ShardEntry> {
+        let i = self.find(conn)?;
+        let link = &mut self.links[i];
+        link.connections += 1;
+        info!(
+            "shard {}: connected (attempt {}, connection {})",
+            link.entry.addr(),
+            link.attempts,
+            link.connections
+        );
+        link.state = LinkState::Up { conn };
+        Some(&link.entry)
+    }
+
+    /// A connection of the shard pool ended (from `take_disconnected`): if it
+    /// was a link's, the next attempt is scheduled. Returns the entry.
+    pub fn gone(
+        &mut self,
+        conn: ConnRef,
+        reason: &DisconnectReason,
+        now: Instant,
+    ) -> Option<&ShardEntry> {
+        let retry = self.retry;
+        let i = self.find(conn)?;
+        let link = &mut self.links[i];
+        let addr = link.entry.addr();
+        link.state = match link.state {
+            LinkState::Connecting { started, .. } => {
+                info!(
+                    "shard {addr}: connect attempt {} failed: {reason}; retrying in {retry:?}",
+                    link.attempts
+                );
+                LinkState::Waiting {
+                    next_attempt: (started + retry).max(now),
+                }
+            }
+            _ => {
+                warn!(
+                    "shard {addr}: connection {} lost: {reason}; reconnecting in {retry:?}",
+                    link.connections
+                );
+                LinkState::Waiting {
+                    next_attempt: now + retry,
+                }
+            }
+        };
+        Some(&link.entry)
+    }
+
+    /// The entry of the link `conn` is (connecting or up).
+    pub fn entry(&self, conn: ConnRef) -> Option<&ShardEntry> {
+        self.find(conn).map(|i| &self.links[i].entry)
+    }
+
+    /// The connections that are up, in `shards.cfg` order.
+    pub fn up(&self) -> impl Iterator<Item = ConnRef> + '_ {
+        self.links.iter().filter_map(|link| match link.state {
+            LinkState::Up { conn } => Some(conn),
+            _ => None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::com::{HupReason, PoolId};
+    use crate::conn::{PoolCfg, PoolCmd};
+
+    fn entry(port: u16) -> ShardEntry {
+        ShardEntry {
+            line: 1,
+            host: "127.0.0.1".to_string(),
+            port,
+            key: None,
+        }
+    }
+
+    fn pool(now: Instant) -> Pool<()> {
+        Pool::new(
+            PoolId::Shard,
+            &PoolCfg {
+                max_conns: 2,
+                out_buf_size: 1024,
+                idle_timeout: None,
+                connect_timeout: Duration::from_secs(2),
+            },
+            now,
+        )
+    }
+
+    #[test]
+    fn a_failed_attempt_is_retried_two_seconds_after_it_started_a_lost_link_after_the_loss() {
+        let t0 = Instant::now();
+        let retry = Duration::from_secs(2);
+        let mut links = ShardLinks::new(&[entry(7701)], retry, t0);
+        let mut pool = pool(t0);
+        assert_eq!(links.next_timer(), Some(t0));
+        links.connect_due(&mut pool, t0);
+        let Some(PoolCmd::Connect { conn, .. }) = pool.take_commands().next() else {
+            panic!("no connect");
+        };
+        assert_eq!(links.next_timer(), None, "an attempt is in flight");
+        // Refused after 0.3 s: the next attempt is 2 s after the first began.
+        pool.hup(conn, HupReason::ConnectFailed(std::io::ErrorKind::ConnectionRefused));
+        let t1 = t0 + Duration::from_millis(300);
+        for gone in pool.take_disconnected() {
+            links.gone(gone.conn, &gone.reason, t1);
+        }
+        assert_eq!(links.next_timer(), Some(t0 + retry));
+        links.connect_due(&mut pool, t0 + Duration::from_millis(1999));
+        assert!(pool.take_commands().next().is_none(), "not yet");
+        let t2 = t0 + retry;
+        links.connect_due(&mut pool, t2);
+        let Some(PoolCmd::Connect { conn, .. }) = pool.take_commands().next() else {
+            panic!("no second attempt");
+        };
+        assert!(pool.connected(conn, "127.0.0.1:7701".parse().unwrap(), t2));
+        assert_eq!(links.connected(conn).map(ShardEntry::addr).as_deref(), Some("127.0.0.1:7701"));
+        assert_eq!(links.up().collect::<Vec<_>>(), [conn]);
+        // Lost 10 s later: reconnect 2 s after the loss.
+        let t3 = t2 + Duration::from_secs(10);
+        pool.hup(conn, HupReason::Eof);
+        for gone in pool.take_disconnected() {
+            links.gone(gone.conn, &gone.reason, t3);
+        }
+        assert_eq!(links.next_timer(), Some(t3 + retry));
+        assert_eq!(links.up().count(), 0);
+    }
+}
