@@ -42,7 +42,7 @@ pub mod conn;
 pub mod cryptchan;
 pub mod daemon;
 pub mod event_buf;
-// TEMP pub mod login_server;
+pub mod login_server;
 pub mod netpoll;
 pub mod process;
 pub mod proto;

@@ -110,6 +110,7 @@ pub struct Runtime {
     shard: Option<PoolIo>,
     events: Vec<Event>,
     event_wait_max: usize,
+    next_tick: Instant,
     running: bool,
 }
 
@@ -141,6 +142,7 @@ impl Runtime {
             shard,
             events: Vec::with_capacity(cfg.event_wait_max),
             event_wait_max: cfg.event_wait_max,
+            next_tick: Instant::now() + MAIN_TICK,
             running: true,
         })
     }
@@ -171,40 +173,53 @@ impl Runtime {
     /// The main thread's event loop (thesis §3.4.3); returns after a signal or
     /// when the event buffer is closed.
     pub fn run<S: Server>(&mut self, server: &mut S) {
-        let mut next_tick = Instant::now() + MAIN_TICK;
+        while self.turn(server, None) {}
+    }
+
+    /// One iteration of the main loop (see the module docs), waiting at most
+    /// `max_wait` for events (besides the timers' own limit). False once a
+    /// signal arrived or the event buffer is closed.
+    pub fn turn<S: Server>(&mut self, server: &mut S, max_wait: Option<Duration>) -> bool {
+        if !self.running {
+            return false;
+        }
+        let now = Instant::now();
+        let timeout_ms = if pools_have_disconnects(server) {
+            0 // a flush found a dead connection: settle it now
+        } else {
+            let mut wake_at = server.next_timer().map_or(self.next_tick, |t| t.min(self.next_tick));
+            if let Some(max) = max_wait {
+                wake_at = wake_at.min(now + max);
+            }
+            ms_until(wake_at, now)
+        };
         let mut events = std::mem::take(&mut self.events);
-        while self.running {
-            let timeout_ms = if pools_have_disconnects(server) {
-                0 // a flush found a dead connection: settle it now
-            } else {
-                let wake_at = server.next_timer().map_or(next_tick, |t| t.min(next_tick));
-                ms_until(wake_at, Instant::now())
-            };
-            if self
-                .evbuf
-                .event_wait(&mut events, self.event_wait_max, timeout_ms)
-                .is_err()
-            {
-                break;
-            }
-            let now = Instant::now();
-            for ev in events.drain(..) {
-                self.dispatch(server, ev, now);
-            }
-            if now >= next_tick {
-                let (client, shard) = server.pools();
-                client.tick(now);
-                if let Some(shard) = shard {
-                    shard.tick(now);
-                }
-                server.on_tick(now);
-                next_tick = now + MAIN_TICK;
-            }
-            server.on_timers(now);
-            server.settle(now);
-            self.flush(server);
+        if self
+            .evbuf
+            .event_wait(&mut events, self.event_wait_max, timeout_ms)
+            .is_err()
+        {
+            self.running = false;
+            return false;
+        }
+        let now = Instant::now();
+        for ev in events.drain(..) {
+            self.dispatch(server, ev, now);
         }
         self.events = events;
+        if now >= self.next_tick {
+            let (client, shard) = server.pools();
+            client.tick(now);
+            if let Some(shard) = shard {
+                shard.tick(now);
+            }
+            server.on_tick(now);
+            self.next_tick = now + MAIN_TICK;
+        }
+        server.on_timers(now);
+        server.settle(now);
+        self.flush(server);
+        self.running
     }
 
     /// Dispatches one event on its type (the `switch (e->type)` of thesis

@@ -1,9 +1,10 @@
 //! Plumbing of the client side (thesis §3.4, §3.5.2) over real loopback
-//! sockets: the test plays the main thread with the real client thread, event
-//! buffer, secpool and client pool. Bytes a client sends reach the main thread
-//! as `EVENT_READ_CLIENT`; bytes the main thread queues reach the client; a
-//! full event buffer loses nothing; a slow reader is dropped without the main
-//! thread waiting on it; a late event for a reused slot is recognised.
+//! sockets: the real runtime (client thread, event buffer, secpool) drives a
+//! test server with a client pool that records what it reads. Bytes a client
+//! sends reach the main thread as `EVENT_READ_CLIENT`; bytes the main thread
+//! queues reach the client; a full event buffer loses nothing; a slow reader
+//! is dropped without the main thread waiting on it; a late event for a
+//! reused slot is recognised.
 
 mod util;
 
@@ -13,91 +14,129 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use muta_proxy::client::{Clients, ClientsCfg, DisconnectReason, cl_start};
-use muta_proxy::com::{ClientRef, ComEventBuf, Event};
+use muta_proxy::com::{ComEventBuf, ConnRef, PoolId};
 use muta_proxy::config::Config;
-use muta_proxy::event_buf::EventBuf;
+use muta_proxy::conn::thread::IoCfg;
+use muta_proxy::conn::{AnyPool, DisconnectReason, Pool, PoolCfg};
 use muta_proxy::netpoll;
-use util::{init_logger, pool_for, pseudo_random_bytes, test_config, wait_until};
+use muta_proxy::runtime::{Runtime, RuntimeCfg, Server};
+use muta_proxy::secpool::SecpoolConfig;
+use util::{init_logger, pseudo_random_bytes, test_config, wait_until};
 
-/// A test main thread: the real client thread behind a real event buffer.
+/// The test's server: a client pool whose reads are recorded and, when
+/// `echo` is set, sent back.
+struct Recorder {
+    clients: Pool<()>,
+    reads: Vec<(ConnRef, Vec<u8>)>,
+    echo: bool,
+}
+
+impl Server for Recorder {
+    fn pools(&mut self) -> (&mut dyn AnyPool, Option<&mut dyn AnyPool>) {
+        (&mut self.clients, None)
+    }
+
+    fn on_accept(&mut self, listener: u32, peer: SocketAddr, now: Instant) -> Option<ConnRef> {
+        self.clients.accept(listener, peer, now)
+    }
+
+    fn on_read(&mut self, conn: ConnRef, data: &mut [u8], now: Instant) {
+        if self.clients.read(conn, data.len(), now).is_none() {
+            return;
+        }
+        if self.echo {
+            self.clients.send(conn, data);
+        }
+        self.reads.push((conn, data.to_vec()));
+    }
+
+    fn settle(&mut self, _now: Instant) {
+        self.clients.take_disconnected().for_each(drop);
+    }
+}
+
+/// A test main thread: the real runtime (client thread, event buffer,
+/// secpool) driving the recorder.
 struct Main {
-    clients: Clients,
+    rt: Runtime,
+    srv: Recorder,
     evbuf: Arc<ComEventBuf>,
-    events: Vec<Event>,
     addr: SocketAddr,
 }
 
 impl Main {
     fn start(cfg: &Config) -> Main {
         init_logger();
-        let pool = pool_for(cfg);
-        let evbuf: Arc<ComEventBuf> = Arc::new(EventBuf::new(cfg.runtime.event_buffer_capacity));
         let listener = netpoll::listen(cfg.proxy.listen, 128).unwrap();
-        let clients_cfg = ClientsCfg::from_config(cfg);
-        let io = cl_start(
-            vec![listener],
-            Vec::new(),
-            &clients_cfg,
-            evbuf.clone(),
-            pool,
-        )
-        .unwrap();
-        let addr = io.local_addr(0);
+        let runtime_cfg = RuntimeCfg {
+            secpool: SecpoolConfig {
+                bytes_max: cfg.runtime.secpool_bytes_max,
+                block_size_max: cfg.secpool_block_size_max(),
+                free_blocks_max: cfg.runtime.secpool_free_blocks_max,
+            },
+            event_buffer_capacity: cfg.runtime.event_buffer_capacity,
+            event_wait_max: 256,
+            client: IoCfg {
+                pool: PoolId::Client,
+                max_conns: cfg.client.max_clients,
+                read_size: cfg.client.read_size,
+                reads_per_wakeup: cfg.client.reads_per_wakeup,
+                accepts_per_wakeup: cfg.client.accepts_per_wakeup,
+                netpoll_events_max: cfg.runtime.netpoll_events_max,
+                io_batch_max: cfg.runtime.io_batch_max,
+            },
+            shard: None,
+        };
+        let rt = Runtime::start(&runtime_cfg, vec![listener], Vec::new()).unwrap();
+        let pool_cfg = PoolCfg {
+            max_conns: cfg.client.max_clients,
+            out_buf_size: cfg.client.out_buf_size,
+            idle_timeout: None,
+            connect_timeout: Duration::from_secs(2),
+        };
         Main {
-            clients: Clients::new(&clients_cfg, io),
-            evbuf,
-            events: Vec::new(),
-            addr,
+            addr: rt.local_addr(0),
+            evbuf: rt.event_buf(),
+            rt,
+            srv: Recorder {
+                clients: Pool::new(PoolId::Client, &pool_cfg, Instant::now()),
+                reads: Vec::new(),
+                echo: false,
+            },
         }
     }
 
-    /// One main-loop iteration: wait up to `timeout_ms`, dispatch transport
-    /// events to the client pool and data to `on_read`, flush, wake.
-    fn turn(&mut self, timeout_ms: i32, mut on_read: impl FnMut(&mut Clients, ClientRef, &[u8])) {
-        self.evbuf
-            .event_wait(&mut self.events, 256, timeout_ms)
-            .unwrap();
-        let now = Instant::now();
-        for ev in self.events.drain(..) {
-            match ev {
-                Event::AcceptClient {
-                    listener,
-                    stream,
-                    addr,
-                } => {
-                    self.clients.cl_accept(listener, stream, addr, now);
-                }
-                Event::ReadClient { client, data } => {
-                    if self.clients.cl_read(client, data.len(), now).is_some() {
-                        on_read(&mut self.clients, client, &data);
-                    }
-                }
-                Event::ClientWritable { client } => self.clients.cl_writable(client),
-                Event::ClientHup { client, reason } => self.clients.cl_hup(client, reason),
-                Event::ClientClosed { client } => self.clients.cl_closed(client),
-                other => panic!("unexpected {}", other.name()),
-            }
-        }
-        self.clients.take_disconnected().for_each(drop);
-        self.clients.cl_flush();
-        self.clients.io().wake_if_pending();
+    /// One main-loop iteration, waiting up to `timeout_ms` for events.
+    fn turn(&mut self, timeout_ms: u64) {
+        assert!(self.rt.turn(&mut self.srv, Some(Duration::from_millis(timeout_ms))));
+    }
+
+    /// The bytes read so far, in order, and how many read events brought them.
+    fn take_reads(&mut self) -> Vec<(ConnRef, Vec<u8>)> {
+        std::mem::take(&mut self.srv.reads)
     }
 
     /// Runs echo turns until `done` or the deadline (a failure).
     fn echo_until(&mut self, timeout: Duration, mut done: impl FnMut() -> bool) {
+        self.srv.echo = true;
         let deadline = Instant::now() + timeout;
         while !done() {
             assert!(Instant::now() < deadline, "timed out");
-            self.turn(10, |clients, client, bytes| {
-                clients.cl_send(client, bytes);
-            });
+            self.turn(10);
         }
+        self.srv.echo = false;
     }
 
     fn stop(mut self) {
-        self.evbuf.close();
-        self.clients.io().stop_and_join();
+        self.rt.shutdown(&mut self.srv);
+    }
+}
+
+fn client_ref(index: u32, id: u32) -> ConnRef {
+    ConnRef {
+        pool: PoolId::Client,
+        index,
+        id,
     }
 }
 
@@ -125,16 +164,17 @@ fn bytes_a_client_sends_reach_the_main_thread_as_events() {
             "only {} bytes arrived",
             received.len()
         );
-        main.turn(10, |_, client, bytes| {
+        main.turn(10);
+        for (client, bytes) in main.take_reads() {
             assert_eq!(client.index, 0, "the first client takes slot 0");
-            received.extend_from_slice(bytes);
+            received.extend_from_slice(&bytes);
             read_events += 1;
-        });
+        }
     }
     writer.join().unwrap();
     assert_eq!(received, sent, "bytes lost, duplicated or reordered");
     assert!(read_events >= 1);
-    assert_eq!(main.clients.stats().accepted, 1);
+    assert_eq!(main.srv.clients.stats().accepted, 1);
     client.shutdown(Shutdown::Both).ok();
     main.stop();
 }
@@ -168,7 +208,7 @@ fn bytes_the_main_thread_queues_reach_the_client() {
     main.echo_until(Duration::from_secs(20), || reader.is_finished());
     writer.join().unwrap();
     assert_eq!(reader.join().unwrap(), sent, "echo differs");
-    assert!(main.clients.stats().bytes_out >= sent.len() as u64);
+    assert!(main.srv.clients.stats().bytes_out >= sent.len() as u64);
     main.stop();
 }
 
@@ -188,7 +228,7 @@ fn a_full_event_buffer_blocks_the_client_thread_and_loses_nothing() {
     };
     // Accept, then stop draining: the buffer fills, the client thread blocks
     // in event_push, and TCP pushes back on the writer.
-    main.turn(5000, |_, _, _| {});
+    main.turn(5000);
     thread::sleep(Duration::from_millis(300));
     // Full, and no fuller: the client thread is waiting in event_push. (Whether
     // the writer is also blocked depends on how far the kernel grows the
@@ -202,7 +242,10 @@ fn a_full_event_buffer_blocks_the_client_thread_and_loses_nothing() {
             "only {} bytes arrived",
             received.len()
         );
-        main.turn(10, |_, _, bytes| received.extend_from_slice(bytes));
+        main.turn(10);
+        for (_, bytes) in main.take_reads() {
+            received.extend_from_slice(&bytes);
+        }
     }
     writer.join().unwrap();
     assert_eq!(received.len(), sent.len());
@@ -217,17 +260,17 @@ fn a_slow_reader_is_dropped_and_the_main_thread_never_waits_for_it() {
     let mut main = Main::start(&cfg);
     // The slow client never reads; the fast one echoes normally.
     let slow = TcpStream::connect(main.addr).unwrap();
-    main.turn(5000, |_, _, _| {});
-    let slow_ref = ClientRef { index: 0, id: 1 };
-    assert!(main.clients.get(slow_ref).is_some());
+    main.turn(5000);
+    let slow_ref = client_ref(0, 1);
+    assert!(main.srv.clients.get(slow_ref).is_some());
 
     let chunk = vec![0x5A; 16 * 1024];
     let start = Instant::now();
     let mut rounds = 0;
     // Each round queues 16 KiB and flushes, as the main loop would. No call may
     // block: the loop ends when the client is dropped, within a bounded time.
-    while main.clients.cl_send(slow_ref, &chunk) {
-        main.clients.cl_flush();
+    while main.srv.clients.send(slow_ref, &chunk) {
+        main.turn(0);
         rounds += 1;
         assert!(
             start.elapsed() < Duration::from_secs(30),
@@ -239,10 +282,10 @@ fn a_slow_reader_is_dropped_and_the_main_thread_never_waits_for_it() {
         "dropped before its socket filled ({rounds} rounds)"
     );
     assert!(
-        main.clients.get(slow_ref).is_none(),
+        main.srv.clients.get(slow_ref).is_none(),
         "slow reader still open"
     );
-    assert_eq!(main.clients.stats().slow_readers, 1);
+    assert_eq!(main.srv.clients.stats().slow_readers, 1);
 
     // Its slot comes back once the client thread confirms, and another client
     // is served normally.
@@ -271,48 +314,51 @@ fn a_late_event_for_a_reused_slot_is_dropped() {
     cfg.client.max_clients = 1;
     let mut main = Main::start(&cfg);
     let first = TcpStream::connect(main.addr).unwrap();
-    main.turn(5000, |_, _, _| {});
-    let old = ClientRef { index: 0, id: 1 };
-    assert!(main.clients.get(old).is_some());
+    main.turn(5000);
+    let old = client_ref(0, 1);
+    assert!(main.srv.clients.get(old).is_some());
     assert!(
-        main.clients
-            .cl_disconnect(old, DisconnectReason::Protocol("test".into()))
+        main.srv
+            .clients
+            .disconnect(old, DisconnectReason::Protocol("test".into()))
     );
-    main.clients.io().wake_if_pending();
+    assert_eq!(main.srv.clients.in_use(), 1, "still held until confirmed");
     // The slot is free only after the client thread's confirmation.
     assert!(wait_until(Duration::from_secs(5), || {
-        main.turn(10, |_, _, _| {});
-        main.clients.in_use() == 0
+        main.turn(10);
+        main.srv.clients.in_use() == 0
     }));
     drop(first);
 
     let mut second = TcpStream::connect(main.addr).unwrap();
     assert!(wait_until(Duration::from_secs(5), || {
-        main.turn(10, |_, _, _| {});
-        main.clients.in_use() == 1
+        main.turn(10);
+        main.srv.clients.in_use() == 1
     }));
-    let new = ClientRef { index: 0, id: 2 };
+    let new = client_ref(0, 2);
     assert!(
-        main.clients.get(new).is_some(),
+        main.srv.clients.get(new).is_some(),
         "the slot was reused with a new id"
     );
 
     // An event still naming the old occupant is recognised and dropped...
-    assert!(main.clients.cl_read(old, 5, Instant::now()).is_none());
-    assert!(!main.clients.cl_send(old, b"stale"));
+    assert!(main.srv.clients.read(old, 5, Instant::now()).is_none());
+    assert!(!main.srv.clients.send(old, b"stale"));
     assert!(
         !main
+            .srv
             .clients
-            .cl_disconnect(old, DisconnectReason::Protocol("stale".into()))
+            .disconnect(old, DisconnectReason::Protocol("stale".into()))
     );
     // ...and the new occupant is untouched.
     second.write_all(b"new").unwrap();
     let mut got = Vec::new();
     assert!(wait_until(Duration::from_secs(5), || {
-        main.turn(10, |_, client, bytes| {
+        main.turn(10);
+        for (client, bytes) in main.take_reads() {
             assert_eq!(client, new);
-            got.extend_from_slice(bytes);
-        });
+            got.extend_from_slice(&bytes);
+        }
         got == b"new"
     }));
     main.stop();
@@ -327,23 +373,23 @@ fn connections_beyond_max_clients_are_closed() {
         .map(|_| TcpStream::connect(main.addr).unwrap())
         .collect();
     assert!(wait_until(Duration::from_secs(5), || {
-        main.turn(10, |_, _, _| {});
-        main.clients.in_use() == 2
+        main.turn(10);
+        main.srv.clients.in_use() == 2
     }));
     let mut extra = TcpStream::connect(main.addr).unwrap();
     extra
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     assert!(wait_until(Duration::from_secs(5), || {
-        main.turn(10, |_, _, _| {});
-        main.clients.stats().refused_full == 1
+        main.turn(10);
+        main.srv.clients.stats().refused_full == 1
     }));
     let mut buf = [0u8; 1];
     assert!(
         matches!(extra.read(&mut buf), Ok(0) | Err(_)),
         "refused connection is closed"
     );
-    assert_eq!(main.clients.in_use(), 2);
+    assert_eq!(main.srv.clients.in_use(), 2);
     drop(kept);
     main.stop();
 }
@@ -354,14 +400,14 @@ fn a_client_that_hangs_up_frees_its_slot() {
     let mut main = Main::start(&cfg);
     let client = TcpStream::connect(main.addr).unwrap();
     assert!(wait_until(Duration::from_secs(5), || {
-        main.turn(10, |_, _, _| {});
-        main.clients.in_use() == 1
+        main.turn(10);
+        main.srv.clients.in_use() == 1
     }));
     drop(client);
     assert!(wait_until(Duration::from_secs(5), || {
-        main.turn(10, |_, _, _| {});
-        main.clients.in_use() == 0
+        main.turn(10);
+        main.srv.clients.in_use() == 0
     }));
-    assert_eq!(main.clients.stats().disconnected, 1);
+    assert_eq!(main.srv.clients.stats().disconnected, 1);
     main.stop();
 }

@@ -108,6 +108,16 @@ impl<'a, M: Message<'a>> Iterator for Messages<'a, M> {
     }
 }
 
+/// The one message a frame must hold (the login protocol's player side: one
+/// request per frame): a message cut short, or bytes after it, are errors.
+pub fn single_message<'a, M: Message<'a>>(frame: &'a [u8]) -> Result<M, ProtoError> {
+    match M::decode(frame)? {
+        Some((msg, len)) if len == frame.len() => Ok(msg),
+        Some(_) => Err(ProtoError::TrailingBytes),
+        None => Err(ProtoError::Truncated(M::WHAT)),
+    }
+}
+
 /// Most bytes in an account name (port decision).
 pub const ACCOUNT_NAME_MAX: usize = 32;
 /// Most bytes in a shard name (port decision).
