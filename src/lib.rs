@@ -50,4 +50,4 @@ pub mod proxy;
 pub mod runtime;
 pub mod secpool;
 pub mod shard;
-// TEMP pub mod shard_server;
+pub mod shard_server;

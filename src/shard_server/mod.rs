@@ -2,15 +2,24 @@
 //! shard server to work with proxies"): a small game server built on the
 //! shard's proxy module ([`proxy`]) and the same runtime as the proxy.
 //!
-//! One client thread accepts on two listeners: proxies (the thesis's proxy
-//! links) and login servers. The main thread drains the event buffer and
-//! dispatches: proxy connections to the [`proxy::ProxyModule`], login-server
-//! connections to `ShardServer::login_read`, player events to the
-//! [`game::Game`]. Players never connect here; the shard's address is known
-//! only to its proxies and login servers. The exception is the optional
-//! direct listener (`--direct-listen`, [`proxy::DirectCfg`]): MUTA's shard
-//! before proxies (thesis §2.3), where players connect to the shard itself;
-//! `make bench` measures the proxy against it.
+//! [`ShardServer`] is a [`Server`]: the main thread's state, which touches no
+//! socket. The runtime ([`crate::runtime`]) runs one client thread accepting
+//! on two listeners, proxies (the thesis's proxy links) and login servers,
+//! and hands the server each event. The server dispatches on the listener a
+//! connection came from: proxy connections to the [`proxy::ProxyModule`]
+//! (`proxy_read`), login-server connections to [`login`], and what the module
+//! reports about players ([`proxy::ProxyEvent`]) to the [`game::Game`].
+//! Players never connect here; the shard's address is known only to its
+//! proxies and login servers. The exception is the optional direct listener
+//! (`--direct-listen`, [`proxy::DirectCfg`]): MUTA's shard before proxies
+//! (thesis §2.3), where players connect to the shard itself; `make bench`
+//! measures the proxy against it.
+//!
+//! Every iteration, once the events are handled, [`Server::settle`] lets the
+//! module and the game react to each other until both are quiet: lost links
+//! end their sockets, the module's events go to the game, and the module's
+//! flush seals what the game sent each player (one frame per player), before
+//! the runtime writes the pool's output.
 //!
 //! The login side (port decision, `docs/protocol.md`): a login server logs in
 //! with the shard's login password (`TSHARD_MSG_LOGIN`), then announces each
@@ -23,31 +32,30 @@
 //! players, players per proxy, messages in and out (what `make demo` shows).
 
 pub mod game;
+pub mod login;
 pub mod proxy;
 
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::io::{self, Write as _};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use log::{debug, info, warn};
-use mio::net::UnixStream;
+use log::{LevelFilter, debug, info, warn};
+use mio::net::{TcpListener, UnixStream};
 
-use crate::client::{Clients, ClientsCfg, DisconnectReason, Session, cl_start};
-use crate::com::{ClientRef, ComEventBuf, Event};
+use crate::com::{ConnRef, PoolId};
 use crate::config::Secret;
-use crate::cryptchan::{KeyPair, PublicKey, TOKEN_BYTES, memcmp_ct};
-use crate::event_buf::EventBuf;
+use crate::conn::thread::IoCfg;
+use crate::conn::{AnyPool, DisconnectReason, Origin, Pool, PoolCfg, Session};
+use crate::cryptchan::{KeyPair, PublicKey};
 use crate::netpoll;
-use crate::proto::ProtoError;
-use crate::proto::frame::{Channel, FeedError, PeerError, Step, feed};
-use crate::proto::login::{
-    FromShard, ProxyTicket, RESULT_BAD_CREDENTIALS, RESULT_NO_PROXY, RESULT_OK, ToShard,
-};
-use crate::secpool::{PoolBuf, Secpool, SecpoolConfig};
-use game::Game;
+use crate::process;
+use crate::runtime::{Node, Runtime, RuntimeCfg, Server};
+use crate::secpool::SecpoolConfig;
+use game::{Game, GameStats};
+pub use login::{LoginLink, LoginLinkState};
 use proxy::{
     DirectCfg, DirectConn, ProxyEvent, ProxyEvents, ProxyLink, ProxyModule, ProxyModuleCfg,
     ProxySessions,
@@ -68,8 +76,16 @@ const DIRECT_IN_BUF_SIZE: usize = 8192;
 const DIRECT_OUT_BUF_SIZE: usize = 2 * PLAYER_OUT_MAX;
 /// Most plaintext bytes queued for one player before it is dropped.
 const PLAYER_OUT_MAX: usize = 1 << 20;
-/// How often timers run and stats are printed.
-const TICK: Duration = Duration::from_secs(1);
+/// A proxy or login-server link's incomplete-frame buffer: a whole frame of
+/// the largest size (64 KiB) and its length, with room to spare.
+const LINK_IN_BUF_SIZE: usize = 70 * 1024;
+/// Most bytes queued to a proxy or login-server link: a proxy carries every
+/// player's traffic of an iteration.
+const LINK_OUT_BUF_SIZE: usize = 16 * 1024 * 1024;
+/// How long a socket waits for its player to connect.
+const SOCKET_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// The handshake and auth proof of a direct player must be done in this time.
+const DIRECT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// `muta-shard`'s settings (flags).
 #[derive(Clone, Debug)]
@@ -132,25 +148,6 @@ impl Default for ShardServerCfg {
     }
 }
 
-/// Where a login-server link is.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum LoginLinkState {
-    /// Key exchange not finished.
-    #[default]
-    Handshake,
-    /// Waiting for `TSHARD_MSG_LOGIN`.
-    AwaitLogin,
-    /// Logged in.
-    Ready,
-}
-
-/// A connected login server.
-#[derive(Debug)]
-pub struct LoginLink {
-    chan: Channel,
-    state: LoginLinkState,
-}
-
 /// What a connection of the shard's pool is, decided by its listener.
 #[derive(Debug, Default)]
 pub enum ShardConn {
@@ -195,34 +192,38 @@ impl ProxySessions for ShardConn {
     }
 }
 
-/// A player request from a login server, copied out of its frame.
-struct PlayerRequest {
-    request_id: u32,
-    account_id: u64,
-    login_session_id: u32,
-    ip: IpAddr,
-    account_name: String,
-    token: [u8; TOKEN_BYTES],
+/// Where the shard's listeners are bound.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShardAddrs {
+    /// Where proxies connect.
+    pub proxy: SocketAddr,
+    /// Where login servers connect.
+    pub login: SocketAddr,
+    /// Where players connect directly, if they do.
+    pub direct: Option<SocketAddr>,
 }
 
 /// The shard program's main-thread state.
 pub struct ShardServer {
-    clients: Clients<ShardConn>,
+    clients: Pool<ShardConn>,
     module: ProxyModule,
     game: Game,
     keys: Arc<KeyPair>,
     cfg: ShardServerCfg,
     /// Players announced by a login server, waiting for their proxy's
     /// answer: socket → (login link, request id, account name).
-    pending: HashMap<u32, (ClientRef, u32, String)>,
+    pending: HashMap<u32, (ConnRef, u32, String)>,
     /// Names of players whose socket is open, until they connect.
     names: HashMap<u32, String>,
+    /// The module's events being handled (reused: no allocation once warm).
     events: ProxyEvents,
-    evbuf: Arc<ComEventBuf>,
-    running: bool,
-    addrs: (SocketAddr, SocketAddr),
-    direct_addr: Option<SocketAddr>,
+    addrs: ShardAddrs,
     started: Instant,
+    /// The counters at the last stats line.
+    last_game: GameStats,
+    last_frames: u64,
+    /// Reused by the tick.
+    scratch_late: Vec<ConnRef>,
 }
 
 impl std::fmt::Debug for ShardServer {
@@ -234,91 +235,117 @@ impl std::fmt::Debug for ShardServer {
     }
 }
 
-impl ShardServer {
-    /// Binds both listeners and starts the client thread (also polling
-    /// `signals`).
-    pub fn start(cfg: ShardServerCfg, signals: Vec<(i32, UnixStream)>) -> io::Result<ShardServer> {
-        crate::cryptchan::init().map_err(|e| io::Error::other(e.to_string()))?;
-        let keys = Arc::new(match &cfg.key_seed {
-            Some(seed) => KeyPair::from_seed(seed),
-            None => KeyPair::generate(),
-        });
-        let in_buf_size = 70 * 1024;
-        let n_direct = if cfg.direct_listen.is_some() {
-            cfg.max_direct
-        } else {
-            0
-        };
-        let pool_cfg = ClientsCfg {
-            max_clients: cfg.max_links.saturating_add(n_direct),
-            out_buf_size: 16 * 1024 * 1024,
-            read_size: 64 * 1024,
-            reads_per_wakeup: 16,
-            accepts_per_wakeup: 16,
-            idle_timeout_ms: 0, // proxy and login links may be idle for long
-            netpoll_events_max: 256,
-            io_batch_max: 64,
-        };
-        let pool = Secpool::new(SecpoolConfig {
+/// Direct players at once: none without a direct listener.
+fn n_direct(cfg: &ShardServerCfg) -> u32 {
+    if cfg.direct_listen.is_some() {
+        cfg.max_direct
+    } else {
+        0
+    }
+}
+
+/// Connections at once, the pool's slots: the links and the direct players.
+fn n_conns(cfg: &ShardServerCfg) -> u32 {
+    cfg.max_links.saturating_add(n_direct(cfg))
+}
+
+/// The runtime `muta-shard` runs on: a client thread only (the shard opens no
+/// connections), sized for links carrying many players' traffic.
+pub fn runtime_cfg(cfg: &ShardServerCfg) -> RuntimeCfg {
+    RuntimeCfg {
+        secpool: SecpoolConfig {
             bytes_max: 256 << 20,
             block_size_max: 64 * 1024,
             free_blocks_max: 256,
-        })
-        .leak();
-        let evbuf: Arc<ComEventBuf> = Arc::new(EventBuf::new(1024));
-        let listen = |addr: SocketAddr| {
-            netpoll::listen(addr, 128).map_err(|err| {
-                io::Error::new(err.kind(), format!("cannot listen on {addr}: {err}"))
-            })
-        };
-        let mut listeners = vec![listen(cfg.proxy_listen)?, listen(cfg.login_listen)?];
-        if let Some(addr) = cfg.direct_listen {
-            listeners.push(netpoll::listen(addr, 1024).map_err(|err| {
-                io::Error::new(err.kind(), format!("cannot listen on {addr}: {err}"))
-            })?);
-        }
-        let io = cl_start(listeners, signals, &pool_cfg, evbuf.clone(), pool)?;
-        let addrs = (
-            io.local_addr(PROXY_LISTENER as usize),
-            io.local_addr(LOGIN_LISTENER as usize),
-        );
-        let direct_addr = cfg
+        },
+        event_buffer_capacity: 1024,
+        event_wait_max: 256,
+        client: IoCfg {
+            pool: PoolId::Client,
+            max_conns: n_conns(cfg),
+            read_size: 64 * 1024,
+            reads_per_wakeup: 16,
+            accepts_per_wakeup: 16,
+            netpoll_events_max: 256,
+            io_batch_max: 64,
+        },
+        shard: None,
+    }
+}
+
+/// Binds the listeners, in the order of `PROXY_LISTENER`, `LOGIN_LISTENER`
+/// and `DIRECT_LISTENER`; the direct one has a longer backlog, for players
+/// arriving in bursts.
+fn listeners(cfg: &ShardServerCfg) -> io::Result<Vec<TcpListener>> {
+    let listen = |addr: SocketAddr, backlog: u32| {
+        netpoll::listen(addr, backlog)
+            .map_err(|err| io::Error::new(err.kind(), format!("cannot listen on {addr}: {err}")))
+    };
+    let mut listeners = vec![
+        listen(cfg.proxy_listen, 128)?,
+        listen(cfg.login_listen, 128)?,
+    ];
+    if let Some(addr) = cfg.direct_listen {
+        listeners.push(listen(addr, 1024)?);
+    }
+    Ok(listeners)
+}
+
+/// Binds the listeners and starts the runtime (its client thread also polls
+/// `signals`) and the shard with its key pair: from `key_seed`, or fresh.
+pub fn start(
+    cfg: ShardServerCfg,
+    signals: Vec<(i32, UnixStream)>,
+) -> io::Result<Node<ShardServer>> {
+    let runtime = Runtime::start(&runtime_cfg(&cfg), listeners(&cfg)?, signals)?;
+    // After the runtime: it initialises libsodium.
+    let keys = Arc::new(match &cfg.key_seed {
+        Some(seed) => KeyPair::from_seed(seed),
+        None => KeyPair::generate(),
+    });
+    let addrs = ShardAddrs {
+        proxy: runtime.local_addr(PROXY_LISTENER as usize),
+        login: runtime.local_addr(LOGIN_LISTENER as usize),
+        direct: cfg
             .direct_listen
-            .map(|_| io.local_addr(DIRECT_LISTENER as usize));
-        let direct = direct_addr.map(|addr| {
-            info!("shard {:?}: players connect directly on {addr}", cfg.name);
-            DirectCfg {
-                public_address: cfg.direct_public.clone().unwrap_or(addr.to_string()),
-                handshake_timeout: Duration::from_secs(5),
-                require_announced_ip: cfg.direct_check_address,
-                in_buf_size: DIRECT_IN_BUF_SIZE,
-            }
-        });
-        info!(
-            "shard {:?}: proxies on {}, login servers on {}, key {}",
-            cfg.name,
-            addrs.0,
-            addrs.1,
-            keys.public()
-        );
-        let module = ProxyModule::new(
-            keys.clone(),
-            ProxyModuleCfg {
-                shard_name: cfg.name.clone(),
-                password: cfg.password.clone(),
-                max_sockets: cfg.max_players,
-                player_out_max: PLAYER_OUT_MAX,
-                connect_timeout: Duration::from_secs(30),
-                in_buf_size,
-                player_frame_max: cfg.player_frame_max,
-                direct,
-            },
-        );
-        let mut clients = Clients::new(&pool_cfg, io);
+            .map(|_| runtime.local_addr(DIRECT_LISTENER as usize)),
+    };
+    if let Some(addr) = addrs.direct {
+        info!("shard {:?}: players connect directly on {addr}", cfg.name);
+    }
+    info!(
+        "shard {:?}: proxies on {}, login servers on {}, key {}",
+        cfg.name,
+        addrs.proxy,
+        addrs.login,
+        keys.public()
+    );
+    let server = ShardServer::from_config(cfg, keys, addrs, Instant::now());
+    Ok(Node { server, runtime })
+}
+
+impl ShardServer {
+    /// The shard's state for `cfg`, with its key pair and its listeners'
+    /// addresses (`addrs.direct` set if `cfg.direct_listen` is), before any
+    /// event.
+    pub fn from_config(
+        cfg: ShardServerCfg,
+        keys: Arc<KeyPair>,
+        addrs: ShardAddrs,
+        now: Instant,
+    ) -> ShardServer {
+        let pool_cfg = PoolCfg {
+            max_conns: n_conns(&cfg),
+            out_buf_size: LINK_OUT_BUF_SIZE,
+            idle_timeout: None, // proxy and login links may be idle for long
+            connect_timeout: SOCKET_CONNECT_TIMEOUT, // unused: no outbound connections
+        };
+        let mut clients = Pool::new(PoolId::Client, &pool_cfg, now);
         // Players, on a public listener, must never take the slots the proxy
         // and login-server links need.
-        clients.set_listener_limits(DIRECT_LISTENER, DIRECT_OUT_BUF_SIZE, n_direct);
-        Ok(ShardServer {
+        clients.set_listener_limits(DIRECT_LISTENER, DIRECT_OUT_BUF_SIZE, n_direct(&cfg));
+        let module = ProxyModule::new(keys.clone(), module_cfg(&cfg, addrs.direct));
+        ShardServer {
             clients,
             module,
             game: Game::new(cfg.area_players),
@@ -327,27 +354,27 @@ impl ShardServer {
             pending: HashMap::new(),
             names: HashMap::new(),
             events: ProxyEvents::default(),
-            evbuf,
-            running: true,
             addrs,
-            direct_addr,
-            started: Instant::now(),
-        })
+            started: now,
+            last_game: GameStats::default(),
+            last_frames: 0,
+            scratch_late: Vec::new(),
+        }
     }
 
     /// Where proxies connect.
     pub fn proxy_addr(&self) -> SocketAddr {
-        self.addrs.0
+        self.addrs.proxy
     }
 
     /// Where login servers connect.
     pub fn login_addr(&self) -> SocketAddr {
-        self.addrs.1
+        self.addrs.login
     }
 
     /// Where players connect directly, if they do.
     pub fn direct_addr(&self) -> Option<SocketAddr> {
-        self.direct_addr
+        self.addrs.direct
     }
 
     /// The shard's public key.
@@ -355,166 +382,39 @@ impl ShardServer {
         self.keys.public()
     }
 
-    /// The event buffer; pushing `Event::Signal` stops the loop.
-    pub fn event_buf(&self) -> Arc<ComEventBuf> {
-        self.evbuf.clone()
-    }
-
-    /// The main loop: events, player events, timers, flush.
-    pub fn main_loop(&mut self) {
-        let mut next_tick = Instant::now() + TICK;
-        let mut list: Vec<Event> = Vec::with_capacity(256);
-        let mut last = self.game.stats();
-        let mut last_frames = 0;
-        while self.running {
-            let timeout_ms = next_tick
-                .saturating_duration_since(Instant::now())
-                .as_millis() as i32;
-            if self.evbuf.event_wait(&mut list, 256, timeout_ms).is_err() {
-                break;
-            }
-            let now = Instant::now();
-            for ev in list.drain(..) {
-                self.handle_event(ev, now);
-            }
-            self.settle();
-            if now >= next_tick {
-                self.clients.cl_tick(now);
-                self.module.tick(&mut self.clients, now);
-                self.expire_direct_handshakes(now);
-                let stats = self.game.stats();
-                let frames = self.module.stats().frames_out;
-                if self.cfg.stats_json {
-                    self.print_stats(
-                        stats.msgs_in - last.msgs_in,
-                        stats.msgs_out - last.msgs_out,
-                        frames - last_frames,
-                    );
-                }
-                last = stats;
-                last_frames = frames;
-                next_tick = now + TICK;
-            }
-            self.module.flush(&mut self.clients);
-            self.settle();
-            self.clients.cl_flush();
-            self.clients.io().wake_if_pending();
-        }
-    }
-
-    fn handle_event(&mut self, ev: Event, now: Instant) {
-        match ev {
-            Event::AcceptClient {
-                listener,
-                stream,
-                addr,
-            } => {
-                let Some(client) = self.clients.cl_accept(listener, stream, addr, now) else {
-                    return;
-                };
-                let slot = self.clients.get_mut(client).expect("just accepted");
-                slot.session = match listener {
-                    PROXY_LISTENER => ShardConn::Proxy(self.module.new_link()),
-                    LOGIN_LISTENER => ShardConn::Login(LoginLink {
-                        chan: Channel::acceptor(self.keys.clone()),
-                        state: LoginLinkState::Handshake,
-                    }),
-                    _ => ShardConn::Direct(self.module.new_direct_conn(now)),
-                };
-            }
-            Event::ReadClient { client, data } => {
-                match self.clients.get(client).map(|c| c.listener) {
-                    Some(PROXY_LISTENER) => {
-                        self.module.proxy_read(&mut self.clients, client, data, now);
-                    }
-                    Some(LOGIN_LISTENER) => self.login_read(client, data, now),
-                    Some(_) => {
-                        self.module
-                            .direct_read(&mut self.clients, client, data, now);
-                    }
-                    None => {}
-                }
-            }
-            Event::ClientWritable { client } => self.clients.cl_writable(client),
-            Event::ClientHup { client, reason } => self.clients.cl_hup(client, reason),
-            Event::ClientClosed { client } => self.clients.cl_closed(client),
-            Event::Signal { signal } => {
-                info!(
-                    "{} received, shutting down",
-                    crate::daemon::signal_name(signal)
-                );
-                self.running = false;
-            }
-            other => debug!("unexpected {}", other.name()),
-        }
-    }
-
-    /// Handles disconnects and player events until none are left.
-    fn settle(&mut self) {
-        loop {
-            let mut any = false;
-            for gone in self.clients.take_disconnected() {
-                any = true;
-                match &gone.session {
-                    ShardConn::Proxy(_) => self.module.proxy_gone(gone.client),
-                    ShardConn::Direct(conn) => self.module.direct_gone(conn, &gone.reason),
-                    _ => {}
-                }
-            }
-            if self.module.take_events(&mut self.events) {
-                any = true;
-                self.player_events();
-            }
-            if !any {
-                break;
+    /// One round of [`Server::settle`]: the disconnects, then the module's
+    /// events. True if there was anything.
+    fn settle_once(&mut self) -> bool {
+        let mut any = false;
+        for gone in self.clients.take_disconnected() {
+            any = true;
+            match &gone.session {
+                ShardConn::Proxy(_) => self.module.proxy_gone(gone.conn),
+                ShardConn::Direct(conn) => self.module.direct_gone(conn, &gone.reason),
+                ShardConn::Login(_) | ShardConn::None => {}
             }
         }
+        if self.module.take_events(&mut self.events) {
+            any = true;
+            self.player_events();
+        }
+        any
     }
 
-    /// Handles the events taken from the proxy module. Every socket ends with
-    /// one terminal event, which clears what this program keeps about it.
+    /// Handles the events taken from the proxy module, in order. Every socket
+    /// ends with one terminal event, which clears what this program keeps
+    /// about it.
     fn player_events(&mut self) {
         let mut events = std::mem::take(&mut self.events);
         for ev in events.list.drain(..) {
             match ev {
-                ProxyEvent::SocketOpened(opened) => {
-                    let Some((login, request_id, name)) = self.pending.remove(&opened.socket)
-                    else {
-                        continue;
-                    };
-                    let ticket = match (&opened.proxy_address, opened.proxy_key) {
-                        (Some(address), Some(key)) => {
-                            self.names.insert(opened.socket, name);
-                            Some(ProxyTicket { address, key })
-                        }
-                        _ => None,
-                    };
-                    let result = if ticket.is_some() {
-                        RESULT_OK
-                    } else {
-                        RESULT_NO_PROXY
-                    };
-                    self.send_to_login(
-                        login,
-                        &FromShard::PlayerResult {
-                            request_id,
-                            result,
-                            ticket,
-                        },
-                    );
-                }
+                ProxyEvent::SocketOpened(opened) => self.socket_opened(opened),
                 ProxyEvent::PlayerConnected { socket } => {
                     let name = self.names.remove(&socket).unwrap_or_default();
                     self.game.player_connected(&mut self.module, socket, &name);
                 }
                 ProxyEvent::PlayerPacket { socket, start, end } => {
-                    if !self
-                        .game
-                        .player_packet(&mut self.module, socket, &events.bytes[start..end])
-                    {
-                        warn!("socket {socket:#x}: undecodable game message; dropping the player");
-                        self.module.proxy_delete_socket(&mut self.clients, socket);
-                    }
+                    self.player_packet(socket, &events.bytes[start..end]);
                 }
                 ProxyEvent::SocketClosed { socket, reason } => {
                     debug!("socket {socket:#x}: {reason}");
@@ -530,165 +430,47 @@ impl ShardServer {
         self.events = events;
     }
 
+    /// A player's messages to the game; one it cannot decode drops the
+    /// player (thesis `proxy_delete_socket`).
+    fn player_packet(&mut self, socket: u32, bytes: &[u8]) {
+        if !self.game.player_packet(&mut self.module, socket, bytes) {
+            warn!("socket {socket:#x}: undecodable game message; dropping the player");
+            self.module.proxy_delete_socket(&mut self.clients, socket);
+        }
+    }
+
     /// Drops direct players that have not proved their token in time.
     fn expire_direct_handshakes(&mut self, now: Instant) {
-        let late: Vec<ClientRef> = self
-            .clients
-            .iter_open()
-            .filter(|(_, c)| matches!(&c.session, ShardConn::Direct(conn) if conn.is_late(now)))
-            .map(|(client, _)| client)
-            .collect();
-        for client in late {
-            self.clients.cl_disconnect(
+        let mut late = std::mem::take(&mut self.scratch_late);
+        late.extend(self.clients.iter_live().filter_map(|(client, slot)| {
+            matches!(&slot.session, ShardConn::Direct(conn) if conn.is_late(now)).then_some(client)
+        }));
+        for &client in &late {
+            self.clients.disconnect(
                 client,
                 DisconnectReason::Protocol(
                     "no valid auth proof before the handshake deadline".into(),
                 ),
             );
         }
+        late.clear();
+        self.scratch_late = late;
     }
 
-    fn send_to_login(&mut self, login: ClientRef, msg: &FromShard<'_>) {
-        self.clients.cl_write(login, |session, out| {
-            if let ShardConn::Login(link) = session
-                && link.chan.room(out, FromShard::MAX).is_ok()
-            {
-                msg.encode(out);
-            }
-        });
-    }
-
-    /// Handles `EVENT_READ_CLIENT` for a login-server link (port decision).
-    fn login_read(&mut self, client: ClientRef, mut data: PoolBuf, now: Instant) {
-        let login_password = self.cfg.login_password.clone();
-        let shard_name = self.cfg.name.clone();
-        let Some(slot) = self.clients.cl_read(client, data.len(), now) else {
-            return;
-        };
-        let (session, in_buf, out) = slot.parts();
-        let ShardConn::Login(link) = session else {
-            return;
-        };
-        let out_before = out.len();
-        let LoginLink { chan, state } = link;
-        let mut requests: Vec<PlayerRequest> = Vec::new();
-        let mut cancels: Vec<(u64, u32)> = Vec::new();
-        let result = feed(in_buf, data.as_mut_slice(), 70 * 1024, chan, |chan, buf| {
-            let mut pos = 0;
-            loop {
-                match chan.next(&mut buf[pos..], out)? {
-                    Step::NeedMore => return Ok(pos),
-                    Step::Handshake { consumed } => pos += consumed,
-                    Step::Opened { consumed } => {
-                        pos += consumed;
-                        *state = LoginLinkState::AwaitLogin;
-                    }
-                    Step::Frame {
-                        consumed,
-                        plaintext,
-                    } => {
-                        pos += consumed;
-                        let mut at = 0;
-                        while at < plaintext.len() {
-                            let (msg, len) = ToShard::decode(&plaintext[at..])
-                                .map_err(PeerError::Proto)?
-                                .ok_or(PeerError::Proto(ProtoError::Truncated("login message")))?;
-                            at += len;
-                            match (msg, *state) {
-                                (ToShard::Login { password }, LoginLinkState::AwaitLogin) => {
-                                    let ok =
-                                        memcmp_ct(password, login_password.expose().as_bytes());
-                                    chan.room(out, FromShard::MAX)?;
-                                    FromShard::LoginResult {
-                                        result: if ok {
-                                            RESULT_OK
-                                        } else {
-                                            RESULT_BAD_CREDENTIALS
-                                        },
-                                        shard_name: &shard_name,
-                                    }
-                                    .encode(out);
-                                    if !ok {
-                                        return Err(PeerError::Refused("wrong login password"));
-                                    }
-                                    *state = LoginLinkState::Ready;
-                                }
-                                (
-                                    ToShard::Player {
-                                        request_id,
-                                        account_id,
-                                        login_session_id,
-                                        ip,
-                                        account_name,
-                                        token,
-                                    },
-                                    LoginLinkState::Ready,
-                                ) => requests.push(PlayerRequest {
-                                    request_id,
-                                    account_id,
-                                    login_session_id,
-                                    ip,
-                                    account_name: account_name.to_string(),
-                                    token: *token,
-                                }),
-                                (
-                                    ToShard::Cancel {
-                                        account_id,
-                                        login_session_id,
-                                    },
-                                    LoginLinkState::Ready,
-                                ) => cancels.push((account_id, login_session_id)),
-                                _ => return Err(PeerError::Refused("message out of order")),
-                            }
-                        }
-                    }
-                }
-            }
-        });
-        let wrote = out.len() != out_before;
-        if let Err(err) = result {
-            let why = match err {
-                FeedError::TooLarge => "frame too large".to_string(),
-                FeedError::Process(e) => e.to_string(),
-            };
-            warn!("login link {}: {why}", client.index);
-            self.clients
-                .cl_disconnect(client, DisconnectReason::Protocol(why));
-            return;
+    /// The counters since the last tick, printed as a JSON line with
+    /// `--stats-json`.
+    fn tick_stats(&mut self) {
+        let game = self.game.stats();
+        let frames = self.module.stats().frames_out;
+        if self.cfg.stats_json {
+            self.print_stats(
+                game.msgs_in - self.last_game.msgs_in,
+                game.msgs_out - self.last_game.msgs_out,
+                frames - self.last_frames,
+            );
         }
-        if wrote {
-            self.clients.cl_wrote(client);
-        }
-        for (account_id, login_session_id) in cancels {
-            self.module
-                .proxy_cancel_socket(&mut self.clients, account_id, login_session_id);
-        }
-        for r in requests {
-            match self.module.proxy_new_socket(
-                &mut self.clients,
-                &r.account_name,
-                r.account_id,
-                r.login_session_id,
-                r.ip,
-                &r.token,
-            ) {
-                Ok(socket) => {
-                    self.pending
-                        .insert(socket, (client, r.request_id, r.account_name));
-                }
-                Err(err) => {
-                    info!("player {} cannot join: {err}", r.account_name);
-                    self.send_to_login(
-                        client,
-                        &FromShard::PlayerResult {
-                            request_id: r.request_id,
-                            result: RESULT_NO_PROXY,
-                            ticket: None,
-                        },
-                    );
-                }
-            }
-        }
+        self.last_game = game;
+        self.last_frames = frames;
     }
 
     fn print_stats(&mut self, msgs_in: u64, msgs_out: u64, frames_out: u64) {
@@ -717,13 +499,86 @@ impl ShardServer {
         let _ = writeln!(stdout, "{line}");
         let _ = stdout.flush();
     }
+}
 
-    /// Stops the client thread.
-    pub fn shutdown(mut self) {
-        self.clients.cl_disconnect_all(DisconnectReason::Shutdown);
-        self.evbuf.close();
-        self.clients.io().stop_and_join();
-        info!("shard {:?} stopped", self.cfg.name);
+/// The proxy module's settings for `cfg`; with a direct listener bound at
+/// `direct`, every socket is a direct one.
+fn module_cfg(cfg: &ShardServerCfg, direct: Option<SocketAddr>) -> ProxyModuleCfg {
+    let direct = direct.map(|addr| DirectCfg {
+        public_address: cfg.direct_public.clone().unwrap_or(addr.to_string()),
+        handshake_timeout: DIRECT_HANDSHAKE_TIMEOUT,
+        require_announced_ip: cfg.direct_check_address,
+        in_buf_size: DIRECT_IN_BUF_SIZE,
+    });
+    ProxyModuleCfg {
+        shard_name: cfg.name.clone(),
+        password: cfg.password.clone(),
+        max_sockets: cfg.max_players,
+        player_out_max: PLAYER_OUT_MAX,
+        connect_timeout: SOCKET_CONNECT_TIMEOUT,
+        in_buf_size: LINK_IN_BUF_SIZE,
+        player_frame_max: cfg.player_frame_max,
+        direct,
+    }
+}
+
+impl Server for ShardServer {
+    fn pools(&mut self) -> (&mut dyn AnyPool, Option<&mut dyn AnyPool>) {
+        (&mut self.clients, None)
+    }
+
+    /// `EVENT_ACCEPT_CLIENT`: a slot, and the session its listener gives it.
+    fn on_accept(&mut self, listener: u32, peer: SocketAddr, now: Instant) -> Option<ConnRef> {
+        let conn = self.clients.accept(listener, peer, now)?;
+        let session = match listener {
+            PROXY_LISTENER => ShardConn::Proxy(self.module.new_link()),
+            LOGIN_LISTENER => ShardConn::Login(LoginLink::new(self.keys.clone())),
+            _ => ShardConn::Direct(self.module.new_direct_conn(now)),
+        };
+        self.clients.get_mut(conn).expect("just accepted").session = session;
+        Some(conn)
+    }
+
+    /// `EVENT_READ_CLIENT`: to the proxy module or the login side, by the
+    /// listener the connection came from.
+    fn on_read(&mut self, conn: ConnRef, data: &mut [u8], now: Instant) {
+        let Some(Origin::Listener(listener)) = self.clients.get(conn).map(|s| s.origin()) else {
+            return; // stale (the shard opens no connections)
+        };
+        match listener {
+            PROXY_LISTENER => self.module.proxy_read(&mut self.clients, conn, data, now),
+            LOGIN_LISTENER => self.login_read(conn, data, now),
+            _ => self.module.direct_read(&mut self.clients, conn, data, now),
+        }
+    }
+
+    /// Once a second: sockets whose player never came, direct players late
+    /// with their proof, and the stats line.
+    fn on_tick(&mut self, now: Instant) {
+        self.module.tick(&mut self.clients, now);
+        self.expire_direct_handshakes(now);
+        self.tick_stats();
+    }
+
+    /// Lets the module and the game react to each other until both are
+    /// quiet: disconnects end sockets, the module's events go to the game,
+    /// and the module's flush seals what the game sent (which may drop a
+    /// player, and so make more events).
+    fn settle(&mut self, _now: Instant) {
+        loop {
+            while self.settle_once() {}
+            self.module.flush(&mut self.clients);
+            if !self.settle_once() {
+                return;
+            }
+        }
+    }
+
+    /// Shutdown begins: every connection is disconnected, so `settle` ends
+    /// every socket.
+    fn on_shutdown(&mut self, _now: Instant) {
+        info!("shard {:?} stopping", self.cfg.name);
+        self.clients.disconnect_all(DisconnectReason::Shutdown);
     }
 }
 
@@ -793,7 +648,8 @@ pub fn parse_args<I: IntoIterator<Item = OsString>>(
     Ok(Some(cfg))
 }
 
-/// `muta-shard`'s `main`.
+/// `muta-shard`'s `main`: 0 after a signal, 1 if it cannot start, 2 on bad
+/// usage.
 pub fn main_with_args<I: IntoIterator<Item = OsString>>(args: I) -> i32 {
     let cfg = match parse_args(args) {
         Ok(Some(cfg)) => cfg,
@@ -806,26 +662,7 @@ pub fn main_with_args<I: IntoIterator<Item = OsString>>(args: I) -> i32 {
             return 2;
         }
     };
-    crate::daemon::init_logger(log::LevelFilter::Info);
-    crate::daemon::install_panic_abort_hook();
-    let signals = match crate::daemon::signal_pipes(&[
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-    ]) {
-        Ok(s) => s,
-        Err(err) => {
-            eprintln!("muta-shard: cannot install signal handlers: {err}");
-            return 1;
-        }
-    };
-    let mut server = match ShardServer::start(cfg, signals) {
-        Ok(s) => s,
-        Err(err) => {
-            eprintln!("muta-shard: {err}");
-            return 1;
-        }
-    };
-    server.main_loop();
-    server.shutdown();
-    0
+    process::run_node("muta-shard", LevelFilter::Info, move |signals| {
+        start(cfg, signals)
+    })
 }

@@ -19,23 +19,29 @@
 //!   messages, never inside one — each in a `TPROXY_MSG_PLAYER_PACKET`,
 //!   itself batched into the proxy link's frame.
 //!
-//! Players' messages come out as [`ProxyEvent`]s, after the same size checks
-//! the proxy runs (`filter_client_frame`, "just in case"); a player whose
-//! messages fail them is dropped and its proxy told. A proxy may speak only
-//! for its own sockets. The messages of one read are applied in the order
-//! they arrived, so a player's first packet, batched behind its
-//! `FPROXY_MSG_PLAYER_CRYPTCHAN`, is played, not lost. Every socket ends
-//! with exactly one terminal event: `SocketOpened` without a ticket (the
-//! proxy never reserved it), `SocketClosed` (reserved, never connected) or
-//! `PlayerDisconnected` (was connected), so a host's per-socket state can
-//! always be cleared.
+//! Players' messages come out as [`ProxyEvent`]s (taken with
+//! [`ProxyModule::take_events`]), after the same size checks the proxy runs
+//! (`filter_client_frame`, "just in case"); a player whose messages fail them
+//! is dropped and its proxy told. A proxy may speak only for its own sockets.
+//! A proxy's messages are applied one by one in the order they arrived, so a
+//! player's first packet, batched behind its `FPROXY_MSG_PLAYER_CRYPTCHAN`, is
+//! played, not lost. Every socket ends with exactly one terminal event:
+//! `SocketOpened` without a ticket (the proxy never reserved it),
+//! `SocketClosed` (reserved, never connected) or `PlayerDisconnected` (was
+//! connected), so a host's per-socket state can always be cleared.
 //!
 //! The module accepts any number of proxies, each checked by password
 //! (`FPROXY_MSG_LOGIN`), and learns each one's public address, key and
-//! capacity. It owns no sockets and no threads: the host program runs the
-//! thesis runtime (client thread, event buffer, `Clients` pool) and hands the
-//! module the events of its proxy listener, with access to the pool through
+//! capacity. It owns no sockets and no threads: the host program is a
+//! [`Server`](crate::runtime::Server) on the shared runtime, and hands the
+//! module the reads of its proxy listener together with its connection
+//! [`Pool`], whose sessions give the module its links through
 //! [`ProxySessions`].
+//!
+//! This file holds the socket table and the thesis's calls; reading a proxy
+//! link (the handshake, `FPROXY_MSG_LOGIN`, one function per message) is in
+//! `proxy/link.rs`, players connected to the shard itself in
+//! `proxy/direct.rs`.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -45,23 +51,18 @@ use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 
-use crate::client::{Clients, DisconnectReason, Session};
-use crate::com::ClientRef;
+use crate::com::ConnRef;
 use crate::config::Secret;
-use crate::cryptchan::{ABYTES, KeyPair, PublicKey, PushStream, TOKEN_BYTES, memcmp_ct};
-use crate::proto::ProtoError;
-use crate::proto::client::filter_client_frame;
-use crate::proto::frame::{
-    Channel, ChannelError, FRAME_LEN_BYTES, FeedError, PeerError, Step, feed, seal_with,
-};
+use crate::conn::{DisconnectReason, Pool, Session};
+use crate::cryptchan::{ABYTES, KeyPair, PublicKey, PushStream, TOKEN_BYTES};
+use crate::proto::frame::{Channel, ChannelError, FRAME_LEN_BYTES, seal_with};
 use crate::proto::proxy_shard::{
-    FProxyMsg, LOGIN_RESULT_BAD_PASSWORD, LOGIN_RESULT_OK, OPENED_SOCKET_OK,
     PLAYER_PACKET_DATA_MAX, PLAYER_PACKET_HEADER_BYTES, TPROXY_MSG_PLAYER_PACKET, TProxyMsg,
     put_player_packet_header,
 };
-use crate::secpool::PoolBuf;
 
 mod direct;
+mod link;
 use direct::DirectTicket;
 pub use direct::{DirectCfg, DirectConn};
 
@@ -87,7 +88,8 @@ pub struct ProxyModuleCfg {
     pub player_out_max: usize,
     /// How long a socket waits for its player to connect through the proxy.
     pub connect_timeout: Duration,
-    /// Largest frame a proxy may send (the pool's `in_buf_size`).
+    /// Largest frame a proxy may send, with its length: the most a link's
+    /// `in_buf` holds.
     pub in_buf_size: usize,
     /// Most plaintext bytes in one frame to a player (at most
     /// [`PLAYER_FRAME_PLAINTEXT_MAX`]); a longer batch is cut between messages.
@@ -166,10 +168,10 @@ impl ProxyLink {
 enum Carrier {
     /// A proxy link (thesis §3.6): messages travel in
     /// `TPROXY_MSG_PLAYER_PACKET`s.
-    Proxy(ClientRef),
+    Proxy(ConnRef),
     /// The player's own connection on the direct listener ([`DirectConn`]), once
     /// it has authenticated.
-    Direct(Option<ClientRef>),
+    Direct(Option<ConnRef>),
 }
 
 /// Where a proxy socket is.
@@ -305,29 +307,6 @@ pub struct ProxyModuleStats {
     pub foreign: u64,
 }
 
-/// One message of a proxy's read, applied after the read in wire order.
-enum Action {
-    Opened {
-        socket: u32,
-        result: u8,
-    },
-    Cryptchan {
-        socket: u32,
-        push: PushStream,
-    },
-    Packet {
-        socket: u32,
-        start: usize,
-        end: usize,
-    },
-    Refused {
-        socket: u32,
-    },
-    Closed {
-        socket: u32,
-    },
-}
-
 /// The proxy module (thesis §3.6).
 pub struct ProxyModule {
     keys: Arc<KeyPair>,
@@ -339,11 +318,9 @@ pub struct ProxyModule {
     /// Open sockets by (account, login session), for `proxy_cancel_socket`.
     by_session: HashMap<(u64, u32), u32>,
     /// Proxies that are logged in, for picking the least loaded.
-    proxies: Vec<ClientRef>,
+    proxies: Vec<ConnRef>,
     /// Events for the host, taken with [`ProxyModule::take_events`].
     events: ProxyEvents,
-    /// Reused by `proxy_read`.
-    actions: Vec<Action>,
     /// Direct sockets waiting for their player, by account name.
     direct_by_account: HashMap<String, u32>,
     stats: ProxyModuleStats,
@@ -379,7 +356,6 @@ impl ProxyModule {
             by_session: HashMap::new(),
             proxies: Vec::new(),
             events: ProxyEvents::default(),
-            actions: Vec::new(),
             direct_by_account: HashMap::new(),
             stats: ProxyModuleStats::default(),
         }
@@ -391,7 +367,7 @@ impl ProxyModule {
     }
 
     /// The proxies logged in now.
-    pub fn proxies(&self) -> &[ClientRef] {
+    pub fn proxies(&self) -> &[ConnRef] {
         &self.proxies
     }
 
@@ -424,7 +400,7 @@ impl ProxyModule {
     /// [`ProxyEvent::SocketOpened`].
     pub fn proxy_new_socket<S: ProxySessions>(
         &mut self,
-        clients: &mut Clients<S>,
+        pool: &mut Pool<S>,
         account_name: &str,
         account_id: u64,
         login_session_id: u32,
@@ -436,7 +412,7 @@ impl ProxyModule {
         }
         if self.cfg.direct.is_some() {
             return Ok(self.direct_new_socket(
-                clients,
+                pool,
                 account_name,
                 account_id,
                 login_session_id,
@@ -444,53 +420,43 @@ impl ProxyModule {
                 token,
             ));
         }
-        // Least loaded: the smallest share of its capacity in use.
         let proxy = self
-            .proxies
+            .least_loaded_proxy(pool)
+            .ok_or(NewSocketError::NoProxy)?;
+        // A newer login of the same session replaces an older socket.
+        if let Some(&old) = self.by_session.get(&(account_id, login_session_id)) {
+            self.close(pool, old, true, "replaced by a newer login");
+        }
+        let index = self.take_slot();
+        let msg = TProxyMsg::OpenedSocket {
+            socket_id: self.handle(index),
+            account_id,
+            login_session_id,
+            ip,
+            account_name,
+            token,
+        };
+        if !send_opened_socket(pool, proxy, &msg) {
+            self.free.push(index);
+            return Err(NewSocketError::NoProxy);
+        }
+        let login = (account_id, login_session_id);
+        self.occupy(index, SocketState::Opening, Carrier::Proxy(proxy), login);
+        Ok(self.handle(index))
+    }
+
+    /// The logged-in proxy with room whose capacity is least used, as a share
+    /// (proxies may differ in size).
+    fn least_loaded_proxy<S: ProxySessions>(&self, pool: &mut Pool<S>) -> Option<ConnRef> {
+        self.proxies
             .iter()
             .filter_map(|&c| {
-                let link = clients.get_mut(c)?.session.proxy_link()?;
+                let link = pool.get_mut(c)?.session.proxy_link()?;
                 (link.n_sockets < link.capacity)
                     .then_some((c, link.n_sockets as f64 / link.capacity as f64))
             })
             .min_by(|a, b| a.1.total_cmp(&b.1))
             .map(|(c, _)| c)
-            .ok_or(NewSocketError::NoProxy)?;
-        // A newer login of the same session replaces an older socket.
-        if let Some(&old) = self.by_session.get(&(account_id, login_session_id)) {
-            self.close(clients, old, true, "replaced by a newer login");
-        }
-        let index = self.take_slot();
-        let socket = self.handle(index);
-        let sent = clients.cl_write(proxy, |session, out| {
-            let link = session.proxy_link().expect("a proxy");
-            link.send(
-                out,
-                &TProxyMsg::OpenedSocket {
-                    socket_id: socket,
-                    account_id,
-                    login_session_id,
-                    ip,
-                    account_name,
-                    token,
-                },
-            )?;
-            link.n_sockets += 1;
-            Ok::<(), ChannelError>(())
-        });
-        if !matches!(sent, Some(Ok(()))) {
-            self.free.push(index);
-            return Err(NewSocketError::NoProxy);
-        }
-        let slot = &mut self.sockets[index as usize];
-        slot.state = SocketState::Opening;
-        slot.carrier = Carrier::Proxy(proxy);
-        slot.account_id = account_id;
-        slot.login_session_id = login_session_id;
-        slot.deadline = Instant::now() + self.cfg.connect_timeout;
-        self.by_session
-            .insert((account_id, login_session_id), index);
-        Ok(socket)
     }
 
     /// A free slot's index (growing the table if none is free).
@@ -511,11 +477,23 @@ impl ProxyModule {
         })
     }
 
+    /// Puts a taken slot in use for a player's `login` (account id, login
+    /// session id): its first state, its carrier, and the deadline for its
+    /// player to connect. Shared by proxied and direct sockets.
+    fn occupy(&mut self, index: u32, state: SocketState, carrier: Carrier, login: (u64, u32)) {
+        let slot = &mut self.sockets[index as usize];
+        slot.state = state;
+        slot.carrier = carrier;
+        (slot.account_id, slot.login_session_id) = login;
+        slot.deadline = Instant::now() + self.cfg.connect_timeout;
+        self.by_session.insert(login, index);
+    }
+
     /// Forgets a player who has not connected yet (thesis
     /// `proxy_cancel_socket`): the login server gave up on them.
     pub fn proxy_cancel_socket<S: ProxySessions>(
         &mut self,
-        clients: &mut Clients<S>,
+        pool: &mut Pool<S>,
         account_id: u64,
         login_session_id: u32,
     ) {
@@ -525,15 +503,15 @@ impl ProxyModule {
                 SocketState::Opening | SocketState::Reserved(_)
             )
         {
-            self.close(clients, index, true, "cancelled by the login server");
+            self.close(pool, index, true, "cancelled by the login server");
         }
     }
 
     /// Disconnects a player (thesis `proxy_delete_socket`): the proxy is told
     /// with `TPROXY_MSG_CLOSED_SOCKET` and the handle is dead at once.
-    pub fn proxy_delete_socket<S: ProxySessions>(&mut self, clients: &mut Clients<S>, socket: u32) {
+    pub fn proxy_delete_socket<S: ProxySessions>(&mut self, pool: &mut Pool<S>, socket: u32) {
         if let Some((index, _)) = find_slot(&mut self.sockets, socket) {
-            self.close(clients, index, true, "deleted by the shard");
+            self.close(pool, index, true, "deleted by the shard");
         }
     }
 
@@ -543,7 +521,7 @@ impl ProxyModule {
     /// frees the slot.
     fn close<S: ProxySessions>(
         &mut self,
-        clients: &mut Clients<S>,
+        pool: &mut Pool<S>,
         index: u32,
         tell_proxy: bool,
         reason: &'static str,
@@ -551,7 +529,7 @@ impl ProxyModule {
         let socket = self.handle(index);
         match self.sockets[index as usize].carrier {
             Carrier::Proxy(proxy) => {
-                clients.cl_write(proxy, |session, out| {
+                pool.write(proxy, |session, out| {
                     if let Some(link) = session.proxy_link() {
                         link.n_sockets = link.n_sockets.saturating_sub(1);
                         if tell_proxy {
@@ -564,7 +542,7 @@ impl ProxyModule {
             // A direct player has no proxy to tell: its connection ends with
             // its socket, whoever ended the socket.
             Carrier::Direct(Some(client)) => {
-                clients.cl_disconnect(client, DisconnectReason::Closed(reason));
+                pool.disconnect(client, DisconnectReason::Closed(reason));
             }
             Carrier::Direct(None) => {}
         }
@@ -592,13 +570,9 @@ impl ProxyModule {
             }
             SocketState::Connected { .. } => ProxyEvent::PlayerDisconnected { socket, reason },
         };
-        if self
-            .by_session
-            .get(&(slot.account_id, slot.login_session_id))
-            == Some(&index)
-        {
-            self.by_session
-                .remove(&(slot.account_id, slot.login_session_id));
+        let login = (slot.account_id, slot.login_session_id);
+        if self.by_session.get(&login) == Some(&index) {
+            self.by_session.remove(&login);
         }
         slot.pending.clear();
         slot.cuts.clear();
@@ -655,83 +629,67 @@ impl ProxyModule {
 
     /// Seals every player's pending messages into `TPROXY_MSG_PLAYER_PACKET`s
     /// on its proxy link (one client frame per player per flush, more only
-    /// past `PLAYER_FRAME_PLAINTEXT_MAX`), and drops players marked for
-    /// overflow. Call before the pool's `cl_flush`.
-    pub fn flush<S: ProxySessions>(&mut self, clients: &mut Clients<S>) {
+    /// past `player_frame_max`), and drops players marked for overflow. Call
+    /// before the pool's flush (the host's `Server::settle`). Allocates
+    /// nothing once warm: the dirty list and each socket's buffers are reused.
+    pub fn flush<S: ProxySessions>(&mut self, pool: &mut Pool<S>) {
         let mut dirty = std::mem::take(&mut self.dirty);
         for &index in &dirty {
-            let socket = self.handle(index);
-            let slot = &mut self.sockets[index as usize];
-            if slot.overflow {
-                warn!(
-                    "proxy socket {socket:#x}: over {} bytes queued; dropping the player",
-                    self.cfg.player_out_max
-                );
-                self.close(clients, index, true, "too much output queued (slow player)");
-                continue;
-            }
-            let SocketState::Connected { push } = &mut slot.state else {
-                slot.pending.clear();
-                slot.cuts.clear();
-                continue;
-            };
-            let (pending, cuts) = (&slot.pending, &slot.cuts);
-            let mut frames = 0;
-            // One client frame per chunk, sealed with the player's stream; on
-            // a proxy link each goes in a TPROXY_MSG_PLAYER_PACKET, to a
-            // direct player as it is.
-            let mut seal_chunks = |mut header: Option<&mut ProxyLink>,
-                                   out: &mut Vec<u8>|
-             -> Result<(), ChannelError> {
-                let mut start = 0;
-                for end in cuts.iter().copied().chain(std::iter::once(pending.len())) {
-                    let chunk = &pending[start..end];
-                    start = end;
-                    if chunk.is_empty() {
-                        continue;
-                    }
-                    if let Some(link) = header.as_deref_mut() {
-                        let data_len = FRAME_LEN_BYTES + ABYTES + chunk.len();
-                        link.chan.room(out, PLAYER_PACKET_HEADER_BYTES + data_len)?;
-                        put_player_packet_header(out, TPROXY_MSG_PLAYER_PACKET, socket, data_len);
-                    }
-                    let frame_start = out.len();
-                    out.extend_from_slice(&[0, 0, 0]);
-                    out.extend_from_slice(chunk);
-                    seal_with(push, out, frame_start)?;
-                    frames += 1;
-                }
-                Ok(())
-            };
-            let sealed = match slot.carrier {
-                Carrier::Proxy(proxy) => clients.cl_write(proxy, |session, out| {
-                    let link = session.proxy_link().ok_or(ChannelError::NotOpen)?;
-                    seal_chunks(Some(link), out)
-                }),
-                Carrier::Direct(Some(client)) => {
-                    clients.cl_write(client, |_, out| seal_chunks(None, out))
-                }
-                Carrier::Direct(None) => None,
-            };
-            slot.pending.clear();
-            slot.cuts.clear();
-            self.stats.frames_out += frames;
-            match (sealed, slot.carrier) {
-                (Some(Ok(())), _) => {}
-                (_, Carrier::Proxy(_)) => self.release(index, "its proxy is gone"),
-                // Dropped by the pool (a slow reader), or sealing failed: the
-                // socket and its connection end together.
-                (_, Carrier::Direct(_)) => {
-                    self.close(clients, index, true, "its connection failed or fell behind")
-                }
-            }
+            self.flush_socket(pool, index);
         }
         dirty.clear();
         self.dirty = dirty;
     }
 
+    /// One player's part of [`ProxyModule::flush`].
+    fn flush_socket<S: ProxySessions>(&mut self, pool: &mut Pool<S>, index: u32) {
+        let socket = self.handle(index);
+        let slot = &mut self.sockets[index as usize];
+        if slot.overflow {
+            warn!(
+                "proxy socket {socket:#x}: over {} bytes queued; dropping the player",
+                self.cfg.player_out_max
+            );
+            self.close(pool, index, true, "too much output queued (slow player)");
+            return;
+        }
+        let SocketState::Connected { push } = &mut slot.state else {
+            slot.pending.clear();
+            slot.cuts.clear();
+            return;
+        };
+        let chunks = Chunks {
+            pending: &slot.pending,
+            cuts: &slot.cuts,
+        };
+        let mut frames = 0;
+        let carrier = slot.carrier;
+        let sealed = match carrier {
+            Carrier::Proxy(proxy) => pool.write(proxy, |session, out| {
+                let link = session.proxy_link().ok_or(ChannelError::NotOpen)?;
+                chunks.seal(push, Some((link, socket)), out, &mut frames)
+            }),
+            Carrier::Direct(Some(client)) => {
+                pool.write(client, |_, out| chunks.seal(push, None, out, &mut frames))
+            }
+            Carrier::Direct(None) => None,
+        };
+        slot.pending.clear();
+        slot.cuts.clear();
+        self.stats.frames_out += frames;
+        match (sealed, carrier) {
+            (Some(Ok(())), _) => {}
+            (_, Carrier::Proxy(_)) => self.release(index, "its proxy is gone"),
+            // Dropped by the pool (a slow reader), or sealing failed: the
+            // socket and its connection end together.
+            (_, Carrier::Direct(_)) => {
+                self.close(pool, index, true, "its connection failed or fell behind")
+            }
+        }
+    }
+
     /// Once a second: sockets whose player never connected are cancelled.
-    pub fn tick<S: ProxySessions>(&mut self, clients: &mut Clients<S>, now: Instant) {
+    pub fn tick<S: ProxySessions>(&mut self, pool: &mut Pool<S>, now: Instant) {
         for index in 0..self.sockets.len() as u32 {
             let slot = &self.sockets[index as usize];
             if matches!(slot.state, SocketState::Opening | SocketState::Reserved(_))
@@ -741,14 +699,14 @@ impl ProxyModule {
                     "proxy socket {:#x}: the player never connected",
                     self.handle(index)
                 );
-                self.close(clients, index, true, "the player never connected");
+                self.close(pool, index, true, "the player never connected");
             }
         }
     }
 
     /// A connection on the proxy listener went away (from the pool's
     /// `take_disconnected`): its sockets end.
-    pub fn proxy_gone(&mut self, proxy: ClientRef) {
+    pub fn proxy_gone(&mut self, proxy: ConnRef) {
         if let Some(i) = self.proxies.iter().position(|&p| p == proxy) {
             self.proxies.swap_remove(i);
             info!("proxy link {} gone", proxy.index);
@@ -760,248 +718,67 @@ impl ProxyModule {
             }
         }
     }
+}
 
-    /// Handles `EVENT_READ_CLIENT` for a connection on the proxy listener: the
-    /// handshake, `FPROXY_MSG_LOGIN`, and the proxy's messages, applied in the
-    /// order they arrived.
-    pub fn proxy_read<S: ProxySessions>(
-        &mut self,
-        clients: &mut Clients<S>,
-        proxy: ClientRef,
-        mut data: PoolBuf,
-        now: Instant,
-    ) {
-        let Some(slot) = clients.cl_read(proxy, data.len(), now) else {
-            return;
-        };
-        let addr = slot.addr;
-        let (session, in_buf, out) = slot.parts();
-        let Some(link) = session.proxy_link() else {
-            return;
-        };
-        let out_before = out.len();
-        let ProxyLink {
-            chan,
-            state,
-            public_address,
-            capacity,
-            ..
-        } = link;
-        let mut logged_in = false;
-        let ProxyModule {
-            cfg,
-            stats,
-            actions,
-            events,
-            ..
-        } = self;
-        actions.clear();
-        let result = feed(
-            in_buf,
-            data.as_mut_slice(),
-            cfg.in_buf_size,
-            chan,
-            |chan, buf| {
-                let mut pos = 0;
-                loop {
-                    match chan.next(&mut buf[pos..], out)? {
-                        Step::NeedMore => return Ok(pos),
-                        Step::Handshake { consumed } => pos += consumed,
-                        Step::Opened { consumed } => {
-                            pos += consumed;
-                            *state = ProxyLinkState::AwaitLogin;
-                        }
-                        Step::Frame {
-                            consumed,
-                            plaintext,
-                        } => {
-                            pos += consumed;
-                            let mut at = 0;
-                            while at < plaintext.len() {
-                                let (msg, len) = FProxyMsg::decode(&plaintext[at..])
-                                    .map_err(PeerError::Proto)?
-                                    .ok_or(PeerError::Proto(ProtoError::Truncated(
-                                        "proxy message",
-                                    )))?;
-                                at += len;
-                                match (msg, *state) {
-                                    (
-                                        FProxyMsg::Login {
-                                            password,
-                                            public_address: address,
-                                            capacity: cap,
-                                        },
-                                        ProxyLinkState::AwaitLogin,
-                                    ) => {
-                                        let ok =
-                                            memcmp_ct(password, cfg.password.expose().as_bytes());
-                                        chan.room(out, TProxyMsg::CONTROL_MAX)?;
-                                        TProxyMsg::LoginResult {
-                                            result: if ok {
-                                                LOGIN_RESULT_OK
-                                            } else {
-                                                LOGIN_RESULT_BAD_PASSWORD
-                                            },
-                                            shard_name: &cfg.shard_name,
-                                        }
-                                        .encode(out);
-                                        if !ok {
-                                            return Err(PeerError::Refused("wrong password"));
-                                        }
-                                        *public_address = address.to_string();
-                                        *capacity = cap;
-                                        *state = ProxyLinkState::Ready;
-                                        logged_in = true;
-                                    }
-                                    (_, ProxyLinkState::Handshake | ProxyLinkState::AwaitLogin) => {
-                                        return Err(PeerError::Refused(
-                                            "message before FPROXY_MSG_LOGIN",
-                                        ));
-                                    }
-                                    (FProxyMsg::Login { .. }, ProxyLinkState::Ready) => {
-                                        return Err(PeerError::Refused(
-                                            "a second FPROXY_MSG_LOGIN",
-                                        ));
-                                    }
-                                    (FProxyMsg::OpenedSocketResult { socket_id, result }, _) => {
-                                        actions.push(Action::Opened {
-                                            socket: socket_id,
-                                            result,
-                                        });
-                                    }
-                                    (
-                                        FProxyMsg::PlayerCryptchan {
-                                            socket_id,
-                                            state: push,
-                                        },
-                                        _,
-                                    ) => {
-                                        actions.push(Action::Cryptchan {
-                                            socket: socket_id,
-                                            push: PushStream::import_state(push),
-                                        });
-                                    }
-                                    (FProxyMsg::PlayerPacket { socket_id, data }, _) => {
-                                        // The same size checks as the proxy, just in case.
-                                        match filter_client_frame(data) {
-                                            Ok(n) => {
-                                                stats.msgs_in += n as u64;
-                                                let start = events.bytes.len();
-                                                events.bytes.extend_from_slice(data);
-                                                actions.push(Action::Packet {
-                                                    socket: socket_id,
-                                                    start,
-                                                    end: events.bytes.len(),
-                                                });
-                                            }
-                                            Err(e) => {
-                                                warn!(
-                                                    "proxy socket {socket_id:#x}: packet refused by the size checks: {e}"
-                                                );
-                                                stats.filtered += 1;
-                                                actions.push(Action::Refused { socket: socket_id });
-                                            }
-                                        }
-                                    }
-                                    (FProxyMsg::CloseSocket { socket_id, .. }, _) => {
-                                        actions.push(Action::Closed { socket: socket_id });
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
-            },
-        );
-        let wrote = out.len() != out_before;
-        let address = public_address.clone();
-        drop(data);
-        if let Err(err) = result {
-            let why = match err {
-                FeedError::TooLarge => "frame larger than the pool's in_buf_size".to_string(),
-                FeedError::Process(e) => e.to_string(),
-            };
-            warn!("proxy link {} ({addr}): {why}", proxy.index);
-            clients.cl_disconnect(proxy, DisconnectReason::Protocol(why));
-            return;
-        }
-        if logged_in {
-            info!("proxy {addr} logged in: players will connect to {address}");
-            self.proxies.push(proxy);
-        }
-        if wrote {
-            clients.cl_wrote(proxy);
-        }
-        let mut actions = std::mem::take(&mut self.actions);
-        for action in actions.drain(..) {
-            self.apply(clients, proxy, action);
-        }
-        self.actions = actions;
-    }
+/// Appends `TPROXY_MSG_OPENED_SOCKET` to a proxy's open frame and counts the
+/// socket against its capacity; false if the link is gone or cannot take it.
+fn send_opened_socket<S: ProxySessions>(
+    pool: &mut Pool<S>,
+    proxy: ConnRef,
+    msg: &TProxyMsg<'_>,
+) -> bool {
+    let sent = pool.write(proxy, |session, out| {
+        let link = session.proxy_link().ok_or(ChannelError::NotOpen)?;
+        link.send(out, msg)?;
+        link.n_sockets += 1;
+        Ok::<(), ChannelError>(())
+    });
+    matches!(sent, Some(Ok(())))
+}
 
-    /// Applies one message of a proxy's read. A proxy speaks only for its own
-    /// sockets: anything about another proxy's socket is dropped.
-    fn apply<S: ProxySessions>(
-        &mut self,
-        clients: &mut Clients<S>,
-        proxy: ClientRef,
-        action: Action,
-    ) {
-        let socket = match &action {
-            Action::Opened { socket, .. }
-            | Action::Cryptchan { socket, .. }
-            | Action::Packet { socket, .. }
-            | Action::Refused { socket }
-            | Action::Closed { socket } => *socket,
-        };
-        let Some((index, slot)) = find_slot(&mut self.sockets, socket)
-            .filter(|(_, s)| s.carrier == Carrier::Proxy(proxy))
-        else {
-            self.stats.foreign += 1;
-            debug!(
-                "proxy link {}: message about socket {socket:#x}, not one of its own",
-                proxy.index
-            );
-            return;
-        };
-        match (action, &slot.state) {
-            (Action::Opened { result, .. }, SocketState::Opening) => {
-                if result != OPENED_SOCKET_OK {
-                    self.close(clients, index, false, "refused by the proxy");
-                    return;
-                }
-                slot.state = SocketState::Reserved(None);
-                let link = clients.get_mut(proxy).and_then(|c| c.session.proxy_link());
-                self.events
-                    .list
-                    .push(ProxyEvent::SocketOpened(SocketOpened {
-                        socket,
-                        proxy_address: link.as_ref().map(|l| l.public_address.clone()),
-                        proxy_key: link.and_then(|l| l.public_key()),
-                    }));
+/// A player's pending plaintext and where it is cut into client frames.
+#[derive(Clone, Copy)]
+struct Chunks<'a> {
+    pending: &'a [u8],
+    cuts: &'a [usize],
+}
+
+impl Chunks<'_> {
+    /// Seals one client frame per chunk with the player's stream, straight
+    /// into `out` (no copy in between): on a proxy link (`link`: the link and
+    /// the socket) each goes in a `TPROXY_MSG_PLAYER_PACKET` appended to the
+    /// link's open frame; to a direct player, as it is. `frames` counts the
+    /// frames sealed.
+    fn seal(
+        self,
+        push: &mut PushStream,
+        mut link: Option<(&mut ProxyLink, u32)>,
+        out: &mut Vec<u8>,
+        frames: &mut u64,
+    ) -> Result<(), ChannelError> {
+        let ends = self
+            .cuts
+            .iter()
+            .copied()
+            .chain(std::iter::once(self.pending.len()));
+        let mut start = 0;
+        for end in ends {
+            let chunk = &self.pending[start..end];
+            start = end;
+            if chunk.is_empty() {
+                continue;
             }
-            (Action::Cryptchan { push, .. }, SocketState::Reserved(None)) => {
-                slot.state = SocketState::Connected { push };
-                self.events
-                    .list
-                    .push(ProxyEvent::PlayerConnected { socket });
+            if let Some((link, socket)) = link.as_mut() {
+                let data_len = FRAME_LEN_BYTES + ABYTES + chunk.len();
+                link.chan.room(out, PLAYER_PACKET_HEADER_BYTES + data_len)?;
+                put_player_packet_header(out, TPROXY_MSG_PLAYER_PACKET, *socket, data_len);
             }
-            (Action::Packet { start, end, .. }, SocketState::Connected { .. }) => {
-                self.events
-                    .list
-                    .push(ProxyEvent::PlayerPacket { socket, start, end });
-            }
-            (Action::Refused { .. }, _) => {
-                self.close(clients, index, true, "its messages failed the size checks");
-            }
-            (Action::Closed { .. }, _) => self.close(clients, index, false, "closed by the proxy"),
-            (_, _) => {
-                self.stats.foreign += 1;
-                debug!(
-                    "proxy link {}: message out of order for socket {socket:#x}",
-                    proxy.index
-                );
-            }
+            let frame_start = out.len();
+            out.extend_from_slice(&[0, 0, 0]);
+            out.extend_from_slice(chunk);
+            seal_with(push, out, frame_start)?;
+            *frames += 1;
         }
+        Ok(())
     }
 }

@@ -14,8 +14,8 @@ use muta_proxy::com::{ComEventBuf, Event};
 use muta_proxy::config::{Config, ShardEntry};
 use muta_proxy::cryptchan::{PublicKey, PwhashCost};
 use muta_proxy::login_server::{LoginServer, LoginServerCfg};
-use muta_proxy::proxy::Proxy;
-use muta_proxy::shard_server::{ShardServer, ShardServerCfg};
+use muta_proxy::proxy;
+use muta_proxy::shard_server::{self, ShardServerCfg};
 
 use super::{free_port, init_logger, loopback, test_config};
 
@@ -89,17 +89,18 @@ pub fn start_shard_with(
         ..ShardServerCfg::default()
     };
     tweak(&mut cfg);
-    let server = ShardServer::start(cfg, Vec::new()).unwrap();
+    let node = shard_server::start(cfg, Vec::new()).unwrap();
+    let server = &node.server;
     let (proxy_addr, login_addr, direct_addr, key) = (
         server.proxy_addr(),
         server.login_addr(),
         server.direct_addr(),
         server.public_key(),
     );
-    let run = Running::spawn("main", server.event_buf(), move || {
-        let mut server = server;
-        server.main_loop();
-        server.shutdown();
+    let run = Running::spawn("main", node.event_buf(), move || {
+        let mut node = node;
+        node.main_loop();
+        node.shutdown();
     });
     ShardNode {
         name: name.to_string(),
@@ -138,12 +139,12 @@ pub fn start_proxy(shards: &[SocketAddr], port: u16, tweak: impl FnOnce(&mut Con
             key: None,
         })
         .collect();
-    let mut proxy = Proxy::start(cfg, &entries, Vec::new()).unwrap();
-    let (addr, key) = (proxy.client_addr(), proxy.public_key());
-    let run = Running::spawn("main", proxy.event_buf(), move || {
-        let mut proxy = proxy;
-        proxy.main_loop();
-        proxy.shutdown();
+    let node = proxy::start(cfg, &entries, Vec::new()).unwrap();
+    let (addr, key) = (node.local_addr(0), node.server.public_key());
+    let run = Running::spawn("main", node.event_buf(), move || {
+        let mut node = node;
+        node.main_loop();
+        node.shutdown();
     });
     ProxyNode { addr, key, run }
 }

@@ -15,23 +15,28 @@
 //! checks out, the listener hands the socket its push stream, as a proxy
 //! does with `FPROXY_MSG_PLAYER_CRYPTCHAN`, so the game cannot tell a direct
 //! player from a proxied one.
+//!
+//! A direct player's reads come to [`ProxyModule::direct_read`], one step
+//! each: the handshake, then the first frame as the auth proof
+//! (`direct_proof`, checked by `direct_reservation`), then every frame as the
+//! player's messages (`direct_packet`).
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use log::debug;
 
-use crate::client::{Clients, DisconnectReason};
-use crate::com::ClientRef;
+use crate::com::ConnRef;
+use crate::conn::{DisconnectReason, Pool};
 use crate::cryptchan::{ABYTES, PushStream, TOKEN_BYTES, memcmp_ct};
 use crate::proto::ProtoError;
 use crate::proto::client::{AuthProof, filter_client_frame};
-use crate::proto::frame::{Channel, ChannelError, FRAME_LEN_BYTES, FeedError, Step, feed};
+use crate::proto::frame::{Channel, ChannelError, FRAME_LEN_BYTES, FrameError, Frames, Unit};
 use crate::proto::proxy_shard::PLAYER_PACKET_DATA_MAX;
-use crate::secpool::PoolBuf;
 
 use super::{
-    Carrier, ProxyEvent, ProxyModule, ProxySessions, SocketOpened, SocketState, find_slot,
+    Carrier, ProxyEvent, ProxyModule, ProxySessions, SOCKET_INDEX_BITS, SocketOpened, SocketState,
+    find_slot,
 };
 
 /// Settings of the direct listener.
@@ -82,16 +87,22 @@ impl DirectConn {
 
 /// Why a direct player is dropped while its bytes are processed.
 enum DirectError {
-    Channel(ChannelError),
+    Frame(FrameError),
     Proof(&'static str),
     Filter(ProtoError),
     /// The socket ended (the shard dropped the player) before the connection.
     Ended,
 }
 
+impl From<FrameError> for DirectError {
+    fn from(e: FrameError) -> DirectError {
+        DirectError::Frame(e)
+    }
+}
+
 impl From<ChannelError> for DirectError {
     fn from(e: ChannelError) -> DirectError {
-        DirectError::Channel(e)
+        DirectError::Frame(FrameError::Channel(e))
     }
 }
 
@@ -101,7 +112,7 @@ impl ProxyModule {
     /// shard's key.
     pub(super) fn direct_new_socket<S: ProxySessions>(
         &mut self,
-        clients: &mut Clients<S>,
+        pool: &mut Pool<S>,
         account_name: &str,
         account_id: u64,
         login_session_id: u32,
@@ -111,28 +122,24 @@ impl ProxyModule {
         // A newer login replaces an older socket of the same session or
         // account still waiting for its player.
         if let Some(&old) = self.by_session.get(&(account_id, login_session_id)) {
-            self.close(clients, old, true, "replaced by a newer login");
+            self.close(pool, old, true, "replaced by a newer login");
         }
         if let Some(&old) = self.direct_by_account.get(account_name) {
-            self.close(clients, old, true, "replaced by a newer login");
+            self.close(pool, old, true, "replaced by a newer login");
         }
         let index = self.take_slot();
-        let socket = self.handle(index);
-        let public_address = self.cfg.direct.as_ref().map(|d| d.public_address.clone());
-        let slot = &mut self.sockets[index as usize];
-        slot.state = SocketState::Reserved(Some(Box::new(DirectTicket {
+        let ticket = DirectTicket {
             account_name: account_name.to_string(),
             ip,
             token: *token,
-        })));
-        slot.carrier = Carrier::Direct(None);
-        slot.account_id = account_id;
-        slot.login_session_id = login_session_id;
-        slot.deadline = Instant::now() + self.cfg.connect_timeout;
-        self.by_session
-            .insert((account_id, login_session_id), index);
+        };
+        let state = SocketState::Reserved(Some(Box::new(ticket)));
+        let login = (account_id, login_session_id);
+        self.occupy(index, state, Carrier::Direct(None), login);
         self.direct_by_account
             .insert(account_name.to_string(), index);
+        let socket = self.handle(index);
+        let public_address = self.cfg.direct.as_ref().map(|d| d.public_address.clone());
         self.events
             .list
             .push(ProxyEvent::SocketOpened(SocketOpened {
@@ -167,140 +174,184 @@ impl ProxyModule {
     /// to the game as [`ProxyEvent::PlayerPacket`]s.
     pub fn direct_read<S: ProxySessions>(
         &mut self,
-        clients: &mut Clients<S>,
-        client: ClientRef,
-        mut data: PoolBuf,
+        pool: &mut Pool<S>,
+        client: ConnRef,
+        data: &mut [u8],
         now: Instant,
     ) {
-        let Some(slot) = clients.cl_read(client, data.len(), now) else {
+        let Some(slot) = pool.read(client, data.len(), now) else {
+            return; // stale
+        };
+        let Some(in_buf_size) = self.cfg.direct.as_ref().map(|d| d.in_buf_size) else {
             return;
         };
-        let ip = slot.addr.ip();
-        let (session, in_buf, out) = slot.parts();
-        let Some(conn) = session.direct_conn() else {
-            return;
-        };
-        let out_before = out.len();
-        let DirectConn {
-            chan,
-            socket,
-            deadline,
-        } = conn;
-        let deadline = *deadline;
-        let ProxyModule {
-            cfg,
-            sockets,
-            direct_by_account,
-            events,
-            stats,
-            ..
-        } = self;
-        let Some(direct) = cfg.direct.as_ref() else {
-            return;
-        };
-        let result = feed(
-            in_buf,
-            data.as_mut_slice(),
-            direct.in_buf_size,
-            chan,
-            |chan, buf| {
-                let mut pos = 0;
-                loop {
-                    match chan.next(&mut buf[pos..], out)? {
-                        Step::NeedMore => return Ok(pos),
-                        Step::Handshake { consumed } | Step::Opened { consumed } => pos += consumed,
-                        Step::Frame {
-                            consumed,
-                            plaintext,
-                        } => {
-                            pos += consumed;
-                            if let Some(handle) = *socket {
-                                // The socket may have ended (the shard dropped
-                                // the player) with its connection not yet gone.
-                                if find_slot(sockets, handle).is_none() {
-                                    return Err(DirectError::Ended);
-                                }
-                                let n =
-                                    filter_client_frame(plaintext).map_err(DirectError::Filter)?;
-                                stats.msgs_in += n as u64;
-                                let start = events.bytes.len();
-                                events.bytes.extend_from_slice(plaintext);
-                                events.list.push(ProxyEvent::PlayerPacket {
-                                    socket: handle,
-                                    start,
-                                    end: events.bytes.len(),
-                                });
-                                continue;
-                            }
-                            // The first frame: the auth proof, in time.
-                            if now >= deadline {
-                                return Err(DirectError::Proof(
-                                    "it came after the handshake deadline",
-                                ));
-                            }
-                            let proof = AuthProof::decode_frame(plaintext)
-                                .map_err(|_| DirectError::Proof("not an auth proof"))?;
-                            if proof.shard_name != cfg.shard_name {
-                                return Err(DirectError::Proof("unknown shard"));
-                            }
-                            let index = *direct_by_account
-                                .get(proof.account_name)
-                                .ok_or(DirectError::Proof("no reservation for this account"))?;
-                            let slot = &mut sockets[index as usize];
-                            let SocketState::Reserved(Some(ticket)) = &slot.state else {
-                                return Err(DirectError::Proof("no reservation for this account"));
-                            };
-                            if !memcmp_ct(&ticket.token, proof.token) {
-                                return Err(DirectError::Proof("wrong token"));
-                            }
-                            if now >= slot.deadline {
-                                return Err(DirectError::Proof("the reservation expired"));
-                            }
-                            if direct.require_announced_ip
-                                && ticket.ip.to_canonical() != ip.to_canonical()
-                            {
-                                return Err(DirectError::Proof(
-                                    "connecting from another address than the one announced",
-                                ));
-                            }
-                            let push = PushStream::import_state(&chan.hand_over_push()?);
-                            direct_by_account.remove(proof.account_name);
-                            slot.state = SocketState::Connected { push };
-                            slot.carrier = Carrier::Direct(Some(client));
-                            let handle = (slot.generation << super::SOCKET_INDEX_BITS) | index;
-                            *socket = Some(handle);
-                            events
-                                .list
-                                .push(ProxyEvent::PlayerConnected { socket: handle });
-                        }
-                    }
-                }
-            },
-        );
-        let wrote = out.len() != out_before;
-        drop(data);
-        let reason = match result {
+        let ip = slot.addr().ip();
+        // Out of the slot while its frames are handled, as on a proxy link.
+        let mut in_buf = std::mem::take(&mut slot.in_buf);
+        let mut frames = Frames::new(&mut in_buf, data, in_buf_size);
+        let result = self.direct_units(pool, client, ip, &mut frames, now);
+        drop(frames);
+        match result {
             Ok(()) => {
-                if wrote {
-                    clients.cl_wrote(client);
+                if let Some(slot) = pool.get_mut(client) {
+                    slot.in_buf = in_buf;
                 }
-                return;
+                pool.wrote(client);
             }
-            Err(FeedError::TooLarge) => "frame larger than the listener's in_buf_size".to_string(),
-            Err(FeedError::Process(DirectError::Channel(e))) => e.to_string(),
-            Err(FeedError::Process(DirectError::Proof(why))) => {
-                format!("auth proof refused: {why}")
+            Err(err) => self.direct_refuse(pool, client, err),
+        }
+    }
+
+    /// The units of one read: the first frame is the auth proof, every later
+    /// one the player's messages.
+    fn direct_units<S: ProxySessions>(
+        &mut self,
+        pool: &mut Pool<S>,
+        client: ConnRef,
+        ip: IpAddr,
+        frames: &mut Frames<'_>,
+        now: Instant,
+    ) -> Result<(), DirectError> {
+        loop {
+            let Some(slot) = pool.get_mut(client) else {
+                return Ok(()); // dropped meanwhile
+            };
+            let (session, out) = slot.session_and_out();
+            let Some(conn) = session.direct_conn() else {
+                return Ok(());
+            };
+            let (socket, deadline) = (conn.socket, conn.deadline);
+            let frame = match frames.next(&mut conn.chan, out)? {
+                None => return Ok(()),
+                // Nothing to do until the proof arrives.
+                Some(Unit::Opened) => continue,
+                Some(Unit::Frame(frame)) => frame,
+            };
+            match socket {
+                Some(handle) => self.direct_packet(handle, frame)?,
+                // The first frame: the auth proof, in time.
+                None if now >= deadline => {
+                    return Err(DirectError::Proof("it came after the handshake deadline"));
+                }
+                None => self.direct_proof(pool, client, ip, frame, now)?,
             }
-            Err(FeedError::Process(DirectError::Filter(e))) => {
+        }
+    }
+
+    /// A frame of an authenticated direct player: the size checks, then to
+    /// the game as the proxy module's `PlayerPacket`.
+    fn direct_packet(&mut self, socket: u32, frame: &[u8]) -> Result<(), DirectError> {
+        // The socket may have ended (the shard dropped the player) with its
+        // connection not yet gone.
+        if find_slot(&mut self.sockets, socket).is_none() {
+            return Err(DirectError::Ended);
+        }
+        let n = filter_client_frame(frame).map_err(DirectError::Filter)?;
+        self.stats.msgs_in += n as u64;
+        let bytes = &mut self.events.bytes;
+        let start = bytes.len();
+        bytes.extend_from_slice(frame);
+        let end = bytes.len();
+        self.events
+            .list
+            .push(ProxyEvent::PlayerPacket { socket, start, end });
+        Ok(())
+    }
+
+    /// The auth proof of a direct player (as the proxy's
+    /// `shard_check_client_auth_proof`): checked against the reservation the
+    /// login server announced; then the connection takes over the socket and
+    /// the socket its push stream, as a proxy's `FPROXY_MSG_PLAYER_CRYPTCHAN`
+    /// would hand it over.
+    fn direct_proof<S: ProxySessions>(
+        &mut self,
+        pool: &mut Pool<S>,
+        client: ConnRef,
+        ip: IpAddr,
+        frame: &[u8],
+        now: Instant,
+    ) -> Result<(), DirectError> {
+        let proof =
+            AuthProof::decode_frame(frame).map_err(|_| DirectError::Proof("not an auth proof"))?;
+        let index = self.direct_reservation(&proof, ip, now)?;
+        let Some(conn) = pool.get_mut(client).and_then(|s| s.session.direct_conn()) else {
+            return Ok(());
+        };
+        let push = PushStream::import_state(&conn.chan.hand_over_push()?);
+        self.direct_by_account.remove(proof.account_name);
+        let slot = &mut self.sockets[index as usize];
+        slot.state = SocketState::Connected { push };
+        slot.carrier = Carrier::Direct(Some(client));
+        let socket = (slot.generation << SOCKET_INDEX_BITS) | index;
+        conn.socket = Some(socket);
+        self.events
+            .list
+            .push(ProxyEvent::PlayerConnected { socket });
+        Ok(())
+    }
+
+    /// The reserved direct socket a proof claims, if every check passes: this
+    /// shard, the account's reservation, its token (in constant time), its
+    /// deadline, and (with `require_announced_ip`) the announced address.
+    fn direct_reservation(
+        &self,
+        proof: &AuthProof<'_>,
+        ip: IpAddr,
+        now: Instant,
+    ) -> Result<u32, DirectError> {
+        if proof.shard_name != self.cfg.shard_name {
+            return Err(DirectError::Proof("unknown shard"));
+        }
+        let no_reservation = DirectError::Proof("no reservation for this account");
+        let Some(&index) = self.direct_by_account.get(proof.account_name) else {
+            return Err(no_reservation);
+        };
+        let slot = &self.sockets[index as usize];
+        let SocketState::Reserved(Some(ticket)) = &slot.state else {
+            return Err(no_reservation);
+        };
+        if !memcmp_ct(&ticket.token, proof.token) {
+            return Err(DirectError::Proof("wrong token"));
+        }
+        if now >= slot.deadline {
+            return Err(DirectError::Proof("the reservation expired"));
+        }
+        let check_ip = self
+            .cfg
+            .direct
+            .as_ref()
+            .is_some_and(|d| d.require_announced_ip);
+        if check_ip && ticket.ip.to_canonical() != ip.to_canonical() {
+            return Err(DirectError::Proof(
+                "connecting from another address than the one announced",
+            ));
+        }
+        Ok(index)
+    }
+
+    /// Disconnects a direct player whose bytes broke a rule, with the reason.
+    fn direct_refuse<S: ProxySessions>(
+        &mut self,
+        pool: &mut Pool<S>,
+        client: ConnRef,
+        err: DirectError,
+    ) {
+        let reason = match err {
+            DirectError::Frame(FrameError::TooLarge) => {
+                "frame larger than the listener's in_buf_size".to_string()
+            }
+            DirectError::Frame(FrameError::Channel(e)) => e.to_string(),
+            DirectError::Proof(why) => format!("auth proof refused: {why}"),
+            DirectError::Filter(e) => {
                 self.stats.filtered += 1;
                 format!("filtered: {e}")
             }
-            Err(FeedError::Process(DirectError::Ended)) => {
-                clients.cl_disconnect(client, DisconnectReason::Closed("its socket has ended"));
+            DirectError::Ended => {
+                pool.disconnect(client, DisconnectReason::Closed("its socket has ended"));
                 return;
             }
         };
-        clients.cl_disconnect(client, DisconnectReason::Protocol(reason));
+        pool.disconnect(client, DisconnectReason::Protocol(reason));
     }
 
     /// A connection on the direct listener went away (from the pool's
