@@ -369,7 +369,7 @@ fn threads_are_named_and_idle_ones_sleep_where_they_should() {
 #[test]
 fn a_panicking_thread_aborts_the_process() {
     if std::env::var_os("MUTA_PANIC_CHILD").is_some() {
-        muta_proxy::daemon::install_panic_abort_hook();
+        muta_proxy::process::install_panic_abort_hook();
         thread::Builder::new()
             .name("client".to_string())
             .spawn(|| panic!("deliberate panic on the client thread"))

@@ -16,7 +16,7 @@ use muta_proxy::cryptchan::{KeyPair, PublicKey};
 use muta_proxy::proto::client::{
     AuthProof, ClientMsg, ServerMsg, check_client_msg, filter_client_frame,
 };
-use muta_proxy::proto::frame::{Channel, ChannelError, Step, feed};
+use muta_proxy::proto::frame::{Channel, Frames, Step, Unit};
 use muta_proxy::proto::login::{FromLogin, FromShard, ProxyTicket, ToLogin, ToShard};
 use muta_proxy::proto::proxy_shard::{FProxyMsg, TProxyMsg};
 
@@ -512,7 +512,7 @@ fn valid_frames_cut_at_random_points_arrive_whole_and_in_order() {
             sent.push(frame);
         }
 
-        // Deliver it in reads cut at random points, through `feed`.
+        // Deliver it in reads cut at random points, through the frame driver.
         let in_buf_max = 4096;
         let mut in_buf = Vec::new();
         let mut got: Vec<Vec<u8>> = Vec::new();
@@ -522,25 +522,14 @@ fn valid_frames_cut_at_random_points_arrive_whole_and_in_order() {
             let n = (1 + rng.below(700)).min(to_acc.len() - pos);
             let mut read = to_acc[pos..pos + n].to_vec();
             pos += n;
-            feed(&mut in_buf, &mut read, in_buf_max, &mut acc, |chan, buf| {
-                let mut used = 0;
-                loop {
-                    match chan.next(&mut buf[used..], &mut reply)? {
-                        Step::NeedMore => return Ok::<_, ChannelError>(used),
-                        Step::Handshake { consumed } | Step::Opened { consumed } => {
-                            used += consumed
-                        }
-                        Step::Frame {
-                            consumed,
-                            plaintext,
-                        } => {
-                            got.push(plaintext.to_vec());
-                            used += consumed;
-                        }
-                    }
+            let mut frames = Frames::new(&mut in_buf, &mut read, in_buf_max);
+            while let Some(unit) = frames.next(&mut acc, &mut reply).unwrap() {
+                match unit {
+                    Unit::Frame(plaintext) => got.push(plaintext.to_vec()),
+                    Unit::Opened => {}
                 }
-            })
-            .unwrap();
+            }
+            drop(frames);
             assert!(in_buf.len() <= in_buf_max);
         }
         assert!(acc.is_open());

@@ -545,7 +545,7 @@ fn the_proxy_refuses_a_shard_whose_key_is_not_the_pinned_one() {
     let entries = muta_proxy::config::parse_shards_cfg(std::path::Path::new("t"), &line).unwrap();
     let mut cfg = util::test_config();
     cfg.proxy.listen = util::loopback(0);
-    let mut proxy = muta_proxy::proxy::Proxy::start(cfg, &entries, Vec::new()).unwrap();
+    let mut proxy = muta_proxy::proxy::start(cfg, &entries, Vec::new()).unwrap();
     let evbuf = proxy.event_buf();
     let run = std::thread::spawn(move || {
         proxy.main_loop();

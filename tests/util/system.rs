@@ -13,7 +13,7 @@ use muta_proxy::bot::client::{self, ClientError, Ticket};
 use muta_proxy::com::{ComEventBuf, Event};
 use muta_proxy::config::{Config, ShardEntry};
 use muta_proxy::cryptchan::{PublicKey, PwhashCost};
-use muta_proxy::login_server::{LoginServer, LoginServerCfg};
+use muta_proxy::login_server::LoginServerCfg;
 use muta_proxy::proxy;
 use muta_proxy::shard_server::{self, ShardServerCfg};
 
@@ -184,12 +184,12 @@ pub fn start_login_with(
         ..LoginServerCfg::default()
     };
     tweak(&mut cfg);
-    let server = LoginServer::start(cfg, Vec::new()).unwrap();
-    let addr = server.addr();
-    let run = Running::spawn("main", server.event_buf(), move || {
-        let mut server = server;
-        server.main_loop();
-        server.shutdown();
+    let node = muta_proxy::login_server::start(cfg, Vec::new()).unwrap();
+    let addr = node.local_addr(0);
+    let run = Running::spawn("main", node.event_buf(), move || {
+        let mut node = node;
+        node.main_loop();
+        node.shutdown();
     });
     LoginNode { addr, run }
 }
