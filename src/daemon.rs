@@ -129,8 +129,10 @@ fn run_on_main_thread(opts: Options) -> i32 {
 pub fn run(opts: &Options) -> i32 {
     let (cfg, shards) = match config::load(&opts.config, &opts.shards) {
         Ok(loaded) => loaded,
-        Err(err) => {
-            eprintln!("muta-proxy: {err}");
+        Err(errors) => {
+            for err in &errors {
+                eprintln!("muta-proxy: {err}");
+            }
             return 1;
         }
     };

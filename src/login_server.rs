@@ -819,7 +819,7 @@ pub fn main_with_args<I: IntoIterator<Item = OsString>>(args: I) -> i32 {
                     let text = args.value(&flag)?;
                     let line = format!("shard = {text}");
                     let mut entries = crate::config::parse_shards_cfg(Path::new("--shard"), &line)
-                        .map_err(|e| e.message)?;
+                        .map_err(|e| e.messages())?;
                     cfg.shards.append(&mut entries);
                 }
                 "--shard-password" => cfg.shard_password = Secret::new(args.value(&flag)?),
