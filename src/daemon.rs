@@ -102,8 +102,10 @@ pub fn main_with_args<I: IntoIterator<Item = OsString>>(args: I) -> i32 {
 pub fn run(opts: Options) -> i32 {
     let (cfg, shards) = match config::load(&opts.config, &opts.shards) {
         Ok(loaded) => loaded,
-        Err(err) => {
-            eprintln!("muta-proxy: {err}");
+        Err(errors) => {
+            for err in &errors {
+                eprintln!("muta-proxy: {err}");
+            }
             return 1;
         }
     };

@@ -238,6 +238,60 @@ fn check_config_names_the_line_of_a_bad_proxy_cfg_key() {
 }
 
 #[test]
+fn check_config_reports_every_problem_one_line_each() {
+    let dir = scratch_dir("check_config_two_problems");
+    let (config, shards) = write_configs(&dir, 7701, "");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let broken = text
+        .replace("max_clients = 1024", "max_clients = 0")
+        .replace("connect_retry_ms = 2000", "connect_retry_ms = \"often\"");
+    std::fs::write(&config, &broken).unwrap();
+    let line_of = |needle: &str| broken.lines().position(|l| l == needle).unwrap() + 1;
+    let expected = [
+        format!(
+            "muta-proxy: {}:{}: client.max_clients: expected an integer from 1 to 1000000, found 0",
+            config.display(),
+            line_of("max_clients = 0")
+        ),
+        format!(
+            "muta-proxy: {}:{}: shard.connect_retry_ms: expected an integer from 100 to 3600000, \
+             found a string",
+            config.display(),
+            line_of("connect_retry_ms = \"often\"")
+        ),
+    ];
+    let check = |shards: &Path| {
+        run(&[
+            "--check-config",
+            "--config",
+            config.to_str().unwrap(),
+            "--shards",
+            shards.to_str().unwrap(),
+        ])
+    };
+    let (status, stdout, stderr) = check(&shards);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert_eq!(stdout, "");
+    assert_eq!(stderr.lines().collect::<Vec<_>>(), expected, "{stderr}");
+
+    // A broken shards.cfg as well: its problems follow proxy.cfg's.
+    std::fs::write(&shards, "shard = 127.0.0.1:0\nshard = 10.0.0.1\nshard =\n").unwrap();
+    let (status, _, stderr) = check(&shards);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 4, "{stderr}");
+    assert_eq!(lines[..2], expected, "{stderr}");
+    assert!(
+        lines[2].starts_with(&format!("muta-proxy: {}:1: ", shards.display())),
+        "{stderr}"
+    );
+    assert!(
+        lines[3].starts_with(&format!("muta-proxy: {}:3: ", shards.display())),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn help_version_and_bad_usage() {
     let (status, stdout, _) = run(&["--help"]);
     assert_eq!(status.code(), Some(0));

@@ -2,12 +2,12 @@
 //! rust-analyzer's tidy tests): every Rust file opens with a `//!` doc; no
 //! `unsafe` outside the libsodium wrapper; no `#[ignore]` without a reason;
 //! every source file appears in `docs/thesis-map.md`; every configuration key
-//! is in the shipped `proxy.cfg` with its default and in
-//! `docs/configuration.md`.
+//! of `config::KEYS` is in the shipped `proxy.cfg` with its default and in
+//! `docs/configuration.md` with its default, range and reload.
 
 use std::path::{Path, PathBuf};
 
-use muta_proxy::config::{Config, Secret};
+use muta_proxy::config::{Config, KEYS, Key, Reload, Secret};
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -157,28 +157,28 @@ fn every_source_file_is_in_the_thesis_map() {
     );
 }
 
-/// Every key `Config::parse` accepts, as the `"section.key"` names it returns.
-fn config_keys() -> Vec<String> {
-    let source = read(&root().join("src/config.rs"));
-    let mut keys: Vec<String> = source
+/// Every key `Config::parse` accepts: the table itself.
+fn config_keys() -> &'static [Key] {
+    assert!(KEYS.len() >= 20, "only {} keys in config::KEYS", KEYS.len());
+    KEYS
+}
+
+/// The cells of the row of `docs/configuration.md`'s tables that documents
+/// `key`: key, default, range, reload, meaning.
+fn docs_row<'a>(docs: &'a str, key: &str) -> Option<Vec<&'a str>> {
+    let row = docs
         .lines()
-        .map(str::trim)
-        .filter_map(|l| l.strip_prefix('"')?.strip_suffix('"').map(str::to_string))
-        .filter(|k| {
-            k.split_once('.').is_some_and(|(s, key)| {
-                ["proxy", "client", "shard", "runtime"].contains(&s)
-                    && key.chars().all(|c| c.is_ascii_lowercase() || c == '_')
-            })
-        })
-        .collect();
-    keys.sort();
-    keys.dedup();
-    assert!(
-        keys.len() >= 20,
-        "found only {} keys in src/config.rs",
-        keys.len()
-    );
-    keys
+        .find(|l| l.starts_with(&format!("| `{key}` |")))?;
+    Some(row.split('|').map(str::trim).skip(1).collect())
+}
+
+/// The default as the docs write it: TOML strings in backticks.
+fn docs_default(key: &Key) -> String {
+    match key.default_text() {
+        None => "none: required".to_string(),
+        Some(text) if text.starts_with('"') => format!("`{text}`"),
+        Some(text) => text,
+    }
 }
 
 #[test]
@@ -186,24 +186,49 @@ fn every_config_key_is_shipped_and_documented() {
     let shipped = read(&root().join("proxy.cfg"));
     let docs = read(&root().join("docs/configuration.md"));
     for key in config_keys() {
-        let (section, name) = key.split_once('.').unwrap();
         let section_text = shipped
-            .split(&format!("[{section}]"))
+            .split(&format!("[{}]", key.section()))
             .nth(1)
-            .unwrap_or_else(|| panic!("proxy.cfg has no [{section}]"))
+            .unwrap_or_else(|| panic!("proxy.cfg has no [{}]", key.section()))
             .split("\n[")
             .next()
             .unwrap();
+        let at_default = |l: &str| match key.default_text() {
+            Some(default) => l == format!("{} = {default}", key.key()),
+            // The one key without a default is set to a placeholder.
+            None => l.starts_with(&format!("{} = ", key.key())),
+        };
         assert!(
-            section_text
-                .lines()
-                .any(|l| l.starts_with(&format!("{name} = "))),
-            "proxy.cfg does not set {key}"
+            section_text.lines().any(at_default),
+            "proxy.cfg does not set {} to its default, {:?}",
+            key.name,
+            key.default_text()
         );
-        assert!(
-            docs.contains(&format!("`{key}`")),
-            "docs/configuration.md does not document {key}"
+        let row = docs_row(&docs, key.name)
+            .unwrap_or_else(|| panic!("docs/configuration.md does not document {}", key.name));
+        assert!(row.len() >= 5, "{}: the row has too few columns", key.name);
+        assert_eq!(row[1], docs_default(key), "docs: default of {}", key.name);
+        assert_eq!(
+            row[2].replace('`', ""),
+            key.range_text(),
+            "docs: range of {}",
+            key.name
         );
+        let reload = match key.reload {
+            Reload::Live => "live",
+            Reload::Restart => "restart",
+        };
+        assert_eq!(row[3], reload, "docs: reload of {}", key.name);
+    }
+    // And nothing documented that the table does not have.
+    for line in docs.lines().filter(|l| l.starts_with("| `")) {
+        let name = line.split('`').nth(1).unwrap_or("");
+        if name.contains('.') && !name.contains(' ') {
+            assert!(
+                config_keys().iter().any(|k| k.name == name),
+                "docs/configuration.md documents `{name}`, which config::KEYS does not have"
+            );
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! Fuzz target: the `proxy.cfg` and `shards.cfg` parsers on arbitrary text.
-//! Errors must name a line within the text, and nothing may panic.
+//! Every reported problem must name a line within the text, problems come in
+//! file order, an error is never empty, and nothing may panic.
 #![no_main]
 
 use std::path::Path;
@@ -16,10 +17,17 @@ fuzz_target!(|data: &[u8]| {
         parse_shards_cfg(Path::new("f"), text).map(|_| ()),
         Config::parse(Path::new("f"), text).map(|_| ()),
     ] {
-        if let Err(e) = result
-            && let Some(line) = e.line
-        {
+        let Err(errors) = result else {
+            continue;
+        };
+        assert!(!errors.0.is_empty(), "an error without a problem");
+        let reported: Vec<usize> = errors.iter().filter_map(|e| e.line).collect();
+        for &line in &reported {
             assert!(line >= 1 && line <= lines + 1, "line {line} of {lines}");
         }
+        assert!(
+            reported.windows(2).all(|w| w[0] <= w[1]),
+            "not in file order: {reported:?}"
+        );
     }
 });

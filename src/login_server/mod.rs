@@ -391,7 +391,7 @@ fn parse_args<I: IntoIterator<Item = OsString>>(args: I) -> Result<Command, Stri
             "--shard" => {
                 let line = format!("shard = {}", args.value(&flag)?);
                 let mut entries = crate::config::parse_shards_cfg(Path::new("--shard"), &line)
-                    .map_err(|e| e.message)?;
+                    .map_err(|e| e.messages())?;
                 cfg.shards.append(&mut entries);
             }
             "--shard-password" => cfg.shard_password = Secret::new(args.value(&flag)?),

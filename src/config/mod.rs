@@ -1,0 +1,420 @@
+//! Configuration (thesis §3.8.1): `proxy.cfg` in TOML, and `shards.cfg` in the
+//! thesis's own line format, `shard = 127.0.0.1`.
+//!
+//! `proxy.cfg` has four sections, `[proxy]`, `[client]`, `[shard]` and
+//! `[runtime]`. Every key is one entry of the table [`KEYS`] (`schema.rs`):
+//! its name, default (`DEFAULT_*`), range, unit and whether a running daemon
+//! may change it. Every key is optional except `shard.password`; every limit
+//! the daemon enforces is one of these keys; unknown sections and keys are
+//! errors. The pipeline is text → toml's spanned table → [`Config`], each key
+//! range-checked by its entry (`reader.rs`) → the cross-key checks of
+//! [`Config::validate`]. Every problem in a file is reported, not only the
+//! first, each naming the file, the line and the problem ([`ConfigErrors`]).
+//!
+//! `shards.cfg` (`shards.rs`) has one `shard = HOST[:PORT] [key=HEX]` line
+//! per shard (the key repeats, which is why it is not TOML), `#` comments and
+//! blank lines.
+//!
+//! Nothing here does I/O except [`load`], which reads the two files.
+
+mod reader;
+mod schema;
+mod shards;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use log::LevelFilter;
+
+// The table, its types and every `DEFAULT_*`, at `config::` where the rest of
+// the crate has always found them.
+pub use schema::*;
+pub use shards::{ShardEntry, parse_shards_cfg};
+
+/// Upper bound on `client.max_clients`; also keeps client indices clear of the
+/// reserved netpoll data words.
+pub const MAX_CLIENTS_LIMIT: u32 = 1_000_000;
+/// The port a `shards.cfg` line without one connects to (port decision).
+pub const DEFAULT_SHARD_PORT: u16 = 7701;
+
+/// The smallest `client.in_buf_size`: a frame holding the largest client
+/// message (`CLMSG_ECHO` with 1 KiB of data), with its length and MAC.
+pub const CLIENT_IN_BUF_MIN: usize = 2048;
+/// The smallest `shard.in_buf_size`: one full frame (65,535 + 2 bytes).
+pub const SHARD_IN_BUF_MIN: usize = 65_537;
+
+/// A password that does not print itself.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+
+    /// The secret itself.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// `[proxy]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProxyCfg {
+    /// Client listen address.
+    pub listen: SocketAddr,
+    /// The public `HOST:PORT` clients are told to connect to.
+    pub public_address: String,
+    /// Log level when `RUST_LOG` is unset.
+    pub log_level: LevelFilter,
+}
+
+/// `[client]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClientCfg {
+    /// Size of the client pool.
+    pub max_clients: u32,
+    /// Thesis `CL_IN_BUF_SZ`.
+    pub in_buf_size: usize,
+    /// Thesis `CL_OUT_BUF_SZ`.
+    pub out_buf_size: usize,
+    /// Bytes per read on the client thread.
+    pub read_size: usize,
+    /// Reads of one client per wake-up.
+    pub reads_per_wakeup: u32,
+    /// Accepts per wake-up.
+    pub accepts_per_wakeup: u32,
+    /// Kernel listen backlog.
+    pub listen_backlog: u32,
+    /// Idle timeout.
+    pub idle_timeout_ms: u64,
+    /// Deadline from accept to a valid auth proof.
+    pub handshake_timeout_ms: u64,
+    /// Lifetime of an unclaimed reservation.
+    pub reservation_timeout_ms: u64,
+    /// Refuse clients from IPs no shard announced.
+    pub require_announced_ip: bool,
+}
+
+/// `[shard]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ShardCfg {
+    /// The password sent in `FPROXY_MSG_LOGIN`.
+    pub password: Secret,
+    /// Time between connect attempts.
+    pub connect_retry_ms: u64,
+    /// Timeout of one connect.
+    pub connect_timeout_ms: u64,
+    /// Incomplete-message buffer per shard.
+    pub in_buf_size: usize,
+    /// Output queue per shard.
+    pub out_buf_size: usize,
+    /// Bytes per read on the shard thread.
+    pub read_size: usize,
+    /// Reads of one shard per wake-up.
+    pub reads_per_wakeup: u32,
+}
+
+/// `[runtime]`: the event buffer, netpoll and secpool.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RuntimeCfg {
+    /// Event buffer capacity.
+    pub event_buffer_capacity: usize,
+    /// Events per `event_wait`.
+    pub event_wait_max: usize,
+    /// Events an I/O thread collects before pushing.
+    pub io_batch_max: usize,
+    /// Events per `netpoll_wait`.
+    pub netpoll_events_max: usize,
+    /// secpool's byte cap.
+    pub secpool_bytes_max: usize,
+    /// Free blocks kept per secpool class.
+    pub secpool_free_blocks_max: usize,
+}
+
+/// The whole of `proxy.cfg`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// `[proxy]`
+    pub proxy: ProxyCfg,
+    /// `[client]`
+    pub client: ClientCfg,
+    /// `[shard]`
+    pub shard: ShardCfg,
+    /// `[runtime]`
+    pub runtime: RuntimeCfg,
+}
+
+impl Default for Config {
+    /// Every key at its default; `shard.password` empty, which
+    /// [`Config::validate`] refuses.
+    fn default() -> Config {
+        Config {
+            proxy: ProxyCfg {
+                listen: DEFAULT_LISTEN.parse().expect("DEFAULT_LISTEN parses"),
+                public_address: DEFAULT_PUBLIC_ADDRESS.to_string(),
+                log_level: DEFAULT_LOG_LEVEL,
+            },
+            client: ClientCfg {
+                max_clients: DEFAULT_MAX_CLIENTS,
+                in_buf_size: DEFAULT_CLIENT_IN_BUF_SIZE,
+                out_buf_size: DEFAULT_CLIENT_OUT_BUF_SIZE,
+                read_size: DEFAULT_CLIENT_READ_SIZE,
+                reads_per_wakeup: DEFAULT_CLIENT_READS_PER_WAKEUP,
+                accepts_per_wakeup: DEFAULT_CLIENT_ACCEPTS_PER_WAKEUP,
+                listen_backlog: DEFAULT_CLIENT_LISTEN_BACKLOG,
+                idle_timeout_ms: DEFAULT_CLIENT_IDLE_TIMEOUT_MS,
+                handshake_timeout_ms: DEFAULT_CLIENT_HANDSHAKE_TIMEOUT_MS,
+                reservation_timeout_ms: DEFAULT_CLIENT_RESERVATION_TIMEOUT_MS,
+                require_announced_ip: DEFAULT_CLIENT_REQUIRE_ANNOUNCED_IP,
+            },
+            shard: ShardCfg {
+                password: Secret::default(),
+                connect_retry_ms: DEFAULT_SHARD_CONNECT_RETRY_MS,
+                connect_timeout_ms: DEFAULT_SHARD_CONNECT_TIMEOUT_MS,
+                in_buf_size: DEFAULT_SHARD_IN_BUF_SIZE,
+                out_buf_size: DEFAULT_SHARD_OUT_BUF_SIZE,
+                read_size: DEFAULT_SHARD_READ_SIZE,
+                reads_per_wakeup: DEFAULT_SHARD_READS_PER_WAKEUP,
+            },
+            runtime: RuntimeCfg {
+                event_buffer_capacity: DEFAULT_EVENT_BUFFER_CAPACITY,
+                event_wait_max: DEFAULT_EVENT_WAIT_MAX,
+                io_batch_max: DEFAULT_IO_BATCH_MAX,
+                netpoll_events_max: DEFAULT_NETPOLL_EVENTS_MAX,
+                secpool_bytes_max: DEFAULT_SECPOOL_BYTES_MAX,
+                secpool_free_blocks_max: DEFAULT_SECPOOL_FREE_BLOCKS_MAX,
+            },
+        }
+    }
+}
+
+impl Config {
+    /// Parses and validates the text of a `proxy.cfg`; `file` is only used in
+    /// error messages. The error holds every problem found, in file order.
+    pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
+        reader::parse(file, text)
+    }
+
+    /// Checks that hold between keys. Each problem names the key to change.
+    pub fn validate(&self) -> Result<(), Vec<(&'static str, String)>> {
+        let mut problems = Vec::new();
+        if self.shard.password.expose().is_empty() {
+            problems.push((
+                "shard.password",
+                "shard.password is empty; set the password the shards expect".to_string(),
+            ));
+        }
+        if self.client.in_buf_size < CLIENT_IN_BUF_MIN {
+            problems.push((
+                "client.in_buf_size",
+                format!(
+                    "client.in_buf_size = {} cannot hold the largest client message; at least {CLIENT_IN_BUF_MIN}",
+                    self.client.in_buf_size
+                ),
+            ));
+        }
+        if self.shard.in_buf_size < SHARD_IN_BUF_MIN {
+            problems.push((
+                "shard.in_buf_size",
+                format!(
+                    "shard.in_buf_size = {} cannot hold a full frame; at least {SHARD_IN_BUF_MIN}",
+                    self.shard.in_buf_size
+                ),
+            ));
+        }
+        let needed = self.secpool_bytes_needed();
+        if self.runtime.secpool_bytes_max < needed {
+            problems.push((
+                "runtime.secpool_bytes_max",
+                format!(
+                    "runtime.secpool_bytes_max = {} is below {needed}, the most the I/O threads can \
+                     have in flight: (event_buffer_capacity + event_wait_max + 2 * io_batch_max) \
+                     * secpool_block_size_max ({})",
+                    self.runtime.secpool_bytes_max,
+                    self.secpool_block_size_max()
+                ),
+            ));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// The largest secpool block: one read, rounded up to a power of two.
+    pub fn secpool_block_size_max(&self) -> usize {
+        self.client
+            .read_size
+            .max(self.shard.read_size)
+            .next_power_of_two()
+    }
+
+    /// The most bytes of read data that can be in flight at once: every event
+    /// in the buffer, every event the main thread holds, and a batch on each
+    /// I/O thread, each in the largest block. With the cap at least this, the
+    /// blocking event buffer guarantees secpool is never exhausted.
+    pub fn secpool_bytes_needed(&self) -> usize {
+        let r = &self.runtime;
+        (r.event_buffer_capacity + r.event_wait_max + 2 * r.io_batch_max)
+            * self.secpool_block_size_max()
+    }
+}
+
+/// Reads and validates both files. A broken `proxy.cfg` does not stop the
+/// check of `shards.cfg`: the error holds the problems of both, `proxy.cfg`'s
+/// first.
+pub fn load(
+    config_path: &Path,
+    shards_path: &Path,
+) -> Result<(Config, Vec<ShardEntry>), ConfigErrors> {
+    let read = |path: &Path| -> Result<String, ConfigErrors> {
+        std::fs::read_to_string(path)
+            .map_err(|err| ConfigError::new(path, None, format!("cannot read: {err}")).into())
+    };
+    let config = read(config_path).and_then(|text| Config::parse(config_path, &text));
+    let shards = read(shards_path).and_then(|text| parse_shards_cfg(shards_path, &text));
+    match (config, shards) {
+        (Ok(config), Ok(shards)) => Ok((config, shards)),
+        (Err(errors), Ok(_)) | (Ok(_), Err(errors)) => Err(errors),
+        (Err(ConfigErrors(mut first)), Err(ConfigErrors(second))) => {
+            first.extend(second);
+            Err(ConfigErrors(first))
+        }
+    }
+}
+
+/// A configuration problem: which file, which line (when there is one), what.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file.
+    pub file: PathBuf,
+    /// 1-based line, if the problem has one.
+    pub line: Option<usize>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(file: &Path, line: Option<usize>, message: String) -> ConfigError {
+        ConfigError {
+            file: file.to_path_buf(),
+            line,
+            message,
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "{}:{}: {}", self.file.display(), line, self.message),
+            None => write!(f, "{}: {}", self.file.display(), self.message),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Every problem found in the configuration, in file order; never empty when
+/// returned as an error. Displays as one `FILE:LINE: message` line each.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl ConfigErrors {
+    /// The problems, in file order.
+    pub fn iter(&self) -> std::slice::Iter<'_, ConfigError> {
+        self.0.iter()
+    }
+
+    /// The messages alone, joined by `; `: for text that has no file or
+    /// lines of its own, such as a command-line flag.
+    pub fn messages(&self) -> String {
+        let messages: Vec<&str> = self.iter().map(|e| e.message.as_str()).collect();
+        messages.join("; ")
+    }
+}
+
+impl From<ConfigError> for ConfigErrors {
+    fn from(error: ConfigError) -> ConfigErrors {
+        ConfigErrors(vec![error])
+    }
+}
+
+impl<'a> IntoIterator for &'a ConfigErrors {
+    type Item = &'a ConfigError;
+    type IntoIter = std::slice::Iter<'a, ConfigError>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, error) in self.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{error}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_display_one_line_each() {
+        let errors = ConfigErrors(vec![
+            ConfigError::new(Path::new("proxy.cfg"), Some(3), "first".to_string()),
+            ConfigError::new(Path::new("proxy.cfg"), None, "second".to_string()),
+        ]);
+        assert_eq!(errors.to_string(), "proxy.cfg:3: first\nproxy.cfg: second");
+        assert_eq!(errors.messages(), "first; second");
+        assert_eq!((&errors).into_iter().count(), 2);
+    }
+
+    #[test]
+    fn load_reports_the_problems_of_both_files() {
+        let missing = Path::new("/nonexistent/muta-proxy");
+        let errors = load(&missing.join("proxy.cfg"), &missing.join("shards.cfg")).unwrap_err();
+        let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(lines.len(), 2, "{errors}");
+        assert!(lines[0].starts_with("/nonexistent/muta-proxy/proxy.cfg: cannot read"));
+        assert!(lines[1].starts_with("/nonexistent/muta-proxy/shards.cfg: cannot read"));
+    }
+
+    #[test]
+    fn validate_reports_every_cross_key_problem() {
+        let mut cfg = Config::default();
+        cfg.client.in_buf_size = 1024;
+        cfg.runtime.secpool_bytes_max = 1;
+        let keys: Vec<&str> = cfg.validate().unwrap_err().iter().map(|p| p.0).collect();
+        assert_eq!(
+            keys,
+            [
+                "shard.password",
+                "client.in_buf_size",
+                "runtime.secpool_bytes_max"
+            ]
+        );
+        cfg.shard.password = Secret::new("pw");
+        cfg.client.in_buf_size = CLIENT_IN_BUF_MIN;
+        cfg.runtime.secpool_bytes_max = cfg.secpool_bytes_needed();
+        assert_eq!(cfg.validate(), Ok(()));
+    }
+}

@@ -1,0 +1,860 @@
+//! The keys of `proxy.cfg` (thesis §3.8.1) as one table, [`KEYS`]: for each
+//! key its qualified name, default, range, unit, whether a running daemon may
+//! change it, a one-line doc and how its value is stored into [`Config`].
+//! Each `DEFAULT_*` constant sits beside its key's entry.
+//!
+//! The names are a contract with operators' files: a key is never renamed.
+//! `docs/configuration.md` and the shipped `proxy.cfg` list every key of this
+//! table with its default, range and [`Reload`] (a test checks all three).
+
+use log::LevelFilter;
+
+use super::shards::{format_host_port, parse_host_port};
+use super::{Config, MAX_CLIENTS_LIMIT, Secret};
+use crate::proto::PASSWORD_MAX;
+
+/// The sections of `proxy.cfg`, in the order the docs list them.
+pub const SECTIONS: [&str; 4] = ["proxy", "client", "shard", "runtime"];
+
+/// One key of `proxy.cfg`.
+#[derive(Clone, Copy, Debug)]
+pub struct Key {
+    /// `section.key`, as in the docs and in error messages.
+    pub name: &'static str,
+    /// What the value counts; also how its range is written.
+    pub unit: Unit,
+    /// Whether a running daemon may take a new value.
+    pub reload: Reload,
+    /// What the key is for, in one line.
+    pub doc: &'static str,
+    /// Its type, default and range, and where it is stored.
+    pub value: Value,
+}
+
+/// What a key's value counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unit {
+    /// An `IP:PORT` or `HOST:PORT`.
+    Address,
+    /// A log level.
+    Level,
+    /// Free text (the password).
+    Text,
+    /// A plain number of things: clients, reads, events, blocks.
+    Count,
+    /// Bytes.
+    Bytes,
+    /// Milliseconds.
+    Millis,
+    /// `true` or `false`.
+    Boolean,
+}
+
+impl Unit {
+    /// The unit's short name: `ms`, `bytes`, `count`, ...
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unit::Address => "address",
+            Unit::Level => "level",
+            Unit::Text => "text",
+            Unit::Count => "count",
+            Unit::Bytes => "bytes",
+            Unit::Millis => "ms",
+            Unit::Boolean => "boolean",
+        }
+    }
+}
+
+/// Whether a running daemon may change a key: the contract that reloading
+/// (a later issue) will keep.
+///
+/// The rule: a key is [`Reload::Live`] when the daemon reads it afresh each
+/// time it uses it (a deadline, a retry timer, a per-wake-up loop bound, a
+/// limit checked as output is queued, the log level, what is sent at a
+/// shard's next login), so a new value simply applies from its next use. A
+/// key is [`Reload::Restart`] when it sizes or binds something made at
+/// start-up (the listening socket and its backlog, the client pool, buffers
+/// reserved per connection, the event buffer, netpoll's event list, secpool)
+/// or enters the secpool bound, which is checked once against secpool's cap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reload {
+    /// A running daemon may take a new value.
+    Live,
+    /// Only a restart takes a new value.
+    Restart,
+}
+
+/// A key's type, default and range, and how a value is stored into
+/// [`Config`].
+#[derive(Clone, Copy, Debug)]
+pub enum Value {
+    /// An integer from `min` to `max`. `store` only sees values in that
+    /// range, and every `max` fits its field, so its `as` cannot truncate.
+    Int {
+        /// The value when the key is left out.
+        default: u64,
+        /// The smallest value accepted.
+        min: u64,
+        /// The largest value accepted.
+        max: u64,
+        /// Sets the field.
+        store: fn(&mut Config, u64),
+    },
+    /// `true` or `false`.
+    Bool {
+        /// The value when the key is left out.
+        default: bool,
+        /// Sets the field.
+        store: fn(&mut Config, bool),
+    },
+    /// A string, which `store` checks as it converts it.
+    Text {
+        /// The value when the key is left out; `None` for a required key.
+        default: Option<&'static str>,
+        /// The values accepted, in words.
+        allowed: &'static str,
+        /// Checks and sets the field; the problem otherwise, without the
+        /// key's name (the reader puts it in front).
+        store: fn(&mut Config, &str) -> Result<(), String>,
+    },
+}
+
+impl Key {
+    /// The section, `client` in `client.max_clients`.
+    pub fn section(&self) -> &'static str {
+        self.name.split_once('.').map_or("", |(section, _)| section)
+    }
+
+    /// The key within its section, `max_clients` in `client.max_clients`.
+    pub fn key(&self) -> &'static str {
+        self.name.split_once('.').map_or(self.name, |(_, key)| key)
+    }
+
+    /// The default as it is written in TOML (`1024`, `true`, `"info"`);
+    /// `None` for a required key.
+    pub fn default_text(&self) -> Option<String> {
+        match self.value {
+            Value::Int { default, .. } => Some(default.to_string()),
+            Value::Bool { default, .. } => Some(default.to_string()),
+            Value::Text { default, .. } => default.map(|d| format!("\"{d}\"")),
+        }
+    }
+
+    /// The values accepted, as the docs write them: `1 s to 24 h`,
+    /// `256 B to 16 MiB`, `1 to 1,000,000`, `true, false`.
+    pub fn range_text(&self) -> String {
+        match self.value {
+            Value::Int { min, max, .. } => {
+                format!("{} to {}", in_unit(min, self.unit), in_unit(max, self.unit))
+            }
+            Value::Bool { .. } => "true, false".to_string(),
+            Value::Text { allowed, .. } => allowed.to_string(),
+        }
+    }
+}
+
+/// The entry for `key` in `[section]`.
+pub(super) fn find(section: &str, key: &str) -> Option<&'static Key> {
+    KEYS.iter()
+        .find(|k| k.section() == section && k.key() == key)
+}
+
+/// `n` in the largest unit that divides it: `16 MiB`, `10 min`; counts of
+/// five digits or more grouped by thousands, `65,536`.
+fn in_unit(n: u64, unit: Unit) -> String {
+    let units: &[(u64, &str)] = match unit {
+        Unit::Bytes => &[
+            (1 << 40, "TiB"),
+            (1 << 30, "GiB"),
+            (1 << 20, "MiB"),
+            (1 << 10, "KiB"),
+            (1, "B"),
+        ],
+        Unit::Millis => &[(3_600_000, "h"), (60_000, "min"), (1000, "s"), (1, "ms")],
+        _ => &[],
+    };
+    match units.iter().find(|(size, _)| n > 0 && n % size == 0) {
+        Some((size, name)) => format!("{} {name}", n / size),
+        None if n >= 10_000 => {
+            let digits = n.to_string();
+            let mut grouped = String::new();
+            for (i, digit) in digits.chars().enumerate() {
+                if i > 0 && (digits.len() - i) % 3 == 0 {
+                    grouped.push(',');
+                }
+                grouped.push(digit);
+            }
+            grouped
+        }
+        None => n.to_string(),
+    }
+}
+
+const KIB: u64 = 1024;
+const MIB: u64 = 1024 * 1024;
+
+/// Every key of `proxy.cfg`, section by section.
+pub static KEYS: &[Key] = &[
+    PROXY_LISTEN,
+    PROXY_PUBLIC_ADDRESS,
+    PROXY_LOG_LEVEL,
+    CLIENT_MAX_CLIENTS,
+    CLIENT_IN_BUF_SIZE,
+    CLIENT_OUT_BUF_SIZE,
+    CLIENT_READ_SIZE,
+    CLIENT_READS_PER_WAKEUP,
+    CLIENT_ACCEPTS_PER_WAKEUP,
+    CLIENT_LISTEN_BACKLOG,
+    CLIENT_IDLE_TIMEOUT_MS,
+    CLIENT_HANDSHAKE_TIMEOUT_MS,
+    CLIENT_RESERVATION_TIMEOUT_MS,
+    CLIENT_REQUIRE_ANNOUNCED_IP,
+    SHARD_PASSWORD,
+    SHARD_CONNECT_RETRY_MS,
+    SHARD_CONNECT_TIMEOUT_MS,
+    SHARD_IN_BUF_SIZE,
+    SHARD_OUT_BUF_SIZE,
+    SHARD_READ_SIZE,
+    SHARD_READS_PER_WAKEUP,
+    RUNTIME_EVENT_BUFFER_CAPACITY,
+    RUNTIME_EVENT_WAIT_MAX,
+    RUNTIME_IO_BATCH_MAX,
+    RUNTIME_NETPOLL_EVENTS_MAX,
+    RUNTIME_SECPOOL_BYTES_MAX,
+    RUNTIME_SECPOOL_FREE_BLOCKS_MAX,
+];
+
+// [proxy]
+
+/// `proxy.listen`: where the client thread accepts players.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:7702";
+const PROXY_LISTEN: Key = Key {
+    name: "proxy.listen",
+    unit: Unit::Address,
+    reload: Reload::Restart,
+    doc: "Where the client thread accepts players.",
+    value: Value::Text {
+        default: Some(DEFAULT_LISTEN),
+        allowed: "IP:PORT",
+        store: |c, text| {
+            c.proxy.listen = text.parse().map_err(|_| {
+                format!(
+                    "expected IP:PORT (e.g. \"0.0.0.0:7702\" or \"[::]:7702\"), found \"{text}\""
+                )
+            })?;
+            Ok(())
+        },
+    },
+};
+
+/// `proxy.public_address`: what the shard tells the login server, which tells
+/// the players.
+pub const DEFAULT_PUBLIC_ADDRESS: &str = "127.0.0.1:7702";
+const PROXY_PUBLIC_ADDRESS: Key = Key {
+    name: "proxy.public_address",
+    unit: Unit::Address,
+    // Sent in FPROXY_MSG_LOGIN: a new value goes out at each shard's next login.
+    reload: Reload::Live,
+    doc: "The HOST:PORT players are told to connect to.",
+    value: Value::Text {
+        default: Some(DEFAULT_PUBLIC_ADDRESS),
+        allowed: "HOST:PORT, not 0.0.0.0",
+        store: store_public_address,
+    },
+};
+
+fn store_public_address(c: &mut Config, text: &str) -> Result<(), String> {
+    let (host, port) = parse_host_port(text, None)?;
+    if host
+        .parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_unspecified())
+    {
+        return Err(format!(
+            "`{text}` is not an address a client can connect to"
+        ));
+    }
+    c.proxy.public_address = format_host_port(&host, port);
+    Ok(())
+}
+
+/// `proxy.log_level`, when `RUST_LOG` is not set.
+pub const DEFAULT_LOG_LEVEL: LevelFilter = LevelFilter::Info;
+const PROXY_LOG_LEVEL: Key = Key {
+    name: "proxy.log_level",
+    unit: Unit::Level,
+    reload: Reload::Live,
+    doc: "Log level when RUST_LOG is not set.",
+    value: Value::Text {
+        // DEFAULT_LOG_LEVEL's name; a test keeps the two equal.
+        default: Some("info"),
+        allowed: "off, error, warn, info, debug, trace",
+        store: |c, text| {
+            c.proxy.log_level = text.parse().map_err(|_| {
+                format!("expected one of off, error, warn, info, debug, trace; found \"{text}\"")
+            })?;
+            Ok(())
+        },
+    },
+};
+
+// [client]
+
+/// `client.max_clients`: size of the fixed client pool.
+pub const DEFAULT_MAX_CLIENTS: u32 = 1024;
+const CLIENT_MAX_CLIENTS: Key = Key {
+    name: "client.max_clients",
+    unit: Unit::Count,
+    reload: Reload::Restart,
+    doc: "Size of the fixed client pool.",
+    value: Value::Int {
+        default: DEFAULT_MAX_CLIENTS as u64,
+        min: 1,
+        max: MAX_CLIENTS_LIMIT as u64,
+        store: |c, n| c.client.max_clients = n as u32,
+    },
+};
+
+/// `client.in_buf_size`: most bytes of incomplete messages held per client
+/// (thesis `CL_IN_BUF_SZ`).
+pub const DEFAULT_CLIENT_IN_BUF_SIZE: usize = 8 * 1024;
+const CLIENT_IN_BUF_SIZE: Key = Key {
+    name: "client.in_buf_size",
+    unit: Unit::Bytes,
+    // The thesis's fixed per-client buffer; each connection's frame limit is
+    // set from it at accept.
+    reload: Reload::Restart,
+    doc: "Bytes of incomplete messages held per client (thesis CL_IN_BUF_SZ).",
+    value: Value::Int {
+        default: DEFAULT_CLIENT_IN_BUF_SIZE as u64,
+        min: 256,
+        max: 16 * MIB,
+        store: |c, n| c.client.in_buf_size = n as usize,
+    },
+};
+
+/// `client.out_buf_size`: most bytes queued to one client before it is
+/// dropped as a slow reader (thesis `CL_OUT_BUF_SZ`).
+pub const DEFAULT_CLIENT_OUT_BUF_SIZE: usize = 256 * 1024;
+const CLIENT_OUT_BUF_SIZE: Key = Key {
+    name: "client.out_buf_size",
+    unit: Unit::Bytes,
+    // A limit checked as output is queued, not a reservation.
+    reload: Reload::Live,
+    doc: "Bytes queued to one client before it is dropped as a slow reader (thesis CL_OUT_BUF_SZ).",
+    value: Value::Int {
+        default: DEFAULT_CLIENT_OUT_BUF_SIZE as u64,
+        min: KIB,
+        max: 64 * MIB,
+        store: |c, n| c.client.out_buf_size = n as usize,
+    },
+};
+
+/// `client.read_size`: most bytes one read on the client thread takes.
+pub const DEFAULT_CLIENT_READ_SIZE: usize = 16 * 1024;
+const CLIENT_READ_SIZE: Key = Key {
+    name: "client.read_size",
+    unit: Unit::Bytes,
+    reload: Reload::Restart,
+    doc: "Bytes one read on the client thread takes.",
+    value: Value::Int {
+        default: DEFAULT_CLIENT_READ_SIZE as u64,
+        min: 256,
+        max: MIB,
+        store: |c, n| c.client.read_size = n as usize,
+    },
+};
+
+/// `client.reads_per_wakeup`: reads of one client per netpoll wake-up before
+/// the others get their turn.
+pub const DEFAULT_CLIENT_READS_PER_WAKEUP: u32 = 4;
+const CLIENT_READS_PER_WAKEUP: Key = Key {
+    name: "client.reads_per_wakeup",
+    unit: Unit::Count,
+    reload: Reload::Live,
+    doc: "Reads of one client per netpoll wake-up, so one fast sender cannot starve the others.",
+    value: Value::Int {
+        default: DEFAULT_CLIENT_READS_PER_WAKEUP as u64,
+        min: 1,
+        max: 1024,
+        store: |c, n| c.client.reads_per_wakeup = n as u32,
+    },
+};
+
+/// `client.accepts_per_wakeup`: accepts per netpoll wake-up.
+pub const DEFAULT_CLIENT_ACCEPTS_PER_WAKEUP: u32 = 64;
+const CLIENT_ACCEPTS_PER_WAKEUP: Key = Key {
+    name: "client.accepts_per_wakeup",
+    unit: Unit::Count,
+    reload: Reload::Live,
+    doc: "Connections accepted per netpoll wake-up.",
+    value: Value::Int {
+        default: DEFAULT_CLIENT_ACCEPTS_PER_WAKEUP as u64,
+        min: 1,
+        max: 65_536,
+        store: |c, n| c.client.accepts_per_wakeup = n as u32,
+    },
+};
+
+/// `client.listen_backlog`: the kernel's queue of connections not yet accepted.
+pub const DEFAULT_CLIENT_LISTEN_BACKLOG: u32 = 1024;
+const CLIENT_LISTEN_BACKLOG: Key = Key {
+    name: "client.listen_backlog",
+    unit: Unit::Count,
+    // Given to listen(2) when the socket is bound.
+    reload: Reload::Restart,
+    doc: "The kernel's queue of connections not yet accepted.",
+    value: Value::Int {
+        default: DEFAULT_CLIENT_LISTEN_BACKLOG as u64,
+        min: 1,
+        max: 65_535,
+        store: |c, n| c.client.listen_backlog = n as u32,
+    },
+};
+
+/// `client.idle_timeout_ms`: a client that sends nothing for this long is
+/// disconnected (thesis §3.8.5 "Timing clients out").
+pub const DEFAULT_CLIENT_IDLE_TIMEOUT_MS: u64 = 60_000;
+const CLIENT_IDLE_TIMEOUT_MS: Key = Key {
+    name: "client.idle_timeout_ms",
+    unit: Unit::Millis,
+    reload: Reload::Live,
+    doc: "A client that sends nothing for this long is disconnected.",
+    value: Value::Int {
+        default: DEFAULT_CLIENT_IDLE_TIMEOUT_MS,
+        min: 1000,
+        max: 86_400_000,
+        store: |c, n| c.client.idle_timeout_ms = n,
+    },
+};
+
+/// `client.handshake_timeout_ms`: the absolute deadline from accept to a valid
+/// auth proof; a client that trickles its handshake is cut off here, whatever
+/// it sends (slowloris).
+pub const DEFAULT_CLIENT_HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
+const CLIENT_HANDSHAKE_TIMEOUT_MS: Key = Key {
+    name: "client.handshake_timeout_ms",
+    unit: Unit::Millis,
+    reload: Reload::Live,
+    doc: "Absolute deadline from accept to a valid auth proof (slowloris).",
+    value: Value::Int {
+        default: DEFAULT_CLIENT_HANDSHAKE_TIMEOUT_MS,
+        min: 100,
+        max: 600_000,
+        store: |c, n| c.client.handshake_timeout_ms = n,
+    },
+};
+
+/// `client.reservation_timeout_ms`: a slot a shard reserved
+/// (`TPROXY_MSG_OPENED_SOCKET`) that no player claims in this time is released
+/// (thesis §3.8.5).
+pub const DEFAULT_CLIENT_RESERVATION_TIMEOUT_MS: u64 = 30_000;
+const CLIENT_RESERVATION_TIMEOUT_MS: Key = Key {
+    name: "client.reservation_timeout_ms",
+    unit: Unit::Millis,
+    reload: Reload::Live,
+    doc: "A slot a shard reserved that no player claims in this time is released.",
+    value: Value::Int {
+        default: DEFAULT_CLIENT_RESERVATION_TIMEOUT_MS,
+        min: 1000,
+        max: 3_600_000,
+        store: |c, n| c.client.reservation_timeout_ms = n,
+    },
+};
+
+/// `client.require_announced_ip`: refuse at accept a client whose IP no shard
+/// announced (thesis §3.8.3); `false` is the thesis's planned relaxation for
+/// players whose address changes (§3.8.5).
+pub const DEFAULT_CLIENT_REQUIRE_ANNOUNCED_IP: bool = true;
+const CLIENT_REQUIRE_ANNOUNCED_IP: Key = Key {
+    name: "client.require_announced_ip",
+    unit: Unit::Boolean,
+    reload: Reload::Live,
+    doc: "Refuse at accept a client whose IP no shard announced.",
+    value: Value::Bool {
+        default: DEFAULT_CLIENT_REQUIRE_ANNOUNCED_IP,
+        store: |c, b| c.client.require_announced_ip = b,
+    },
+};
+
+// [shard]
+
+const SHARD_PASSWORD: Key = Key {
+    name: "shard.password",
+    unit: Unit::Text,
+    // Sent in FPROXY_MSG_LOGIN: a new value is used at each shard's next login.
+    reload: Reload::Live,
+    doc: "The password sent to every shard in FPROXY_MSG_LOGIN; never logged.",
+    value: Value::Text {
+        // Required; `Config::validate` refuses an empty one.
+        default: None,
+        allowed: "non-empty, at most 64 bytes",
+        store: |c, text| {
+            // The protocol carries at most PASSWORD_MAX bytes; a longer
+            // password would be cut short on the wire and refused by the shard.
+            if text.len() > PASSWORD_MAX {
+                return Err(format!(
+                    "at most {PASSWORD_MAX} bytes, found {} bytes",
+                    text.len()
+                ));
+            }
+            c.shard.password = Secret::new(text);
+            Ok(())
+        },
+    },
+};
+
+/// `shard.connect_retry_ms`: time between connect attempts (thesis §3.8.1:
+/// "every two seconds").
+pub const DEFAULT_SHARD_CONNECT_RETRY_MS: u64 = 2_000;
+const SHARD_CONNECT_RETRY_MS: Key = Key {
+    name: "shard.connect_retry_ms",
+    unit: Unit::Millis,
+    reload: Reload::Live,
+    doc: "Time between connect attempts to a shard (thesis: every two seconds).",
+    value: Value::Int {
+        default: DEFAULT_SHARD_CONNECT_RETRY_MS,
+        min: 100,
+        max: 3_600_000,
+        store: |c, n| c.shard.connect_retry_ms = n,
+    },
+};
+
+/// `shard.connect_timeout_ms`: how long one blocking connect may take.
+pub const DEFAULT_SHARD_CONNECT_TIMEOUT_MS: u64 = 2_000;
+const SHARD_CONNECT_TIMEOUT_MS: Key = Key {
+    name: "shard.connect_timeout_ms",
+    unit: Unit::Millis,
+    reload: Reload::Live,
+    doc: "How long one blocking connect may take.",
+    value: Value::Int {
+        default: DEFAULT_SHARD_CONNECT_TIMEOUT_MS,
+        min: 100,
+        max: 600_000,
+        store: |c, n| c.shard.connect_timeout_ms = n,
+    },
+};
+
+/// `shard.in_buf_size`: most bytes of incomplete messages held per shard.
+pub const DEFAULT_SHARD_IN_BUF_SIZE: usize = 1024 * 1024;
+const SHARD_IN_BUF_SIZE: Key = Key {
+    name: "shard.in_buf_size",
+    unit: Unit::Bytes,
+    // Reserved in full for every shard link.
+    reload: Reload::Restart,
+    doc: "Bytes of incomplete messages held per shard.",
+    value: Value::Int {
+        default: DEFAULT_SHARD_IN_BUF_SIZE as u64,
+        min: KIB,
+        max: 256 * MIB,
+        store: |c, n| c.shard.in_buf_size = n as usize,
+    },
+};
+
+/// `shard.out_buf_size`: most bytes queued to one shard; a shard that falls
+/// this far behind is disconnected and reconnected.
+pub const DEFAULT_SHARD_OUT_BUF_SIZE: usize = 4 * 1024 * 1024;
+const SHARD_OUT_BUF_SIZE: Key = Key {
+    name: "shard.out_buf_size",
+    unit: Unit::Bytes,
+    // Reserved in full for every shard link.
+    reload: Reload::Restart,
+    doc: "Bytes queued to one shard; a shard this far behind is reconnected.",
+    value: Value::Int {
+        default: DEFAULT_SHARD_OUT_BUF_SIZE as u64,
+        min: KIB,
+        max: 1024 * MIB,
+        store: |c, n| c.shard.out_buf_size = n as usize,
+    },
+};
+
+/// `shard.read_size`: most bytes one read on the shard thread takes.
+pub const DEFAULT_SHARD_READ_SIZE: usize = 32 * 1024;
+const SHARD_READ_SIZE: Key = Key {
+    name: "shard.read_size",
+    unit: Unit::Bytes,
+    reload: Reload::Restart,
+    doc: "Bytes one read on the shard thread takes.",
+    value: Value::Int {
+        default: DEFAULT_SHARD_READ_SIZE as u64,
+        min: 256,
+        max: 4 * MIB,
+        store: |c, n| c.shard.read_size = n as usize,
+    },
+};
+
+/// `shard.reads_per_wakeup`: reads of one shard per netpoll wake-up. Higher
+/// than a client's: one shard link carries every player's traffic.
+pub const DEFAULT_SHARD_READS_PER_WAKEUP: u32 = 16;
+const SHARD_READS_PER_WAKEUP: Key = Key {
+    name: "shard.reads_per_wakeup",
+    unit: Unit::Count,
+    reload: Reload::Live,
+    doc: "Reads of one shard per netpoll wake-up.",
+    value: Value::Int {
+        default: DEFAULT_SHARD_READS_PER_WAKEUP as u64,
+        min: 1,
+        max: 1024,
+        store: |c, n| c.shard.reads_per_wakeup = n as u32,
+    },
+};
+
+// [runtime]: every key sizes the event buffer, netpoll or secpool, or enters
+// the secpool bound, so none changes without a restart.
+
+/// `runtime.event_buffer_capacity`: events the main thread's event buffer holds
+/// before `event_push` blocks.
+pub const DEFAULT_EVENT_BUFFER_CAPACITY: usize = 1024;
+const RUNTIME_EVENT_BUFFER_CAPACITY: Key = Key {
+    name: "runtime.event_buffer_capacity",
+    unit: Unit::Count,
+    reload: Reload::Restart,
+    doc: "Events the main thread's event buffer holds before event_push blocks.",
+    value: Value::Int {
+        default: DEFAULT_EVENT_BUFFER_CAPACITY as u64,
+        min: 1,
+        max: 1 << 20,
+        store: |c, n| c.runtime.event_buffer_capacity = n as usize,
+    },
+};
+
+/// `runtime.event_wait_max`: most events the main thread takes per `event_wait`.
+pub const DEFAULT_EVENT_WAIT_MAX: usize = 256;
+const RUNTIME_EVENT_WAIT_MAX: Key = Key {
+    name: "runtime.event_wait_max",
+    unit: Unit::Count,
+    reload: Reload::Restart,
+    doc: "Most events the main thread takes per event_wait.",
+    value: Value::Int {
+        default: DEFAULT_EVENT_WAIT_MAX as u64,
+        min: 1,
+        max: 1 << 16,
+        store: |c, n| c.runtime.event_wait_max = n as usize,
+    },
+};
+
+/// `runtime.io_batch_max`: most events an I/O thread collects before pushing.
+pub const DEFAULT_IO_BATCH_MAX: usize = 64;
+const RUNTIME_IO_BATCH_MAX: Key = Key {
+    name: "runtime.io_batch_max",
+    unit: Unit::Count,
+    reload: Reload::Restart,
+    doc: "Most events an I/O thread collects before pushing them.",
+    value: Value::Int {
+        default: DEFAULT_IO_BATCH_MAX as u64,
+        min: 1,
+        max: 1 << 16,
+        store: |c, n| c.runtime.io_batch_max = n as usize,
+    },
+};
+
+/// `runtime.netpoll_events_max`: most events per `netpoll_wait`.
+pub const DEFAULT_NETPOLL_EVENTS_MAX: usize = 256;
+const RUNTIME_NETPOLL_EVENTS_MAX: Key = Key {
+    name: "runtime.netpoll_events_max",
+    unit: Unit::Count,
+    reload: Reload::Restart,
+    doc: "Most events one netpoll_wait returns.",
+    value: Value::Int {
+        default: DEFAULT_NETPOLL_EVENTS_MAX as u64,
+        min: 1,
+        max: 1 << 16,
+        store: |c, n| c.runtime.netpoll_events_max = n as usize,
+    },
+};
+
+/// `runtime.secpool_bytes_max`: cap on the bytes secpool holds.
+pub const DEFAULT_SECPOOL_BYTES_MAX: usize = 64 * 1024 * 1024;
+const RUNTIME_SECPOOL_BYTES_MAX: Key = Key {
+    name: "runtime.secpool_bytes_max",
+    unit: Unit::Bytes,
+    reload: Reload::Restart,
+    doc: "Cap on the bytes secpool holds; at least the in-flight bound.",
+    value: Value::Int {
+        default: DEFAULT_SECPOOL_BYTES_MAX as u64,
+        min: 64 * KIB,
+        max: 1 << 40,
+        store: |c, n| c.runtime.secpool_bytes_max = n as usize,
+    },
+};
+
+/// `runtime.secpool_free_blocks_max`: most free blocks kept per size class.
+pub const DEFAULT_SECPOOL_FREE_BLOCKS_MAX: usize = 1024;
+const RUNTIME_SECPOOL_FREE_BLOCKS_MAX: Key = Key {
+    name: "runtime.secpool_free_blocks_max",
+    unit: Unit::Count,
+    reload: Reload::Restart,
+    doc: "Free blocks kept per secpool size class.",
+    value: Value::Int {
+        default: DEFAULT_SECPOOL_FREE_BLOCKS_MAX as u64,
+        min: 1,
+        max: 1 << 20,
+        store: |c, n| c.runtime.secpool_free_blocks_max = n as usize,
+    },
+};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_in_known_sections() {
+        for (i, key) in KEYS.iter().enumerate() {
+            assert!(SECTIONS.contains(&key.section()), "{}", key.name);
+            assert!(
+                !key.key().is_empty()
+                    && key
+                        .key()
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{}",
+                key.name
+            );
+            assert!(
+                KEYS[..i].iter().all(|k| k.name != key.name),
+                "{} twice",
+                key.name
+            );
+            assert!(std::ptr::eq(find(key.section(), key.key()).unwrap(), key));
+        }
+        for section in SECTIONS {
+            assert!(KEYS.iter().any(|k| k.section() == section), "[{section}]");
+        }
+        assert!(find("client", "max_client").is_none());
+        assert!(find("shard", "max_clients").is_none());
+    }
+
+    #[test]
+    fn units_match_values() {
+        for key in KEYS {
+            let ok = match key.value {
+                Value::Int {
+                    default, min, max, ..
+                } => {
+                    matches!(key.unit, Unit::Count | Unit::Bytes | Unit::Millis)
+                        && min <= default
+                        && default <= max
+                }
+                Value::Bool { .. } => key.unit == Unit::Boolean,
+                Value::Text { .. } => {
+                    matches!(key.unit, Unit::Address | Unit::Level | Unit::Text)
+                }
+            };
+            assert!(ok, "{}: unit or default out of place", key.name);
+            assert!(!key.doc.is_empty(), "{} has no doc", key.name);
+        }
+    }
+
+    #[test]
+    fn text_defaults_are_accepted_and_match_their_constants() {
+        assert_eq!(
+            PROXY_LOG_LEVEL.default_text().unwrap(),
+            format!("\"{}\"", DEFAULT_LOG_LEVEL.as_str().to_ascii_lowercase())
+        );
+        for key in KEYS {
+            if let Value::Text {
+                default: Some(default),
+                store,
+                ..
+            } = key.value
+            {
+                let mut cfg = Config::default();
+                store(&mut cfg, default).unwrap();
+                assert_eq!(cfg, Config::default(), "{}", key.name);
+            }
+        }
+        assert!(
+            SHARD_PASSWORD
+                .range_text()
+                .contains(&PASSWORD_MAX.to_string())
+        );
+    }
+
+    /// A value the key accepts that is not its default.
+    fn other_value(key: &Key, cfg: &mut Config) -> String {
+        match key.value {
+            Value::Int {
+                default,
+                max,
+                store,
+                ..
+            } => {
+                let n = if default == max { max - 1 } else { max };
+                store(cfg, n);
+                n.to_string()
+            }
+            Value::Bool { default, store } => {
+                store(cfg, !default);
+                (!default).to_string()
+            }
+            Value::Text { store, .. } => {
+                let text = match key.name {
+                    "proxy.listen" => "127.0.0.1:1",
+                    "proxy.log_level" => "trace",
+                    _ => "game.example.org:1",
+                };
+                store(cfg, text).unwrap();
+                text.to_string()
+            }
+        }
+    }
+
+    /// Each entry's `store` sets its own field, whole (no truncation): setting
+    /// one key changes one line of the config's debug print, the line with
+    /// the key's field in the key's section.
+    #[test]
+    fn every_key_stores_into_its_own_field() {
+        let before = format!("{:#?}", Config::default());
+        for key in KEYS.iter().filter(|k| k.name != "shard.password") {
+            let mut cfg = Config::default();
+            let value = other_value(key, &mut cfg);
+            let after = format!("{cfg:#?}");
+            let changed: Vec<(usize, &str)> = after
+                .lines()
+                .zip(before.lines())
+                .enumerate()
+                .filter(|(_, (a, b))| a != b)
+                .map(|(i, (a, _))| (i, a.trim()))
+                .collect();
+            assert_eq!(changed.len(), 1, "{}: {changed:?}", key.name);
+            let (line, text) = changed[0];
+            assert!(
+                text.starts_with(&format!("{}: ", key.key()))
+                    && text.to_ascii_lowercase().contains(value.as_str()),
+                "{} changed {text:?}",
+                key.name
+            );
+            let section = after
+                .lines()
+                .take(line)
+                .filter(|l| l.ends_with('{'))
+                .last()
+                .unwrap();
+            assert!(
+                section.trim().starts_with(&format!("{}: ", key.section())),
+                "{} stored into {section:?}",
+                key.name
+            );
+        }
+        let mut cfg = Config::default();
+        if let Value::Text { store, .. } = SHARD_PASSWORD.value {
+            store(&mut cfg, "pw").unwrap();
+        }
+        assert_eq!(cfg.shard.password.expose(), "pw");
+    }
+
+    #[test]
+    fn ranges_are_written_in_their_units() {
+        let range = |name: &str| KEYS.iter().find(|k| k.name == name).unwrap().range_text();
+        assert_eq!(range("client.in_buf_size"), "256 B to 16 MiB");
+        assert_eq!(range("runtime.secpool_bytes_max"), "64 KiB to 1 TiB");
+        assert_eq!(range("client.idle_timeout_ms"), "1 s to 24 h");
+        assert_eq!(range("client.handshake_timeout_ms"), "100 ms to 10 min");
+        assert_eq!(range("client.max_clients"), "1 to 1,000,000");
+        assert_eq!(range("client.reads_per_wakeup"), "1 to 1024");
+        assert_eq!(range("runtime.io_batch_max"), "1 to 65,536");
+        assert_eq!(range("client.require_announced_ip"), "true, false");
+        assert_eq!(in_unit(0, Unit::Bytes), "0");
+        assert_eq!(in_unit(1500, Unit::Millis), "1500 ms");
+        assert_eq!(in_unit(123_456_789, Unit::Count), "123,456,789");
+    }
+}
