@@ -16,6 +16,8 @@
 //! 3. the tick (idle timeouts and refusal summaries of the pools, then the
 //!    server's), and the server's own timers;
 //! 4. `settle`: the server reacts to every disconnect of the iteration;
+//!    then `before_flush` (output the server batches itself) and `settle`
+//!    again for what that dropped;
 //! 5. flush: each pool's output, one `write` per connection (thesis
 //!    `cl_flush`, `shard_flush`), its commands to its I/O thread, and one
 //!    wake-up per I/O thread that was given commands.
@@ -77,6 +79,11 @@ pub trait Server {
     /// Every iteration, after the events: react to the disconnects of the
     /// pools (tell the other side), until none are left.
     fn settle(&mut self, now: Instant);
+
+    /// Every iteration, just before the pools are flushed: the place for
+    /// output the server batches itself (the shard's proxy module seals
+    /// each player's messages here). `settle` runs again after it.
+    fn before_flush(&mut self, _now: Instant) {}
 
     /// Shutdown begins: by default every client connection is disconnected,
     /// so the server's `settle` tells whoever must know.
@@ -187,7 +194,9 @@ impl Runtime {
         let timeout_ms = if pools_have_disconnects(server) {
             0 // a flush found a dead connection: settle it now
         } else {
-            let mut wake_at = server.next_timer().map_or(self.next_tick, |t| t.min(self.next_tick));
+            let mut wake_at = server
+                .next_timer()
+                .map_or(self.next_tick, |t| t.min(self.next_tick));
             if let Some(max) = max_wait {
                 wake_at = wake_at.min(now + max);
             }
@@ -218,6 +227,8 @@ impl Runtime {
         }
         server.on_timers(now);
         server.settle(now);
+        server.before_flush(now);
+        server.settle(now);
         self.flush(server);
         self.running
     }
@@ -238,7 +249,8 @@ impl Runtime {
                 }
             }
             Event::Connected { conn, stream, peer } => {
-                let opened = pool_of(server, conn.pool).is_some_and(|p| p.connected(conn, peer, now));
+                let opened =
+                    pool_of(server, conn.pool).is_some_and(|p| p.connected(conn, peer, now));
                 if opened && let Some(io) = self.io(conn.pool) {
                     io.adopt_connected(conn, stream);
                     server.on_connected(conn, now);
@@ -289,6 +301,8 @@ impl Runtime {
     pub fn shutdown<S: Server>(&mut self, server: &mut S) {
         let now = Instant::now();
         server.on_shutdown(now);
+        server.settle(now);
+        server.before_flush(now);
         server.settle(now);
         self.flush(server);
         self.evbuf.close();

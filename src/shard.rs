@@ -235,7 +235,10 @@ mod tests {
         };
         assert_eq!(links.next_timer(), None, "an attempt is in flight");
         // Refused after 0.3 s: the next attempt is 2 s after the first began.
-        pool.hup(conn, HupReason::ConnectFailed(std::io::ErrorKind::ConnectionRefused));
+        pool.hup(
+            conn,
+            HupReason::ConnectFailed(std::io::ErrorKind::ConnectionRefused),
+        );
         let t1 = t0 + Duration::from_millis(300);
         for gone in pool.take_disconnected() {
             links.gone(gone.conn, &gone.reason, t1);
@@ -249,7 +252,10 @@ mod tests {
             panic!("no second attempt");
         };
         assert!(pool.connected(conn, "127.0.0.1:7701".parse().unwrap(), t2));
-        assert_eq!(links.connected(conn).map(ShardEntry::addr).as_deref(), Some("127.0.0.1:7701"));
+        assert_eq!(
+            links.connected(conn).map(ShardEntry::addr).as_deref(),
+            Some("127.0.0.1:7701")
+        );
         assert_eq!(links.up().collect::<Vec<_>>(), [conn]);
         // Lost 10 s later: reconnect 2 s after the loss.
         let t3 = t2 + Duration::from_secs(10);

@@ -108,7 +108,10 @@ impl Main {
 
     /// One main-loop iteration, waiting up to `timeout_ms` for events.
     fn turn(&mut self, timeout_ms: u64) {
-        assert!(self.rt.turn(&mut self.srv, Some(Duration::from_millis(timeout_ms))));
+        assert!(
+            self.rt
+                .turn(&mut self.srv, Some(Duration::from_millis(timeout_ms)))
+        );
     }
 
     /// The bytes read so far, in order, and how many read events brought them.

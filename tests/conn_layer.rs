@@ -100,7 +100,10 @@ fn opener(n: u32, connect_timeout: Duration) -> (Runtime, Opener) {
         greeted: 0,
         gone: Vec::new(),
     };
-    (Runtime::start(&cfg, Vec::new(), Vec::new()).unwrap(), server)
+    (
+        Runtime::start(&cfg, Vec::new(), Vec::new()).unwrap(),
+        server,
+    )
 }
 
 /// A blocking loopback listener with room for `backlog` connections not yet
@@ -156,9 +159,14 @@ fn thousands_of_outbound_connections_open_at_once_without_a_thread_each() {
     let threads_before = threads();
     let now = Instant::now();
     for _ in 0..n {
-        srv.shards.connect(Target::Addr(addr), now).expect("a free slot");
+        srv.shards
+            .connect(Target::Addr(addr), now)
+            .expect("a free slot");
     }
-    assert!(srv.shards.connect(Target::Addr(addr), now).is_none(), "the pool holds n");
+    assert!(
+        srv.shards.connect(Target::Addr(addr), now).is_none(),
+        "the pool holds n"
+    );
     let started = Instant::now();
     let mut threads_max = threads();
     while srv.greeted < n {
@@ -174,7 +182,11 @@ fn thousands_of_outbound_connections_open_at_once_without_a_thread_each() {
         threads_max = threads_max.max(threads());
     }
     assert_eq!(srv.connected, n);
-    assert!(srv.gone.is_empty(), "{:?}", &srv.gone[..srv.gone.len().min(5)]);
+    assert!(
+        srv.gone.is_empty(),
+        "{:?}",
+        &srv.gone[..srv.gone.len().min(5)]
+    );
     // One thread more at most (the acceptor, started before): no thread per
     // connection, nor per connect.
     assert!(
@@ -191,7 +203,10 @@ fn thousands_of_outbound_connections_open_at_once_without_a_thread_each() {
     rt.turn(&mut srv, Some(Duration::ZERO));
     rt.shutdown(&mut srv);
     drop(kept);
-    eprintln!("{n} connections opened and greeted in {:?}", started.elapsed());
+    eprintln!(
+        "{n} connections opened and greeted in {:?}",
+        started.elapsed()
+    );
 }
 
 #[test]
@@ -209,20 +224,33 @@ fn a_refused_connect_and_one_past_its_deadline_are_hangups() {
     let full_addr = full.local_addr().unwrap();
     let fillers: Vec<TcpStream> = (0..3)
         .filter_map(|_| {
-            let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).ok()?;
+            let s =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).ok()?;
             s.set_nonblocking(true).ok()?;
             let _ = s.connect(&full_addr.into());
             Some(s.into())
         })
         .collect();
     std::thread::sleep(Duration::from_millis(100));
-    let hung = srv.shards.connect(Target::Addr(full_addr), Instant::now()).unwrap();
+    let hung = srv
+        .shards
+        .connect(Target::Addr(full_addr), Instant::now())
+        .unwrap();
     let started = Instant::now();
     while srv.gone.len() < 2 {
-        assert!(started.elapsed() < Duration::from_secs(10), "{:?}", srv.gone);
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            srv.gone
+        );
         rt.turn(&mut srv, Some(Duration::from_millis(20)));
     }
-    let reason_of = |conn| srv.gone.iter().find(|(c, _)| *c == conn).map(|(_, r)| r.clone());
+    let reason_of = |conn| {
+        srv.gone
+            .iter()
+            .find(|(c, _)| *c == conn)
+            .map(|(_, r)| r.clone())
+    };
     assert!(
         matches!(
             reason_of(refused),
@@ -239,7 +267,10 @@ fn a_refused_connect_and_one_past_its_deadline_are_hangups() {
         "{:?}",
         srv.gone
     );
-    assert!(started.elapsed() >= Duration::from_millis(400), "given up early");
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "given up early"
+    );
     assert_eq!(srv.connected, 0);
     // Both slots come back once the I/O thread lets go.
     while srv.shards.in_use() > 0 {
@@ -270,7 +301,11 @@ fn a_name_is_resolved_on_a_thread_of_its_own_then_connected() {
     });
     let started = Instant::now();
     while srv.greeted < 1 {
-        assert!(started.elapsed() < Duration::from_secs(10), "{:?}", srv.gone);
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            srv.gone
+        );
         rt.turn(&mut srv, Some(Duration::from_millis(20)));
     }
     assert_eq!(srv.shards.get(conn).unwrap().peer(), loopback(port));

@@ -130,7 +130,10 @@ impl Main {
     }
 
     fn turn(&mut self, timeout_ms: u64) {
-        assert!(self.rt.turn(&mut self.srv, Some(Duration::from_millis(timeout_ms))));
+        assert!(
+            self.rt
+                .turn(&mut self.srv, Some(Duration::from_millis(timeout_ms)))
+        );
     }
 
     /// Turns until `done`, failing after `timeout`.

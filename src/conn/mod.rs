@@ -525,16 +525,19 @@ impl<S: Session> Pool<S> {
     /// Every live connection, with its reference.
     pub fn iter_live(&self) -> impl Iterator<Item = (ConnRef, &Slot<S>)> {
         let pool = self.id;
-        self.slots.iter().enumerate().filter_map(move |(index, slot)| {
-            slot.is_live(slot.id).then_some((
-                ConnRef {
-                    pool,
-                    index: index as u32,
-                    id: slot.id,
-                },
-                slot,
-            ))
-        })
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(move |(index, slot)| {
+                slot.is_live(slot.id).then_some((
+                    ConnRef {
+                        pool,
+                        index: index as u32,
+                        id: slot.id,
+                    },
+                    slot,
+                ))
+            })
     }
 
     /// Sets the connection's effective address: the one its admission
@@ -560,6 +563,33 @@ impl<S: Session> Pool<S> {
         Some(slot)
     }
 
+    /// [`Pool::read`] for the frame driver: notes the activity and lends out
+    /// the connection's incomplete-message buffer, so that the protocol layer
+    /// can reach every table (this pool included) while it handles the
+    /// units. Give it back with [`Pool::end_read`], whatever happened
+    /// meanwhile.
+    pub fn begin_read(&mut self, conn: ConnRef, num_bytes: usize, now: Instant) -> Option<Vec<u8>> {
+        self.read(conn, num_bytes, now)
+            .map(|slot| std::mem::take(&mut slot.in_buf))
+    }
+
+    /// Takes back the buffer [`Pool::begin_read`] lent: kept for the next
+    /// read if the connection is still live, or emptied for the slot's next
+    /// occupant, so that a slot keeps its capacity either way; then
+    /// schedules the flush of what the handlers queued.
+    pub fn end_read(&mut self, conn: ConnRef, mut in_buf: Vec<u8>) {
+        let Some(slot) = self.slots.get_mut(conn.index as usize) else {
+            return;
+        };
+        // A slot is freed only by an event, never during a read.
+        debug_assert_eq!(slot.id, conn.id, "the slot changed hands during a read");
+        if !slot.is_live(conn.id) {
+            in_buf.clear();
+        }
+        slot.in_buf = in_buf;
+        self.wrote(conn);
+    }
+
     /// After the protocol layer appended to a connection's output (through
     /// [`Slot::session_and_out`]): schedules the flush, and disconnects a
     /// slow reader whose queue passed its limit. Returns false if the
@@ -580,7 +610,11 @@ impl<S: Session> Pool<S> {
     /// Lets `f` write to a live connection's output with its session at hand,
     /// then does what [`Pool::wrote`] does. `None` if the connection is not
     /// live or was dropped as a slow reader.
-    pub fn write<R>(&mut self, conn: ConnRef, f: impl FnOnce(&mut S, &mut Vec<u8>) -> R) -> Option<R> {
+    pub fn write<R>(
+        &mut self,
+        conn: ConnRef,
+        f: impl FnOnce(&mut S, &mut Vec<u8>) -> R,
+    ) -> Option<R> {
         let slot = self.get_mut(conn)?;
         let result = f(&mut slot.session, &mut slot.out_buf);
         self.wrote(conn).then_some(result)
@@ -664,7 +698,8 @@ impl<S: Session> Pool<S> {
         // A last message (an error, a goodbye) goes out at the flush if the
         // socket takes it then; nothing waits for it. Not to a peer that is
         // gone, nor to one that never connected.
-        let write_last = slot.state == SlotState::Open && !matches!(reason, DisconnectReason::Hup(_));
+        let write_last =
+            slot.state == SlotState::Open && !matches!(reason, DisconnectReason::Hup(_));
         slot.session.before_flush(&mut slot.out_buf);
         slot.state = SlotState::Closing { write_last };
         slot.want_write = false;
@@ -707,6 +742,7 @@ impl<S: Session> Pool<S> {
         slot.state = SlotState::Free;
         slot.peer = NO_ADDR;
         slot.addr = NO_ADDR;
+        slot.in_buf.clear();
         slot.out_buf.clear();
         slot.out_pos = 0;
         slot.will_flush = false;
@@ -807,7 +843,11 @@ impl<S: Session> Pool<S> {
         }
     }
 
-    fn flush_one(&mut self, index: u32, write: &mut impl FnMut(ConnRef, &[u8]) -> io::Result<usize>) {
+    fn flush_one(
+        &mut self,
+        index: u32,
+        write: &mut impl FnMut(ConnRef, &[u8]) -> io::Result<usize>,
+    ) {
         let slot = &mut self.slots[index as usize];
         slot.will_flush = false;
         if slot.state != SlotState::Open {
@@ -951,7 +991,10 @@ mod tests {
         assert!(p.disconnect(a, DisconnectReason::Closed("test")));
         assert!(!p.disconnect(a, DisconnectReason::Closed("twice")));
         p.flush(|_, _| unreachable!("nothing to write"));
-        assert_eq!(p.take_commands().collect::<Vec<_>>(), [PoolCmd::Close { conn: a }]);
+        assert_eq!(
+            p.take_commands().collect::<Vec<_>>(),
+            [PoolCmd::Close { conn: a }]
+        );
         assert!(p.accept(0, peer(), now).is_none(), "still closing");
         p.closed(a);
         let b = p.accept(0, peer(), now).unwrap();
@@ -972,7 +1015,10 @@ mod tests {
             Ok(3)
         });
         assert_eq!(writes, [b"hello world".to_vec()], "one write for both");
-        assert_eq!(p.take_commands().collect::<Vec<_>>(), [PoolCmd::WantWrite { conn: a }]);
+        assert_eq!(
+            p.take_commands().collect::<Vec<_>>(),
+            [PoolCmd::WantWrite { conn: a }]
+        );
         assert!(p.send(a, b"!"));
         p.flush(|_, _| panic!("waiting for writability"));
         p.writable(a);
@@ -1026,15 +1072,26 @@ mod tests {
     #[test]
     fn a_refused_connect_is_a_disconnect_without_a_last_write() {
         let mut p = pool(1);
-        let c = p.connect(Target::new("example.org", 7), Instant::now()).unwrap();
+        let c = p
+            .connect(Target::new("example.org", 7), Instant::now())
+            .unwrap();
         p.take_commands().for_each(drop);
         assert!(p.send(c, b"never sent"));
-        p.hup(c, HupReason::ConnectFailed(io::ErrorKind::ConnectionRefused));
+        p.hup(
+            c,
+            HupReason::ConnectFailed(io::ErrorKind::ConnectionRefused),
+        );
         let gone: Vec<_> = p.take_disconnected().collect();
         assert_eq!(gone[0].origin, Origin::Outbound);
         p.flush(|_, _| panic!("nothing goes to a connection that never opened"));
-        assert_eq!(p.take_commands().collect::<Vec<_>>(), [PoolCmd::Close { conn: c }]);
-        assert!(!p.connected(c, peer(), Instant::now()), "a late answer is ignored");
+        assert_eq!(
+            p.take_commands().collect::<Vec<_>>(),
+            [PoolCmd::Close { conn: c }]
+        );
+        assert!(
+            !p.connected(c, peer(), Instant::now()),
+            "a late answer is ignored"
+        );
     }
 
     #[test]

@@ -223,7 +223,11 @@ pub fn io_start(
     let np = Netpoll::init(cfg.netpoll_events_max)?;
     let mut local_addrs = Vec::with_capacity(listeners.len());
     for (i, listener) in listeners.iter().enumerate() {
-        np.add(listener, NETPOLL_READ | NETPOLL_ET, LISTENER_DATA + i as u64)?;
+        np.add(
+            listener,
+            NETPOLL_READ | NETPOLL_ET,
+            LISTENER_DATA + i as u64,
+        )?;
         local_addrs.push(listener.local_addr()?);
     }
     for (i, (_, pipe)) in signals.iter().enumerate() {
@@ -439,7 +443,12 @@ impl Thread {
             return 0;
         }
         let next_deadline = self.deadlines.peek().map(|Reverse((at, _, _))| *at);
-        match self.accept_paused_until.into_iter().chain(next_deadline).min() {
+        match self
+            .accept_paused_until
+            .into_iter()
+            .chain(next_deadline)
+            .min()
+        {
             None => FOREVER,
             Some(at) => {
                 let left = at.saturating_duration_since(now);
@@ -471,7 +480,9 @@ impl Thread {
                 if flags & NETPOLL_WRITE != 0 && *want_write {
                     *want_write = false;
                     if let Some(stream) = &c.stream
-                        && let Err(err) = self.np.modify(&**stream, NETPOLL_READ | NETPOLL_ET, conn.to_data())
+                        && let Err(err) =
+                            self.np
+                                .modify(&**stream, NETPOLL_READ | NETPOLL_ET, conn.to_data())
                     {
                         debug!("{conn}: netpoll modify failed: {err}");
                     }
@@ -511,7 +522,10 @@ impl Thread {
         if let Err(err) = stream.set_nodelay(true) {
             debug!("{conn}: TCP_NODELAY: {err}");
         }
-        if let Err(err) = self.np.modify(&*stream, NETPOLL_READ | NETPOLL_ET, conn.to_data()) {
+        if let Err(err) = self
+            .np
+            .modify(&*stream, NETPOLL_READ | NETPOLL_ET, conn.to_data())
+        {
             warn!("{conn}: netpoll modify failed: {err}");
         }
         c.state = ConnState::Open {
@@ -616,7 +630,10 @@ impl Thread {
                     if let Err(err) = stream.set_nodelay(true) {
                         debug!("{}: TCP_NODELAY on {addr}: {err}", self.pool_id.name());
                     }
-                    trace!("{}: accepted {addr} on listener {listener}", self.pool_id.name());
+                    trace!(
+                        "{}: accepted {addr} on listener {listener}",
+                        self.pool_id.name()
+                    );
                     self.outbox.emit(Event::Accepted {
                         pool: self.pool_id,
                         listener: listener as u32,
@@ -699,7 +716,9 @@ impl Thread {
                         if let Some(suppressed) =
                             self.pool_log.allow(Instant::now(), Duration::from_secs(1))
                         {
-                            error!("{conn}: {err}; dropping the connection ({suppressed} more not logged)");
+                            error!(
+                                "{conn}: {err}; dropping the connection ({suppressed} more not logged)"
+                            );
                         }
                         HupReason::PoolExhausted
                     }
@@ -766,7 +785,10 @@ impl Thread {
     fn claim_slot(&mut self, conn: ConnRef, state: ConnState) -> Result<bool, Closed> {
         let slot = &mut self.conns[conn.index as usize];
         if let Some(old) = slot {
-            error!("{conn}: a new connection for a slot still held by id {} (bug)", old.id);
+            error!(
+                "{conn}: a new connection for a slot still held by id {} (bug)",
+                old.id
+            );
             self.outbox.emit(Event::Hup {
                 conn,
                 reason: HupReason::Error(io::ErrorKind::AlreadyExists),
@@ -790,7 +812,9 @@ impl Thread {
         if !self.claim_slot(conn, open)? {
             return Ok(());
         }
-        let registered = self.np.add(&*stream, NETPOLL_READ | NETPOLL_ET, conn.to_data());
+        let registered = self
+            .np
+            .add(&*stream, NETPOLL_READ | NETPOLL_ET, conn.to_data());
         let c = conn_slot(&mut self.conns, conn).expect("just claimed");
         c.stream = Some(stream);
         if let Err(err) = registered {
@@ -815,7 +839,8 @@ impl Thread {
         if !self.claim_slot(conn, state)? {
             return Ok(());
         }
-        self.deadlines.push(Reverse((deadline, conn.index, conn.id)));
+        self.deadlines
+            .push(Reverse((deadline, conn.index, conn.id)));
         match target {
             Target::Addr(_) => self.connect_next(conn, io::ErrorKind::NotFound.into()),
             Target::Name { host, port } => self.resolve(conn, host, port),
@@ -838,7 +863,11 @@ impl Thread {
             return fail(self, "too many name lookups in flight");
         }
         self.resolvers.fetch_add(1, Ordering::AcqRel);
-        let (cmds, waker, resolvers) = (self.cmds.clone(), self.waker.clone(), self.resolvers.clone());
+        let (cmds, waker, resolvers) = (
+            self.cmds.clone(),
+            self.waker.clone(),
+            self.resolvers.clone(),
+        );
         let name = host.clone();
         let spawned = thread::Builder::new()
             .name(format!("{}-resolve", self.pool_id.name()))
@@ -858,7 +887,11 @@ impl Thread {
         Ok(())
     }
 
-    fn resolved(&mut self, conn: ConnRef, result: io::Result<Vec<SocketAddr>>) -> Result<(), Closed> {
+    fn resolved(
+        &mut self,
+        conn: ConnRef,
+        result: io::Result<Vec<SocketAddr>>,
+    ) -> Result<(), Closed> {
         let Some(c) = conn_slot(&mut self.conns, conn) else {
             return Ok(()); // given up meanwhile
         };
@@ -868,7 +901,8 @@ impl Thread {
         match result {
             Ok(addrs) => {
                 c.state = ConnState::Connecting { addrs, next: 0 };
-                let none = io::Error::new(io::ErrorKind::NotFound, "the name resolved to no address");
+                let none =
+                    io::Error::new(io::ErrorKind::NotFound, "the name resolved to no address");
                 self.connect_next(conn, none)
             }
             Err(err) => {

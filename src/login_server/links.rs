@@ -74,28 +74,21 @@ impl LoginServer {
 
     /// A shard's bytes: handshake, login result, player results.
     pub(super) fn shard_read(&mut self, shard: ConnRef, data: &mut [u8], now: Instant) {
-        let Some(slot) = self.shards.read(shard, data.len(), now) else {
+        let Some(mut in_buf) = self.shards.begin_read(shard, data.len(), now) else {
             return;
         };
-        let mut in_buf = std::mem::take(&mut slot.in_buf);
         let mut frames = Frames::new(&mut in_buf, data, SHARD_IN_BUF_SIZE);
         let result = self.shard_units(shard, &mut frames);
         drop(frames);
-        match result {
-            Ok(()) => {
-                if let Some(slot) = self.shards.get_mut(shard) {
-                    slot.in_buf = in_buf;
-                }
-                self.shards.wrote(shard);
-            }
-            Err(err) => {
-                let why = match err {
-                    PeerError::TooLarge => "frame too large".to_string(),
-                    e => e.to_string(),
-                };
-                warn!("{shard}: {why}");
-                self.shards.disconnect(shard, DisconnectReason::Protocol(why));
-            }
+        self.shards.end_read(shard, in_buf);
+        if let Err(err) = result {
+            let why = match err {
+                PeerError::TooLarge => "frame too large".to_string(),
+                e => e.to_string(),
+            };
+            warn!("{shard}: {why}");
+            self.shards
+                .disconnect(shard, DisconnectReason::Protocol(why));
         }
     }
 
@@ -153,7 +146,12 @@ impl LoginServer {
 
     /// `FSHARD_MSG_LOGIN_RESULT`: the shard took the password and told its
     /// name.
-    fn on_login_result(&mut self, shard: ConnRef, result: u8, shard_name: &str) -> Result<(), PeerError> {
+    fn on_login_result(
+        &mut self,
+        shard: ConnRef,
+        result: u8,
+        shard_name: &str,
+    ) -> Result<(), PeerError> {
         if result != RESULT_OK {
             return Err(PeerError::Refused("the shard refused the login password"));
         }
@@ -161,7 +159,11 @@ impl LoginServer {
             s.session.name = shard_name.to_string();
             s.session.state = ShardLinkState::Ready;
         }
-        let addr = self.links.entry(shard).map(|e| e.addr()).unwrap_or_default();
+        let addr = self
+            .links
+            .entry(shard)
+            .map(|e| e.addr())
+            .unwrap_or_default();
         info!("shard {addr}: logged in as {shard_name:?}");
         Ok(())
     }

@@ -219,10 +219,16 @@ fn runtime_cfg(cfg: &LoginServerCfg) -> RuntimeCfg {
 
 /// Loads the accounts, binds the listener and starts the login server on
 /// its runtime.
-pub fn start(cfg: LoginServerCfg, signals: Vec<(i32, UnixStream)>) -> io::Result<Node<LoginServer>> {
+pub fn start(
+    cfg: LoginServerCfg,
+    signals: Vec<(i32, UnixStream)>,
+) -> io::Result<Node<LoginServer>> {
     let accounts = read_accounts(&cfg)?;
     let listener = netpoll::listen(cfg.listen, 1024).map_err(|err| {
-        io::Error::new(err.kind(), format!("cannot listen on {}: {err}", cfg.listen))
+        io::Error::new(
+            err.kind(),
+            format!("cannot listen on {}: {err}", cfg.listen),
+        )
     })?;
     let runtime = Runtime::start(&runtime_cfg(&cfg), vec![listener], signals)?;
     let keys = Arc::new(match &cfg.key_seed {
@@ -402,7 +408,11 @@ fn parse_args<I: IntoIterator<Item = OsString>>(args: I) -> Result<Command, Stri
                 cfg.pwhash_cost = match args.value(&flag)?.as_str() {
                     "min" => PwhashCost::Min,
                     "interactive" => PwhashCost::Interactive,
-                    other => return Err(format!("--pwhash-cost: `{other}` is not min or interactive")),
+                    other => {
+                        return Err(format!(
+                            "--pwhash-cost: `{other}` is not min or interactive"
+                        ));
+                    }
                 }
             }
             "--key-seed" => {
@@ -425,11 +435,11 @@ fn parse_args<I: IntoIterator<Item = OsString>>(args: I) -> Result<Command, Stri
 /// `muta-login`'s `main`.
 pub fn main_with_args<I: IntoIterator<Item = OsString>>(args: I) -> i32 {
     match parse_args(args) {
-        Ok(Command::Run(cfg)) => crate::process::run_node(
-            "muta-login",
-            log::LevelFilter::Info,
-            move |signals| start(cfg, signals),
-        ),
+        Ok(Command::Run(cfg)) => {
+            crate::process::run_node("muta-login", log::LevelFilter::Info, move |signals| {
+                start(cfg, signals)
+            })
+        }
         Ok(Command::MakeBots(n, cost)) => match make_bot_accounts(n, cost) {
             Ok(text) => {
                 print!("{text}");

@@ -63,7 +63,12 @@ impl Session for PlayerConn {
 
 impl LoginServer {
     /// A player connects: a slot and the acceptor's side of a channel.
-    pub(super) fn player_accept(&mut self, listener: u32, peer: SocketAddr, now: Instant) -> Option<ConnRef> {
+    pub(super) fn player_accept(
+        &mut self,
+        listener: u32,
+        peer: SocketAddr,
+        now: Instant,
+    ) -> Option<ConnRef> {
         let client = self.clients.accept(listener, peer, now)?;
         let slot = self.clients.get_mut(client).expect("just accepted");
         slot.session.chan = Some(Channel::acceptor(self.keys.clone()));
@@ -72,27 +77,20 @@ impl LoginServer {
 
     /// A player's bytes: handshake, then one request per frame.
     pub(super) fn player_read(&mut self, client: ConnRef, data: &mut [u8], now: Instant) {
-        let Some(slot) = self.clients.read(client, data.len(), now) else {
+        let Some(mut in_buf) = self.clients.begin_read(client, data.len(), now) else {
             return;
         };
-        let mut in_buf = std::mem::take(&mut slot.in_buf);
         let mut frames = Frames::new(&mut in_buf, data, PLAYER_IN_BUF_SIZE);
         let result = self.player_units(client, &mut frames);
         drop(frames);
-        match result {
-            Ok(()) => {
-                if let Some(slot) = self.clients.get_mut(client) {
-                    slot.in_buf = in_buf;
-                }
-                self.clients.wrote(client);
-            }
-            Err(err) => {
-                let why = match err {
-                    PeerError::TooLarge => "frame too large".to_string(),
-                    e => e.to_string(),
-                };
-                self.clients.disconnect(client, DisconnectReason::Protocol(why));
-            }
+        self.clients.end_read(client, in_buf);
+        if let Err(err) = result {
+            let why = match err {
+                PeerError::TooLarge => "frame too large".to_string(),
+                e => e.to_string(),
+            };
+            self.clients
+                .disconnect(client, DisconnectReason::Protocol(why));
         }
     }
 
@@ -139,7 +137,12 @@ impl LoginServer {
     /// `TLOGIN_MSG_LOGIN`: the account's hash checked (or, with
     /// `--create-accounts`, a new account made), answered with
     /// `FLOGIN_MSG_LOGIN_RESULT`.
-    fn on_login(&mut self, client: ConnRef, account_name: &str, password: &[u8]) -> Result<(), PeerError> {
+    fn on_login(
+        &mut self,
+        client: ConnRef,
+        account_name: &str,
+        password: &[u8],
+    ) -> Result<(), PeerError> {
         let password = std::str::from_utf8(password).unwrap_or("");
         let account_id = self.check_account(account_name, password)?;
         let result = match account_id {
@@ -167,7 +170,11 @@ impl LoginServer {
 
     /// The account's id if the password matches its hash; an unknown account
     /// is created with `--create-accounts`, up to `--max-accounts`.
-    fn check_account(&mut self, account_name: &str, password: &str) -> Result<Option<u64>, PeerError> {
+    fn check_account(
+        &mut self,
+        account_name: &str,
+        password: &str,
+    ) -> Result<Option<u64>, PeerError> {
         if let Some(a) = self.accounts.get(account_name) {
             return Ok(cryptchan::pwhash_str_verify(&a.hash, password).then_some(a.id));
         }
@@ -266,7 +273,12 @@ impl LoginServer {
 
     /// Sends a waiting player the shard's answer: where to connect, or why
     /// not. The player disconnects after it.
-    pub(super) fn answer_player(&mut self, p: &Pending, result: u8, ticket: Option<&ProxyTicket<'_>>) {
+    pub(super) fn answer_player(
+        &mut self,
+        p: &Pending,
+        result: u8,
+        ticket: Option<&ProxyTicket<'_>>,
+    ) {
         let msg = match ticket {
             Some(ticket) if result == RESULT_OK => FromLogin::ShardResult {
                 result: RESULT_OK,
@@ -308,9 +320,9 @@ impl LoginServer {
     /// The logged-in link to the shard named `name`.
     fn ready_link_named(&self, name: &str) -> Option<crate::com::ConnRef> {
         self.links.up().find(|&shard| {
-            self.shards.get(shard).is_some_and(|s| {
-                s.session.state == ShardLinkState::Ready && s.session.name == name
-            })
+            self.shards
+                .get(shard)
+                .is_some_and(|s| s.session.state == ShardLinkState::Ready && s.session.name == name)
         })
     }
 }

@@ -721,7 +721,9 @@ impl<'b> Frames<'b> {
     fn keep_rest(&mut self, chan: &Channel) -> Result<(), FrameError> {
         self.done = true;
         let rest = &self.data[self.pos..];
-        if chan.pending_len(rest).is_some_and(|total| total > self.in_buf_max)
+        if chan
+            .pending_len(rest)
+            .is_some_and(|total| total > self.in_buf_max)
             || rest.len() > self.in_buf_max
         {
             return Err(FrameError::TooLarge);
@@ -933,14 +935,20 @@ mod tests {
         }
         let mut data = std::mem::take(&mut to_ini);
         let mut frames = Frames::new(&mut ini_in, &mut data, 4096);
-        assert_eq!(frames.next(&mut ini, &mut to_acc).unwrap(), Some(Unit::Opened));
+        assert_eq!(
+            frames.next(&mut ini, &mut to_acc).unwrap(),
+            Some(Unit::Opened)
+        );
         assert_eq!(frames.next(&mut ini, &mut to_acc).unwrap(), None);
         drop(frames);
         ini.send(&mut to_acc, b"first").unwrap();
         ini.seal(&mut to_acc).unwrap();
         let mut data = to_acc.split_off(33);
         let mut frames = Frames::new(&mut acc_in, &mut data, 4096);
-        assert_eq!(frames.next(&mut acc, &mut to_ini).unwrap(), Some(Unit::Opened));
+        assert_eq!(
+            frames.next(&mut acc, &mut to_ini).unwrap(),
+            Some(Unit::Opened)
+        );
         assert_eq!(
             frames.next(&mut acc, &mut to_ini).unwrap(),
             Some(Unit::Frame(&b"first"[..]))

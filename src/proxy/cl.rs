@@ -134,7 +134,12 @@ impl Proxy {
     /// Handles `EVENT_ACCEPT_CLIENT` (thesis `cl_accept`): a connection whose
     /// first stage is the handshake is admitted or refused at once, before
     /// it takes a slot; then it gets one, its deadline and its first stage.
-    pub(super) fn cl_accept(&mut self, listener: u32, peer: SocketAddr, now: Instant) -> Option<ConnRef> {
+    pub(super) fn cl_accept(
+        &mut self,
+        listener: u32,
+        peer: SocketAddr,
+        now: Instant,
+    ) -> Option<ConnRef> {
         let first = *self.listeners.get(listener as usize)?.first()?;
         if first == StageKind::Handshake && !self.admit(peer.ip()) {
             return None; // the runtime drops the socket, closing it
@@ -175,27 +180,24 @@ impl Proxy {
     /// the player's channel. Whole frames are decrypted in place in the
     /// secpool block; only a frame split across reads is copied.
     pub(super) fn cl_read(&mut self, client: ConnRef, data: &mut [u8], now: Instant) {
-        let Some(slot) = self.clients.read(client, data.len(), now) else {
+        let Some(mut in_buf) = self.clients.begin_read(client, data.len(), now) else {
             return; // stale: the block goes back to secpool
         };
-        // The input buffer leaves the slot while its units are handled, so
-        // the handlers can reach every table (the shard links included).
-        let mut in_buf = std::mem::take(&mut slot.in_buf);
         let mut frames = Frames::new(&mut in_buf, data, self.settings.client_in_buf_size);
         let result = self.cl_units(client, &mut frames, now);
         drop(frames);
-        match result {
-            Ok(()) => {
-                if let Some(slot) = self.clients.get_mut(client) {
-                    slot.in_buf = in_buf;
-                }
-                self.clients.wrote(client);
-            }
-            Err(err) => self.cl_refuse(client, err),
+        self.clients.end_read(client, in_buf);
+        if let Err(err) = result {
+            self.cl_refuse(client, err);
         }
     }
 
-    fn cl_units(&mut self, client: ConnRef, frames: &mut Frames<'_>, now: Instant) -> Result<(), ClError> {
+    fn cl_units(
+        &mut self,
+        client: ConnRef,
+        frames: &mut Frames<'_>,
+        now: Instant,
+    ) -> Result<(), ClError> {
         loop {
             let Some(slot) = self.clients.get_mut(client) else {
                 return Ok(()); // dropped meanwhile
@@ -237,10 +239,7 @@ impl Proxy {
             .ready_link_named(proof.shard_name)
             .ok_or(ClError::Proof("unknown shard"))?;
         let slot = self.clients.get_mut(client).ok_or(ClError::ShardGone)?;
-        let from = self
-            .settings
-            .require_announced_ip
-            .then(|| slot.addr().ip());
+        let from = self.settings.require_announced_ip.then(|| slot.addr().ip());
         let claimed = self
             .reservations
             .claim(shard, proof.account_name, proof.token, from, now)
@@ -310,7 +309,9 @@ impl Proxy {
         for &client in &late {
             self.clients.disconnect(
                 client,
-                DisconnectReason::Protocol("no valid auth proof before the handshake deadline".into()),
+                DisconnectReason::Protocol(
+                    "no valid auth proof before the handshake deadline".into(),
+                ),
             );
         }
         late.clear();

@@ -188,35 +188,34 @@ impl Proxy {
     /// Handles `EVENT_READ_SHARD` (thesis `shard_read`): the bytes through
     /// the link's channel, each message of each frame to its handler.
     pub(super) fn shard_read(&mut self, shard: ConnRef, data: &mut [u8], now: Instant) {
-        let Some(slot) = self.shards.read(shard, data.len(), now) else {
+        let Some(mut in_buf) = self.shards.begin_read(shard, data.len(), now) else {
             return;
         };
-        let mut in_buf = std::mem::take(&mut slot.in_buf);
         let mut frames = Frames::new(&mut in_buf, data, self.settings.shard_in_buf_size);
         let result = self.shard_units(shard, &mut frames, now);
         drop(frames);
-        match result {
-            Ok(()) => {
-                if let Some(slot) = self.shards.get_mut(shard) {
-                    slot.in_buf = in_buf;
-                }
-                self.shards.wrote(shard);
+        self.shards.end_read(shard, in_buf);
+        let Err(err) = result else {
+            return;
+        };
+        let why = match err {
+            PeerError::TooLarge => "frame larger than shard.in_buf_size".to_string(),
+            PeerError::Refused(why) => {
+                error!("{shard}: {why}");
+                why.to_string()
             }
-            Err(err) => {
-                let why = match err {
-                    PeerError::TooLarge => "frame larger than shard.in_buf_size".to_string(),
-                    PeerError::Refused(why) => {
-                        error!("{shard}: {why}");
-                        why.to_string()
-                    }
-                    e => e.to_string(),
-                };
-                self.shards.disconnect(shard, DisconnectReason::Protocol(why));
-            }
-        }
+            e => e.to_string(),
+        };
+        self.shards
+            .disconnect(shard, DisconnectReason::Protocol(why));
     }
 
-    fn shard_units(&mut self, shard: ConnRef, frames: &mut Frames<'_>, now: Instant) -> Result<(), PeerError> {
+    fn shard_units(
+        &mut self,
+        shard: ConnRef,
+        frames: &mut Frames<'_>,
+        now: Instant,
+    ) -> Result<(), PeerError> {
         loop {
             let Some(slot) = self.shards.get_mut(shard) else {
                 return Ok(()); // dropped meanwhile
@@ -257,7 +256,12 @@ impl Proxy {
 
     /// One message of a shard, in the order the link allows: the login result
     /// first and once, then the rest.
-    fn shard_msg(&mut self, shard: ConnRef, msg: TProxyMsg<'_>, now: Instant) -> Result<(), PeerError> {
+    fn shard_msg(
+        &mut self,
+        shard: ConnRef,
+        msg: TProxyMsg<'_>,
+        now: Instant,
+    ) -> Result<(), PeerError> {
         let state = self.shards.get(shard).map(|s| s.session.state);
         match (msg, state) {
             (TProxyMsg::LoginResult { result, shard_name }, Some(LinkState::LoggingIn)) => {
@@ -319,7 +323,11 @@ impl Proxy {
             s.session.name = name.to_string();
             s.session.state = LinkState::Ready;
         }
-        let addr = self.links.entry(shard).map(|e| e.addr()).unwrap_or_default();
+        let addr = self
+            .links
+            .entry(shard)
+            .map(|e| e.addr())
+            .unwrap_or_default();
         info!("shard {addr}: logged in as {name:?}");
         Ok(())
     }
@@ -327,7 +335,12 @@ impl Proxy {
     /// `TPROXY_MSG_OPENED_SOCKET`: a reservation, if the socket id is new on
     /// this link and the proxy has room; a newer login of the same account
     /// replaces the older (and the shard is told to forget it).
-    fn on_opened_socket(&mut self, shard: ConnRef, socket_id: u32, r: Reservation) -> Result<(), PeerError> {
+    fn on_opened_socket(
+        &mut self,
+        shard: ConnRef,
+        socket_id: u32,
+        r: Reservation,
+    ) -> Result<(), PeerError> {
         let taken = self.reservations.contains(shard, socket_id)
             || self
                 .shards
@@ -335,14 +348,19 @@ impl Proxy {
                 .is_some_and(|s| s.session.players.contains_key(&socket_id));
         let result = if taken {
             OPENED_SOCKET_DUPLICATE
-        } else if self.reservations.len() + self.clients.in_use() >= self.settings.max_clients as usize {
+        } else if self.reservations.len() + self.clients.in_use()
+            >= self.settings.max_clients as usize
+        {
             OPENED_SOCKET_FULL
         } else {
             if let Some(old) = self.reservations.reserve(shard, socket_id, r) {
-                self.send_or_refuse(shard, &FProxyMsg::CloseSocket {
-                    socket_id: old,
-                    reason: CLOSE_REASON_REPLACED,
-                })?;
+                self.send_or_refuse(
+                    shard,
+                    &FProxyMsg::CloseSocket {
+                        socket_id: old,
+                        reason: CLOSE_REASON_REPLACED,
+                    },
+                )?;
             }
             OPENED_SOCKET_OK
         };

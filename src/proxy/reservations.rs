@@ -137,7 +137,10 @@ impl Reservations {
     /// be told. The caller has checked capacity and that the socket id is
     /// free on the link.
     pub fn reserve(&mut self, link: ConnRef, socket_id: u32, r: Reservation) -> Option<u32> {
-        debug_assert!(!self.contains(link, socket_id), "socket id already reserved");
+        debug_assert!(
+            !self.contains(link, socket_id),
+            "socket id already reserved"
+        );
         let replaced = self
             .links
             .get(&link)
@@ -313,19 +316,43 @@ mod tests {
         let mut rs = Reservations::default();
         assert_eq!(rs.reserve(link(0), 10, r("ann", "10.0.0.1", later)), None);
         assert!(rs.is_announced("10.0.0.1".parse().unwrap()));
-        assert!(rs.is_announced("::ffff:10.0.0.1".parse().unwrap()), "IPv4-mapped");
+        assert!(
+            rs.is_announced("::ffff:10.0.0.1".parse().unwrap()),
+            "IPv4-mapped"
+        );
         let token = [3; TOKEN_BYTES];
         let from = Some("10.0.0.1".parse().unwrap());
-        assert_eq!(rs.claim(link(1), "ann", &token, from, now), Err(ClaimError::NoReservation));
-        assert_eq!(rs.claim(link(0), "bob", &token, from, now), Err(ClaimError::NoReservation));
-        assert_eq!(rs.claim(link(0), "ann", &[4; TOKEN_BYTES], from, now), Err(ClaimError::WrongToken));
+        assert_eq!(
+            rs.claim(link(1), "ann", &token, from, now),
+            Err(ClaimError::NoReservation)
+        );
+        assert_eq!(
+            rs.claim(link(0), "bob", &token, from, now),
+            Err(ClaimError::NoReservation)
+        );
+        assert_eq!(
+            rs.claim(link(0), "ann", &[4; TOKEN_BYTES], from, now),
+            Err(ClaimError::WrongToken)
+        );
         let elsewhere = Some("10.0.0.2".parse().unwrap());
-        assert_eq!(rs.claim(link(0), "ann", &token, elsewhere, now), Err(ClaimError::WrongAddress));
-        assert_eq!(rs.claim(link(0), "ann", &token, from, later), Err(ClaimError::Expired));
+        assert_eq!(
+            rs.claim(link(0), "ann", &token, elsewhere, now),
+            Err(ClaimError::WrongAddress)
+        );
+        assert_eq!(
+            rs.claim(link(0), "ann", &token, from, later),
+            Err(ClaimError::Expired)
+        );
         assert_eq!(rs.len(), 1, "failed claims change nothing");
-        let claimed = rs.claim(link(0), "ann", &token, elsewhere.and(None), now).unwrap();
+        let claimed = rs
+            .claim(link(0), "ann", &token, elsewhere.and(None), now)
+            .unwrap();
         assert_eq!(claimed.socket_id, 10);
-        assert_eq!(rs.claim(link(0), "ann", &token, from, now), Err(ClaimError::NoReservation), "once");
+        assert_eq!(
+            rs.claim(link(0), "ann", &token, from, now),
+            Err(ClaimError::NoReservation),
+            "once"
+        );
         assert!(rs.is_empty() && !rs.is_announced("10.0.0.1".parse().unwrap()));
     }
 

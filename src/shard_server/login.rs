@@ -85,31 +85,23 @@ impl ShardServer {
     /// then each message of each frame to its handler. A link that breaks
     /// the protocol is disconnected.
     pub(super) fn login_read(&mut self, login: ConnRef, data: &mut [u8], now: Instant) {
-        let Some(slot) = self.clients.read(login, data.len(), now) else {
-            return; // stale
+        let Some(mut in_buf) = self.clients.begin_read(login, data.len(), now) else {
+            return;
         };
         // Out of the slot while its frames are handled, so the handlers can
         // reach the proxy links (to open sockets) and the module.
-        let mut in_buf = std::mem::take(&mut slot.in_buf);
         let mut frames = Frames::new(&mut in_buf, data, LINK_IN_BUF_SIZE);
         let result = self.login_units(login, &mut frames);
         drop(frames);
-        match result {
-            Ok(()) => {
-                if let Some(slot) = self.clients.get_mut(login) {
-                    slot.in_buf = in_buf;
-                }
-                self.clients.wrote(login);
-            }
-            Err(err) => {
-                let why = match err {
-                    PeerError::TooLarge => "frame too large".to_string(),
-                    e => e.to_string(),
-                };
-                warn!("login link {}: {why}", login.index);
-                self.clients
-                    .disconnect(login, DisconnectReason::Protocol(why));
-            }
+        self.clients.end_read(login, in_buf);
+        if let Err(err) = result {
+            let why = match err {
+                PeerError::TooLarge => "frame too large".to_string(),
+                e => e.to_string(),
+            };
+            warn!("login link {}: {why}", login.index);
+            self.clients
+                .disconnect(login, DisconnectReason::Protocol(why));
         }
     }
 

@@ -86,6 +86,9 @@ const LINK_OUT_BUF_SIZE: usize = 16 * 1024 * 1024;
 const SOCKET_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// The handshake and auth proof of a direct player must be done in this time.
 const DIRECT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most rounds of `settle` per iteration: the game's reaction to a
+/// disconnect can end more sockets, a short chain; more means a loop.
+const SETTLE_ROUNDS_MAX: usize = 16;
 
 /// `muta-shard`'s settings (flags).
 #[derive(Clone, Debug)]
@@ -561,17 +564,22 @@ impl Server for ShardServer {
     }
 
     /// Lets the module and the game react to each other until both are
-    /// quiet: disconnects end sockets, the module's events go to the game,
-    /// and the module's flush seals what the game sent (which may drop a
-    /// player, and so make more events).
+    /// quiet: disconnects end sockets, and the module's events go to the
+    /// game (which may drop a player, and so make more).
     fn settle(&mut self, _now: Instant) {
-        loop {
-            while self.settle_once() {}
-            self.module.flush(&mut self.clients);
+        for _ in 0..SETTLE_ROUNDS_MAX {
             if !self.settle_once() {
                 return;
             }
         }
+        warn!("settle: still busy after {SETTLE_ROUNDS_MAX} rounds (bug: a loop)");
+    }
+
+    /// The module seals what the game sent each player this iteration (one
+    /// frame per player); a player too far behind is dropped, which the
+    /// runtime's next `settle` handles.
+    fn before_flush(&mut self, _now: Instant) {
+        self.module.flush(&mut self.clients);
     }
 
     /// Shutdown begins: every connection is disconnected, so `settle` ends

@@ -87,7 +87,11 @@ pub fn test_config() -> Config {
 impl Harness {
     /// A proxy serving `n_shards` fake shards (all listening), the config
     /// tweaked by `tweak`, pinning keys as `pin` says.
-    pub fn with(n_shards: usize, tweak: impl FnOnce(&mut Config), pin: Option<PublicKey>) -> Harness {
+    pub fn with(
+        n_shards: usize,
+        tweak: impl FnOnce(&mut Config),
+        pin: Option<PublicKey>,
+    ) -> Harness {
         crate::cryptchan::init().expect("libsodium");
         let mut cfg = test_config();
         tweak(&mut cfg);
@@ -106,7 +110,9 @@ impl Harness {
             now,
             next_tick: now + MAIN_TICK,
             keys,
-            shard_keys: (0..n_shards).map(|_| Arc::new(KeyPair::generate())).collect(),
+            shard_keys: (0..n_shards)
+                .map(|_| Arc::new(KeyPair::generate()))
+                .collect(),
             shard_listening: vec![true; n_shards],
             peers: HashMap::new(),
             closing: Vec::new(),
@@ -261,7 +267,10 @@ impl Harness {
         };
         let mut frames = Frames::new(in_buf, &mut bytes, 1 << 20);
         let mut units = Vec::new();
-        while let Some(unit) = frames.next(chan, to_proxy).expect("the proxy speaks cryptchan") {
+        while let Some(unit) = frames
+            .next(chan, to_proxy)
+            .expect("the proxy speaks cryptchan")
+        {
             if let Unit::Frame(frame) = unit {
                 units.push(frame.to_vec());
             }
@@ -393,7 +402,11 @@ impl Harness {
     pub fn connect(&mut self, from: SocketAddr) -> Option<ConnRef> {
         let conn = self.proxy.on_accept(0, from, self.now)?;
         let mut hello = Vec::new();
-        let chan = Channel::initiator(Arc::new(KeyPair::generate()), Some(self.proxy_key()), &mut hello);
+        let chan = Channel::initiator(
+            Arc::new(KeyPair::generate()),
+            Some(self.proxy_key()),
+            &mut hello,
+        );
         self.peers.insert(
             conn,
             Peer {
@@ -478,7 +491,13 @@ impl Harness {
         .encode(&mut proof);
         self.send_frame(conn, &proof);
         let msg = self.shard_recv(0);
-        let Ok(Some((FProxyMsg::PlayerCryptchan { socket_id: s, state }, _))) = FProxyMsg::decode(&msg)
+        let Ok(Some((
+            FProxyMsg::PlayerCryptchan {
+                socket_id: s,
+                state,
+            },
+            _,
+        ))) = FProxyMsg::decode(&msg)
         else {
             panic!("expected FPROXY_MSG_PLAYER_CRYPTCHAN");
         };

@@ -149,7 +149,9 @@ fn with_require_announced_ip_off_the_address_is_not_checked() {
     let conn = h.connect(player_addr(1)).unwrap();
     h.send_frame(conn, &proof("roamer", &token));
     let bytes = h.shard_recv(0);
-    assert!(matches!(msg(&bytes), FProxyMsg::PlayerCryptchan { socket_id: s, .. } if s == socket_id));
+    assert!(
+        matches!(msg(&bytes), FProxyMsg::PlayerCryptchan { socket_id: s, .. } if s == socket_id)
+    );
 }
 
 #[test]
@@ -206,7 +208,10 @@ fn reservations_answer_full_and_duplicate_and_expire_at_their_deadline() {
     expired.sort();
     assert_eq!(expired, [first, second]);
     assert_eq!(h.proxy.n_reserved(), 0);
-    assert!(h.connect(player_addr(1)).is_none(), "the address is no longer announced");
+    assert!(
+        h.connect(player_addr(1)).is_none(),
+        "the address is no longer announced"
+    );
 }
 
 #[test]
@@ -242,10 +247,16 @@ fn a_newer_reservation_of_the_same_account_replaces_the_old_one() {
     let fresh = h.connect(player_addr(1)).unwrap();
     h.send_frame(fresh, &proof("twice", &new_token));
     let bytes = h.shard_recv(0);
-    assert!(matches!(msg(&bytes), FProxyMsg::PlayerCryptchan { socket_id: 500, .. }));
+    assert!(matches!(
+        msg(&bytes),
+        FProxyMsg::PlayerCryptchan { socket_id: 500, .. }
+    ));
     // A token works once.
     let replay = h.connect(player_addr(1));
-    assert!(replay.is_none(), "the address was announced for that one reservation only");
+    assert!(
+        replay.is_none(),
+        "the address was announced for that one reservation only"
+    );
 }
 
 #[test]
@@ -255,7 +266,10 @@ fn the_shard_closing_a_socket_disconnects_the_player_without_an_echo_back() {
     let (stays, stays_id, _) = h.player("stays", player_addr(2));
     h.shard_send(0, &TProxyMsg::ClosedSocket { socket_id });
     assert!(h.is_closed(kicked));
-    assert!(h.shard_quiet(0), "the shard is not told of its own decision");
+    assert!(
+        h.shard_quiet(0),
+        "the shard is not told of its own decision"
+    );
     h.hang_up(stays);
     expect_close(&mut h, stays_id, CLOSE_REASON_LEFT);
 }
@@ -271,7 +285,9 @@ fn a_handshake_not_finished_by_its_deadline_is_cut_off_by_the_next_tick() {
     assert!(!h.is_closed(slow), "1.0 s of 1.5");
     h.send_frame(quick, &proof("quick", &token));
     let bytes = h.shard_recv(0);
-    assert!(matches!(msg(&bytes), FProxyMsg::PlayerCryptchan { socket_id: s, .. } if s == socket_id));
+    assert!(
+        matches!(msg(&bytes), FProxyMsg::PlayerCryptchan { socket_id: s, .. } if s == socket_id)
+    );
     h.advance(Duration::from_millis(1000));
     assert!(h.is_closed(slow), "past the deadline at the 2 s tick");
     assert!(!h.is_closed(quick), "a player that proved in time stays");
@@ -342,7 +358,10 @@ fn a_lost_shard_takes_its_players_and_reservations_with_it() {
     h.hang_up(link);
     assert!(h.is_closed(a), "its player is disconnected");
     assert_eq!(h.proxy.n_reserved(), 0);
-    assert!(h.connect(player_addr(2)).is_none(), "its announced address is forgotten");
+    assert!(
+        h.connect(player_addr(2)).is_none(),
+        "its announced address is forgotten"
+    );
     // It comes back after the retry period, with a fresh session.
     h.advance(Duration::from_millis(2000));
     assert!(h.link(0).is_some_and(|l| l != link));

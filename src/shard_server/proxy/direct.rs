@@ -179,26 +179,22 @@ impl ProxyModule {
         data: &mut [u8],
         now: Instant,
     ) {
-        let Some(slot) = pool.read(client, data.len(), now) else {
-            return; // stale
-        };
         let Some(in_buf_size) = self.cfg.direct.as_ref().map(|d| d.in_buf_size) else {
             return;
         };
-        let ip = slot.addr().ip();
+        let Some(ip) = pool.get(client).map(|s| s.addr().ip()) else {
+            return;
+        };
         // Out of the slot while its frames are handled, as on a proxy link.
-        let mut in_buf = std::mem::take(&mut slot.in_buf);
+        let Some(mut in_buf) = pool.begin_read(client, data.len(), now) else {
+            return;
+        };
         let mut frames = Frames::new(&mut in_buf, data, in_buf_size);
         let result = self.direct_units(pool, client, ip, &mut frames, now);
         drop(frames);
-        match result {
-            Ok(()) => {
-                if let Some(slot) = pool.get_mut(client) {
-                    slot.in_buf = in_buf;
-                }
-                pool.wrote(client);
-            }
-            Err(err) => self.direct_refuse(pool, client, err),
+        pool.end_read(client, in_buf);
+        if let Err(err) = result {
+            self.direct_refuse(pool, client, err);
         }
     }
 

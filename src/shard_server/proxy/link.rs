@@ -54,32 +54,23 @@ impl ProxyModule {
         data: &mut [u8],
         now: Instant,
     ) {
-        let Some(slot) = pool.read(proxy, data.len(), now) else {
-            return; // stale
+        let Some(mut in_buf) = pool.begin_read(proxy, data.len(), now) else {
+            return;
         };
-        let addr = slot.addr();
         // The input buffer leaves the slot while its frames are handled, so
         // the handlers can reach the whole pool (a direct player's
         // connection, another proxy's link) and the module.
-        let mut in_buf = std::mem::take(&mut slot.in_buf);
         let mut frames = Frames::new(&mut in_buf, data, self.cfg.in_buf_size);
         let result = self.link_units(pool, proxy, &mut frames);
         drop(frames);
-        match result {
-            Ok(()) => {
-                if let Some(slot) = pool.get_mut(proxy) {
-                    slot.in_buf = in_buf;
-                }
-                pool.wrote(proxy);
-            }
-            Err(err) => {
-                let why = match err {
-                    PeerError::TooLarge => "frame larger than the pool's in_buf_size".to_string(),
-                    e => e.to_string(),
-                };
-                warn!("proxy link {} ({addr}): {why}", proxy.index);
-                pool.disconnect(proxy, DisconnectReason::Protocol(why));
-            }
+        pool.end_read(proxy, in_buf);
+        if let Err(err) = result {
+            let why = match err {
+                PeerError::TooLarge => "frame larger than the pool's in_buf_size".to_string(),
+                e => e.to_string(),
+            };
+            warn!("proxy link {proxy}: {why}");
+            pool.disconnect(proxy, DisconnectReason::Protocol(why));
         }
     }
 
