@@ -7,6 +7,7 @@
 //! [`super`] drives thousands of players with the same protocol code
 //! ([`Channel`]), without blocking.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 use crate::cryptchan::{KeyPair, PublicKey, TOKEN_BYTES};
 use crate::proto::ProtoError;
 use crate::proto::client::AuthProof;
-use crate::proto::frame::{Channel, ChannelError, Step};
+use crate::proto::frame::{Channel, ChannelError, FrameError, Frames, Unit};
 use crate::proto::login::{FromLogin, RESULT_OK, ToLogin};
 
 /// Why a client step failed.
@@ -82,6 +83,9 @@ impl fmt::Debug for Ticket {
     }
 }
 
+/// The most bytes of one frame from a proxy or login server, with its length.
+const IN_BUF_MAX: usize = 70 * 1024;
+
 /// An encrypted connection, blocking: a socket and a [`Channel`] (initiator).
 #[derive(Debug)]
 pub struct Conn {
@@ -89,6 +93,8 @@ pub struct Conn {
     chan: Channel,
     in_buf: Vec<u8>,
     out: Vec<u8>,
+    /// Frames read and not yet taken.
+    frames: VecDeque<Vec<u8>>,
 }
 
 impl Conn {
@@ -112,11 +118,12 @@ impl Conn {
             chan,
             in_buf: Vec::new(),
             out,
+            frames: VecDeque::new(),
         };
         conn.flush()?;
         let deadline = Instant::now() + timeout;
         while !conn.chan.is_open() {
-            conn.step(deadline)?;
+            conn.read_once(deadline)?;
         }
         conn.flush()?;
         Ok(conn)
@@ -129,49 +136,46 @@ impl Conn {
         Ok(())
     }
 
-    /// Reads until one handshake step or frame is processed; returns the
-    /// frame's plaintext, if it was a frame.
-    fn step(&mut self, deadline: Instant) -> Result<Option<Vec<u8>>, ClientError> {
-        loop {
-            match self.chan.next(&mut self.in_buf, &mut self.out)? {
-                Step::NeedMore => {}
-                Step::Handshake { consumed } | Step::Opened { consumed } => {
-                    self.in_buf.drain(..consumed);
-                    return Ok(None);
-                }
-                Step::Frame {
-                    consumed,
-                    plaintext,
-                } => {
-                    let frame = plaintext.to_vec();
-                    self.in_buf.drain(..consumed);
-                    return Ok(Some(frame));
-                }
+    /// Reads once (waiting until `deadline`) and runs the bytes through the
+    /// channel, the frame driver answering the handshake; frames are kept
+    /// for [`Conn::recv_frame`].
+    fn read_once(&mut self, deadline: Instant) -> Result<(), ClientError> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(ClientError::Timeout);
+        }
+        self.stream.set_read_timeout(Some(left))?;
+        let mut buf = [0u8; 16 * 1024];
+        let n = match self.stream.read(&mut buf) {
+            Ok(0) => {
+                return Err(
+                    io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed").into(),
+                );
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
                 return Err(ClientError::Timeout);
             }
-            self.stream.set_read_timeout(Some(left))?;
-            let mut buf = [0u8; 16 * 1024];
-            match self.stream.read(&mut buf) {
-                Ok(0) => {
-                    return Err(
-                        io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed").into(),
-                    );
-                }
-                Ok(n) => self.in_buf.extend_from_slice(&buf[..n]),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    return Err(ClientError::Timeout);
-                }
-                Err(e) => return Err(e.into()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut frames = Frames::new(&mut self.in_buf, &mut buf[..n], IN_BUF_MAX);
+        while let Some(unit) = frames
+            .next(&mut self.chan, &mut self.out)
+            .map_err(|e| match e {
+                FrameError::Channel(e) => ClientError::Channel(e),
+                FrameError::TooLarge => ClientError::Proto(ProtoError::BadLength("frame")),
+            })?
+        {
+            if let Unit::Frame(frame) = unit {
+                self.frames.push_back(frame.to_vec());
             }
         }
+        Ok(())
     }
 
     /// Sends one frame holding `plaintext` (one or more messages).
@@ -199,9 +203,10 @@ impl Conn {
     pub fn recv_frame(&mut self, timeout: Duration) -> Result<Vec<u8>, ClientError> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(frame) = self.step(deadline)? {
+            if let Some(frame) = self.frames.pop_front() {
                 return Ok(frame);
             }
+            self.read_once(deadline)?;
         }
     }
 

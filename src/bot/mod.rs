@@ -55,8 +55,9 @@ use crate::netpoll::{
     NETPOLL_ERR, NETPOLL_ET, NETPOLL_HUP, NETPOLL_READ, NETPOLL_WRITE, Netpoll, NetpollEvent,
 };
 use crate::proto::client::{AuthProof, ClientMsg, ServerMsg};
-use crate::proto::frame::{Channel, Step};
+use crate::proto::frame::{Channel, Frames, Unit};
 use crate::proto::login::{FromLogin, RESULT_OK, ToLogin};
+use crate::proto::messages;
 
 /// How a load run is shaped.
 #[derive(Clone, Debug)]
@@ -152,6 +153,8 @@ pub struct BotReport {
     pub failures: Vec<(String, u32)>,
     /// A storm's handshakes and microseconds, first connect to last welcome.
     pub storm: Option<(u32, u64)>,
+    /// When the last bot was welcomed (not part of the JSON contract).
+    pub last_welcome: Option<Instant>,
 }
 
 impl BotReport {
@@ -213,6 +216,10 @@ struct Live {
     /// not yet).
     go_us: AtomicU64,
 }
+
+/// The most bytes of one frame from a proxy or the login server, with its
+/// length.
+const IN_BUF_MAX: usize = 70 * 1024;
 
 /// Buckets of the live histogram: 4 per power of two of microseconds.
 const BUCKETS: usize = 4 * 40;
@@ -296,30 +303,54 @@ pub fn run_marked(cfg: &BotCfg, stop: Arc<AtomicBool>, mark: Arc<AtomicBool>) ->
     let live = Arc::new(Live::new(stop, mark));
     let epoch = Instant::now();
     let threads = cfg.threads.clamp(1, 64).min(cfg.clients.max(1) as usize);
-    let mut handles = Vec::new();
-    for t in 0..threads {
-        let cfg = cfg.clone();
-        let live = live.clone();
-        let bots: Vec<u32> = (0..cfg.clients)
-            .filter(|i| *i as usize % threads == t)
-            .collect();
-        handles.push(
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let cfg = cfg.clone();
+            let live = live.clone();
+            let bots: Vec<u32> = (0..cfg.clients)
+                .filter(|i| *i as usize % threads == t)
+                .collect();
             thread::Builder::new()
                 .name(format!("bot-{t}"))
                 .spawn(move || Worker::new(cfg, bots, epoch, live).run())
-                .expect("spawn a bot worker"),
-        );
+                .expect("spawn a bot worker")
+        })
+        .collect();
+    let progress = cfg
+        .progress
+        .then(|| Progress::start(live.clone(), cfg.clients, epoch));
+    let results: Vec<WorkerResult> = handles
+        .into_iter()
+        .map(|h| h.join().expect("bot worker panicked"))
+        .collect();
+    if let Some(progress) = progress {
+        progress.stop();
     }
-    let progress = cfg.progress.then(|| {
-        let live = live.clone();
-        let total = cfg.clients;
-        let stop = Arc::new(AtomicU64::new(0));
-        let stop2 = stop.clone();
-        let handle = thread::spawn(move || {
-            let mut last_sent = 0;
-            let mut last_recv = 0;
+    let mut report = BotReport::from_workers(cfg.clients, results);
+    let go_us = live.go_us.load(Ordering::Relaxed);
+    if cfg.storm && go_us > 0 {
+        let go = epoch + Duration::from_micros(go_us - 1);
+        let last = report.last_welcome;
+        let us = last.map_or(0, |t| t.saturating_duration_since(go).as_micros() as u64);
+        report.storm = Some((report.authenticated, us));
+    }
+    report
+}
+
+/// The thread printing one JSON progress line a second (`--progress`).
+struct Progress {
+    stop: Arc<AtomicBool>,
+    thread: thread::JoinHandle<()>,
+}
+
+impl Progress {
+    fn start(live: Arc<Live>, total: u32, epoch: Instant) -> Progress {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = thread::spawn(move || {
+            let (mut last_sent, mut last_recv) = (0, 0);
             let mut last_buckets = vec![0u64; BUCKETS];
-            while stop2.load(Ordering::Relaxed) == 0 {
+            while !stopping.load(Ordering::Relaxed) {
                 thread::sleep(Duration::from_secs(1));
                 let sent = live.sent.load(Ordering::Relaxed);
                 let recv = live.received.load(Ordering::Relaxed);
@@ -332,62 +363,61 @@ pub fn run_marked(cfg: &BotCfg, stop: Arc<AtomicBool>, mark: Arc<AtomicBool>) ->
                     recv - last_recv,
                     live.errors.load(Ordering::Relaxed)
                 );
-                last_sent = sent;
-                last_recv = recv;
+                (last_sent, last_recv) = (sent, recv);
             }
         });
-        (stop, handle)
-    });
-    let mut report = BotReport {
-        clients: cfg.clients,
-        ..BotReport::default()
-    };
-    let mut samples: Vec<u32> = Vec::new();
-    let mut failures: HashMap<String, u32> = HashMap::new();
-    let mut last_welcome: Option<Instant> = None;
-    for handle in handles {
-        let r = handle.join().expect("bot worker panicked");
-        last_welcome = last_welcome.max(r.last_welcome);
-        report.authenticated += r.authenticated;
-        report.clients -= r.stopped;
-        report.sent += r.sent;
-        report.received += r.received;
-        report.errors += r.errors;
-        report.broadcasts += r.broadcasts;
-        samples.extend_from_slice(&r.samples);
-        for (why, n) in r.failures {
-            *failures.entry(why).or_insert(0) += n;
+        Progress { stop, thread }
+    }
+
+    fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.thread.join();
+    }
+}
+
+impl BotReport {
+    /// The workers' results together: sums, the latency percentiles of
+    /// every sample, failures by count.
+    fn from_workers(clients: u32, results: Vec<WorkerResult>) -> BotReport {
+        let mut report = BotReport {
+            clients,
+            ..BotReport::default()
+        };
+        let mut samples: Vec<u32> = Vec::new();
+        let mut failures: HashMap<String, u32> = HashMap::new();
+        for r in results {
+            report.last_welcome = report.last_welcome.max(r.last_welcome);
+            report.authenticated += r.authenticated;
+            report.clients -= r.stopped;
+            report.sent += r.sent;
+            report.received += r.received;
+            report.errors += r.errors;
+            report.broadcasts += r.broadcasts;
+            samples.extend_from_slice(&r.samples);
+            for (why, n) in r.failures {
+                *failures.entry(why).or_insert(0) += n;
+            }
         }
+        samples.sort_unstable();
+        report.latency_samples = samples.len() as u64;
+        let pick = |q: f64| -> u64 {
+            if samples.is_empty() {
+                return 0;
+            }
+            let i = ((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1;
+            u64::from(samples[i])
+        };
+        report.latency_us = Latency {
+            p50: pick(0.50),
+            p99: pick(0.99),
+            p999: pick(0.999),
+            max: samples.last().map_or(0, |&v| u64::from(v)),
+        };
+        let mut failures: Vec<(String, u32)> = failures.into_iter().collect();
+        failures.sort_by_key(|f| std::cmp::Reverse(f.1));
+        report.failures = failures;
+        report
     }
-    if let Some((stop, handle)) = progress {
-        stop.store(1, Ordering::Relaxed);
-        let _ = handle.join();
-    }
-    samples.sort_unstable();
-    report.latency_samples = samples.len() as u64;
-    let pick = |q: f64| -> u64 {
-        if samples.is_empty() {
-            return 0;
-        }
-        let i = ((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1;
-        u64::from(samples[i])
-    };
-    report.latency_us = Latency {
-        p50: pick(0.50),
-        p99: pick(0.99),
-        p999: pick(0.999),
-        max: samples.last().map_or(0, |&v| u64::from(v)),
-    };
-    let mut failures: Vec<(String, u32)> = failures.into_iter().collect();
-    failures.sort_by_key(|f| std::cmp::Reverse(f.1));
-    report.failures = failures;
-    let go_us = live.go_us.load(Ordering::Relaxed);
-    if cfg.storm && go_us > 0 {
-        let go = epoch + Duration::from_micros(go_us - 1);
-        let us = last_welcome.map_or(0, |t| t.saturating_duration_since(go).as_micros() as u64);
-        report.storm = Some((report.authenticated, us));
-    }
-    report
 }
 
 /// Where one bot is.
@@ -844,8 +874,7 @@ impl Worker {
                     return self.fail(b, why);
                 }
                 Ok(n) => {
-                    bot.in_buf.extend_from_slice(&self.read_buf[..n]);
-                    if !self.process(b) {
+                    if !self.process(b, n) {
                         return;
                     }
                 }
@@ -856,143 +885,164 @@ impl Worker {
         }
     }
 
-    /// Handles whatever complete messages the bot's buffer holds. False if
-    /// the bot stopped (failed, done, or moved to another connection).
-    fn process(&mut self, b: u32) -> bool {
-        let mut pos = 0;
+    /// Runs the `n` bytes just read through the bot's channel (the frame
+    /// driver, as on every link). False if the bot stopped (failed, done,
+    /// or moved to another connection).
+    fn process(&mut self, b: u32, n: usize) -> bool {
+        let mut data = std::mem::take(&mut self.read_buf);
+        let mut in_buf = std::mem::take(&mut self.bots[b as usize].in_buf);
+        let mut frames = Frames::new(&mut in_buf, &mut data[..n], IN_BUF_MAX);
+        let going_on = self.units(b, &mut frames);
+        drop(frames);
+        if !going_on {
+            // What is left belongs to a connection that is gone.
+            in_buf.clear();
+        }
+        self.bots[b as usize].in_buf = in_buf;
+        self.read_buf = data;
+        going_on
+    }
+
+    fn units(&mut self, b: u32, frames: &mut Frames<'_>) -> bool {
         loop {
             let bot = &mut self.bots[b as usize];
             let Some(chan) = bot.chan.as_mut() else {
                 return false;
             };
-            let step = match chan.next(&mut bot.in_buf[pos..], &mut bot.out) {
-                Ok(step) => step,
+            match frames.next(chan, &mut bot.out) {
                 Err(e) => {
-                    let why = format!("channel error: {e}");
-                    self.fail(b, &why);
+                    self.fail(b, &format!("channel error: {e}"));
                     return false;
                 }
-            };
-            match step {
-                Step::NeedMore => break,
-                Step::Handshake { consumed } => pos += consumed,
-                Step::Opened { consumed } => {
-                    pos += consumed;
-                    self.msg.clear();
-                    let bot = &mut self.bots[b as usize];
-                    match bot.phase {
-                        Phase::Login => ToLogin::Login {
-                            account_name: &bot.account,
-                            password: bot.account.as_bytes(),
-                        }
-                        .encode(&mut self.msg),
-                        _ => {
-                            let (_, _, token) =
-                                bot.ticket.as_ref().expect("entering with a ticket");
-                            AuthProof {
-                                account_name: &bot.account,
-                                shard_name: &self.cfg.shard,
-                                token,
-                            }
-                            .encode(&mut self.msg)
-                        }
-                    }
-                    let chan = bot.chan.as_mut().expect("open");
-                    let _ = chan.send(&mut bot.out, &self.msg);
-                    self.flush(b);
-                }
-                Step::Frame {
-                    consumed,
-                    plaintext,
-                } => {
-                    pos += consumed;
-                    let frame = plaintext.to_vec();
-                    if !self.frame(b, &frame) {
+                Ok(None) => break,
+                Ok(Some(Unit::Opened)) => self.opened(b),
+                Ok(Some(Unit::Frame(frame))) => {
+                    if !self.frame(b, frame) {
                         return false;
                     }
                 }
             }
         }
-        let bot = &mut self.bots[b as usize];
-        bot.in_buf.drain(..pos);
         self.flush(b);
         true
     }
 
-    /// One decrypted frame; false if the bot stopped.
-    fn frame(&mut self, b: u32, frame: &[u8]) -> bool {
-        let phase_is_login = matches!(self.bots[b as usize].phase, Phase::Login);
-        if phase_is_login {
-            return self.login_frame(b, frame);
+    /// The handshake ended: the first message goes out (the login, or the
+    /// auth proof to the proxy).
+    fn opened(&mut self, b: u32) {
+        self.msg.clear();
+        let bot = &mut self.bots[b as usize];
+        match bot.phase {
+            Phase::Login => ToLogin::Login {
+                account_name: &bot.account,
+                password: bot.account.as_bytes(),
+            }
+            .encode(&mut self.msg),
+            _ => {
+                let (_, _, token) = bot.ticket.as_ref().expect("entering with a ticket");
+                AuthProof {
+                    account_name: &bot.account,
+                    shard_name: &self.cfg.shard,
+                    token,
+                }
+                .encode(&mut self.msg)
+            }
         }
-        let mut at = 0;
-        while at < frame.len() {
-            let (msg, len) = match ServerMsg::decode(&frame[at..]) {
-                Ok(Some(m)) => m,
-                _ => {
-                    self.fail(b, "undecodable message from the shard");
+        let chan = bot.chan.as_mut().expect("open");
+        let _ = chan.send(&mut bot.out, &self.msg);
+        self.flush(b);
+    }
+
+    /// One decrypted frame, message by message; false if the bot stopped.
+    fn frame(&mut self, b: u32, frame: &[u8]) -> bool {
+        if matches!(self.bots[b as usize].phase, Phase::Login) {
+            for msg in messages::<FromLogin<'_>>(frame) {
+                let Ok(msg) = msg else {
+                    self.fail(b, "undecodable message from the login server");
+                    return false;
+                };
+                if !self.login_msg(b, msg) {
                     return false;
                 }
+            }
+            return true;
+        }
+        for msg in messages::<ServerMsg<'_>>(frame) {
+            let Ok(msg) = msg else {
+                self.fail(b, "undecodable message from the shard");
+                return false;
             };
-            at += len;
-            let now = Instant::now();
-            let bot = &mut self.bots[b as usize];
-            match msg {
-                ServerMsg::Welcome { .. } if matches!(bot.phase, Phase::Enter) => {
-                    bot.phase = Phase::Playing;
-                    bot.playing_since = now;
-                    self.result.last_welcome = self.result.last_welcome.max(Some(now));
-                    self.result.authenticated += 1;
-                    self.live.authenticated.fetch_add(1, Ordering::Relaxed);
-                    if bot.to_send == 0 {
-                        bot.phase = Phase::Draining;
-                        self.done(b);
-                        return false;
-                    }
-                    self.timers.push(Reverse((now, b)));
-                }
-                ServerMsg::Echo { seq, time_us, .. } => {
-                    if seq != bot.next_expect {
-                        let why = if seq < bot.next_expect {
-                            "an echo came back twice"
-                        } else {
-                            "an echo was lost or reordered"
-                        };
-                        self.fail(b, why);
-                        return false;
-                    }
-                    bot.next_expect += 1;
-                    let rtt = (self.epoch.elapsed().as_micros() as u64).saturating_sub(time_us);
-                    if time_us + 1 >= self.live.measure_from_us.load(Ordering::Relaxed) {
-                        self.result
-                            .samples
-                            .push(rtt.min(u64::from(u32::MAX)) as u32);
-                    }
-                    self.live.buckets[bucket_of(rtt)].fetch_add(1, Ordering::Relaxed);
-                    self.result.received += 1;
-                    self.live.received.fetch_add(1, Ordering::Relaxed);
-                    if matches!(bot.phase, Phase::Draining) && bot.next_expect == bot.next_seq {
-                        self.done(b);
-                        return false;
-                    }
-                }
-                ServerMsg::Chat { .. } | ServerMsg::Moved { .. } | ServerMsg::Emote { .. } => {
-                    self.result.broadcasts += 1;
-                }
-                ServerMsg::Pong { .. } | ServerMsg::Welcome { .. } => {}
+            if !self.server_msg(b, msg) {
+                return false;
             }
         }
         true
     }
 
-    fn login_frame(&mut self, b: u32, frame: &[u8]) -> bool {
-        let msg = match FromLogin::decode(frame) {
-            Ok(Some((msg, _))) => msg,
-            _ => {
-                self.fail(b, "undecodable message from the login server");
-                return false;
+    /// One message of the shard; false if the bot stopped.
+    fn server_msg(&mut self, b: u32, msg: ServerMsg<'_>) -> bool {
+        let bot = &self.bots[b as usize];
+        match msg {
+            ServerMsg::Welcome { .. } if matches!(bot.phase, Phase::Enter) => self.welcomed(b),
+            ServerMsg::Echo { seq, time_us, .. } => self.echoed(b, seq, time_us),
+            ServerMsg::Chat { .. } | ServerMsg::Moved { .. } | ServerMsg::Emote { .. } => {
+                self.result.broadcasts += 1;
+                true
             }
-        };
+            ServerMsg::Pong { .. } | ServerMsg::Welcome { .. } => true,
+        }
+    }
+
+    /// The shard's welcome: the bot plays from now on.
+    fn welcomed(&mut self, b: u32) -> bool {
+        let now = Instant::now();
+        let bot = &mut self.bots[b as usize];
+        bot.phase = Phase::Playing;
+        bot.playing_since = now;
+        self.result.last_welcome = self.result.last_welcome.max(Some(now));
+        self.result.authenticated += 1;
+        self.live.authenticated.fetch_add(1, Ordering::Relaxed);
+        if bot.to_send == 0 {
+            bot.phase = Phase::Draining;
+            self.done(b);
+            return false;
+        }
+        self.timers.push(Reverse((now, b)));
+        true
+    }
+
+    /// An echo came back: in order, once, its round trip recorded.
+    fn echoed(&mut self, b: u32, seq: u32, time_us: u64) -> bool {
+        let bot = &mut self.bots[b as usize];
+        if seq != bot.next_expect {
+            let why = if seq < bot.next_expect {
+                "an echo came back twice"
+            } else {
+                "an echo was lost or reordered"
+            };
+            self.fail(b, why);
+            return false;
+        }
+        bot.next_expect += 1;
+        let rtt = (self.epoch.elapsed().as_micros() as u64).saturating_sub(time_us);
+        if time_us + 1 >= self.live.measure_from_us.load(Ordering::Relaxed) {
+            self.result
+                .samples
+                .push(rtt.min(u64::from(u32::MAX)) as u32);
+        }
+        self.live.buckets[bucket_of(rtt)].fetch_add(1, Ordering::Relaxed);
+        self.result.received += 1;
+        self.live.received.fetch_add(1, Ordering::Relaxed);
+        if matches!(bot.phase, Phase::Draining) && bot.next_expect == bot.next_seq {
+            self.done(b);
+            return false;
+        }
+        true
+    }
+
+    /// One message of the login server; false if the bot left it (failed,
+    /// or on to its proxy).
+    fn login_msg(&mut self, b: u32, msg: FromLogin<'_>) -> bool {
         let bot = &mut self.bots[b as usize];
         match (msg, bot.login_step) {
             (
@@ -1079,59 +1129,62 @@ starts the latency measurement (echoes sent before it are left out).
 Exit status: 0 if every bot was welcomed and got every echo back, 1 otherwise.
 ";
 
-/// `muta-bot`'s `main`.
-pub fn main_with_args<I: IntoIterator<Item = OsString>>(args: I) -> i32 {
+/// Parses `muta-bot`'s flags: the run's shape and whether to print JSON,
+/// or `None` for `--help`.
+fn parse_args<I: IntoIterator<Item = OsString>>(args: I) -> Result<Option<(BotCfg, bool)>, String> {
     let mut cfg = BotCfg::default();
     let mut json = false;
-    let parsed = (|| -> Result<bool, String> {
-        let mut args = crate::cli::FlagArgs::new(args)?;
-        let secs = |v: f64| {
-            if v.is_finite() && v >= 0.0 {
-                Ok(Duration::from_secs_f64(v))
-            } else {
-                Err("a duration must be a non-negative number of seconds".to_string())
+    let mut args = crate::cli::FlagArgs::new(args)?;
+    let secs = |v: f64| {
+        if v.is_finite() && v >= 0.0 {
+            Ok(Duration::from_secs_f64(v))
+        } else {
+            Err("a duration must be a non-negative number of seconds".to_string())
+        }
+    };
+    while let Some(flag) = args.next_flag()? {
+        match flag.as_str() {
+            "--login" => cfg.login = args.value(&flag)?,
+            "--login-key" => {
+                cfg.login_key = Some(
+                    PublicKey::from_hex(&args.value(&flag)?)
+                        .ok_or("--login-key needs 64 hex digits")?,
+                )
             }
-        };
-        while let Some(flag) = args.next_flag()? {
-            match flag.as_str() {
-                "--login" => cfg.login = args.value(&flag)?,
-                "--login-key" => {
-                    cfg.login_key = Some(
-                        PublicKey::from_hex(&args.value(&flag)?)
-                            .ok_or("--login-key needs 64 hex digits")?,
-                    )
-                }
-                "--shard" => cfg.shard = args.value(&flag)?,
-                "--clients" => cfg.clients = args.parse(&flag)?,
-                "--first-account" => cfg.first_account = args.parse(&flag)?,
-                "--rate" => cfg.rate = args.parse(&flag)?,
-                "--chat-rate" => cfg.chat_rate = args.parse(&flag)?,
-                "--duration" => cfg.duration = secs(args.parse(&flag)?)?,
-                "--size" => cfg.size = args.parse(&flag)?,
-                "--ramp" => cfg.ramp = secs(args.parse(&flag)?)?,
-                "--drain" => cfg.drain = secs(args.parse(&flag)?)?,
-                "--threads" => cfg.threads = args.parse(&flag)?,
-                "--progress" => cfg.progress = true,
-                "--storm" => cfg.storm = true,
-                "--json" => json = true,
-                "-h" | "--help" => return Ok(false),
-                other => return Err(format!("unknown argument `{other}`")),
-            }
+            "--shard" => cfg.shard = args.value(&flag)?,
+            "--clients" => cfg.clients = args.parse(&flag)?,
+            "--first-account" => cfg.first_account = args.parse(&flag)?,
+            "--rate" => cfg.rate = args.parse(&flag)?,
+            "--chat-rate" => cfg.chat_rate = args.parse(&flag)?,
+            "--duration" => cfg.duration = secs(args.parse(&flag)?)?,
+            "--size" => cfg.size = args.parse(&flag)?,
+            "--ramp" => cfg.ramp = secs(args.parse(&flag)?)?,
+            "--drain" => cfg.drain = secs(args.parse(&flag)?)?,
+            "--threads" => cfg.threads = args.parse(&flag)?,
+            "--progress" => cfg.progress = true,
+            "--storm" => cfg.storm = true,
+            "--json" => json = true,
+            "-h" | "--help" => return Ok(None),
+            other => return Err(format!("unknown argument `{other}`")),
         }
-        if !(cfg.rate > 0.0 && cfg.rate.is_finite()) {
-            return Err("--rate must be above 0".to_string());
-        }
-        if cfg.size > crate::proto::client::ECHO_DATA_MAX {
-            return Err(format!(
-                "--size is at most {}",
-                crate::proto::client::ECHO_DATA_MAX
-            ));
-        }
-        Ok(true)
-    })();
-    match parsed {
-        Ok(true) => {}
-        Ok(false) => {
+    }
+    if !(cfg.rate > 0.0 && cfg.rate.is_finite()) {
+        return Err("--rate must be above 0".to_string());
+    }
+    if cfg.size > crate::proto::client::ECHO_DATA_MAX {
+        return Err(format!(
+            "--size is at most {}",
+            crate::proto::client::ECHO_DATA_MAX
+        ));
+    }
+    Ok(Some((cfg, json)))
+}
+
+/// `muta-bot`'s `main`.
+pub fn main_with_args<I: IntoIterator<Item = OsString>>(args: I) -> i32 {
+    let (cfg, json) = match parse_args(args) {
+        Ok(Some(parsed)) => parsed,
+        Ok(None) => {
             print!("{USAGE}");
             return 0;
         }
@@ -1139,7 +1192,7 @@ pub fn main_with_args<I: IntoIterator<Item = OsString>>(args: I) -> i32 {
             eprintln!("muta-bot: {msg}\n\n{USAGE}");
             return 2;
         }
-    }
+    };
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         if let Err(err) = signal_hook::flag::register(signal, stop.clone()) {
