@@ -20,9 +20,11 @@ release:
 demo:
 	python3 scripts/demo.py
 
-# Every test: unit, integration (real sockets on 127.0.0.1), tidy rules.
+# Every test: unit, integration (real sockets on 127.0.0.1), tidy rules. The
+# open-file limit is raised to the hard limit first: tests/conn_layer.rs opens
+# 4,000 connections, both ends in the test process.
 test:
-	$(CARGO) test --locked
+	ulimit -n "$$(ulimit -Hn)" 2>/dev/null; $(CARGO) test --locked
 
 lint:
 	$(CARGO) fmt --all -- --check

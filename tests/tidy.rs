@@ -244,3 +244,49 @@ fn the_shipped_proxy_cfg_holds_the_defaults() {
         "proxy.cfg and the DEFAULT_* constants disagree"
     );
 }
+
+/// The proxy's rules and the pool they run on are a state machine: they get
+/// the time from the loop and hand their output to it (ARCHITECTURE.md,
+/// "a server touches no socket and reads no clock"), which is what lets the
+/// harness drive them on a virtual clock.
+#[test]
+fn the_proxy_core_touches_no_socket_and_no_clock() {
+    let core = [
+        "src/proxy/cl.rs",
+        "src/proxy/link.rs",
+        "src/proxy/reservations.rs",
+        "src/conn/mod.rs",
+        "src/shard.rs",
+    ];
+    let forbidden = [
+        "Instant::now()",
+        "SystemTime",
+        "TcpStream",
+        "TcpListener",
+        "mio::",
+        "std::thread",
+    ];
+    let mut offenders = Vec::new();
+    for file in core {
+        let text = read(&root().join(file));
+        // Unit tests may use the clock.
+        let code = text.split("#[cfg(test)]").next().unwrap();
+        for (i, line) in code.lines().enumerate() {
+            let code = code_of(line);
+            for word in forbidden {
+                if code.contains(word) {
+                    offenders.push(format!("{file}:{}: {}", i + 1, line.trim()));
+                }
+            }
+        }
+    }
+    assert!(
+        offenders.is_empty(),
+        "I/O or the clock in the proxy's core:\n{}",
+        offenders.join("\n")
+    );
+    assert!(
+        code_of("let t = Instant::now();").contains("Instant::now()"),
+        "the check cannot see what it looks for"
+    );
+}

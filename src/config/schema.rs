@@ -519,13 +519,14 @@ const SHARD_CONNECT_RETRY_MS: Key = Key {
     },
 };
 
-/// `shard.connect_timeout_ms`: how long one blocking connect may take.
+/// `shard.connect_timeout_ms`: how long one connect attempt may take (name
+/// lookup included) before it is given up.
 pub const DEFAULT_SHARD_CONNECT_TIMEOUT_MS: u64 = 2_000;
 const SHARD_CONNECT_TIMEOUT_MS: Key = Key {
     name: "shard.connect_timeout_ms",
     unit: Unit::Millis,
     reload: Reload::Live,
-    doc: "How long one blocking connect may take.",
+    doc: "How long one connect attempt may take, name lookup included, before it is given up.",
     value: Value::Int {
         default: DEFAULT_SHARD_CONNECT_TIMEOUT_MS,
         min: 100,
