@@ -29,7 +29,7 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use log::{debug, error, info, warn};
+use log::{debug, error, info};
 
 use crate::com::ConnRef;
 use crate::conn::{DisconnectReason, Disconnected, Session};
@@ -119,6 +119,13 @@ impl Proxy {
             .is_some_and(|s| s.session.state == LinkState::Ready)
     }
 
+    /// The shard's `HOST:PORT` from `shards.cfg`, for log lines.
+    fn shard_addr(&self, shard: ConnRef) -> String {
+        self.links
+            .entry(shard)
+            .map_or_else(|| shard.to_string(), |e| e.addr())
+    }
+
     /// The logged-in link to the shard named `name`.
     pub(super) fn ready_link_named(&self, name: &str) -> Option<ConnRef> {
         self.links.up().find(|&shard| {
@@ -201,7 +208,7 @@ impl Proxy {
         let why = match err {
             PeerError::TooLarge => "frame larger than shard.in_buf_size".to_string(),
             PeerError::Refused(why) => {
-                error!("{shard}: {why}");
+                error!("shard {}: {why}", self.shard_addr(shard));
                 why.to_string()
             }
             e => e.to_string(),
@@ -316,7 +323,10 @@ impl Proxy {
             ));
         }
         if self.ready_link_named(name).is_some() {
-            error!("{shard}: another shard is already named {name:?}");
+            error!(
+                "shard {}: another shard is already named {name:?}",
+                self.shard_addr(shard)
+            );
             return Err(PeerError::Refused("another shard is already named so"));
         }
         if let Some(s) = self.shards.get_mut(shard) {
@@ -385,7 +395,10 @@ impl Proxy {
             self.clients
                 .disconnect(client, DisconnectReason::Closed("closed by the shard"));
         } else if !self.reservations.release(shard, socket_id) {
-            debug!("{shard}: closed unknown socket {socket_id}");
+            debug!(
+                "shard {}: closed unknown socket {socket_id}",
+                self.shard_addr(shard)
+            );
         }
     }
 
@@ -412,7 +425,10 @@ impl Proxy {
         let mut expired = std::mem::take(&mut self.scratch_expired);
         self.reservations.expired(now, &mut expired);
         for &(shard, socket_id) in &expired {
-            debug!("{shard}: reservation {socket_id} expired");
+            debug!(
+                "shard {}: reservation {socket_id} expired",
+                self.shard_addr(shard)
+            );
             self.reservations.release(shard, socket_id);
             self.link_send(
                 shard,
@@ -439,10 +455,11 @@ impl Proxy {
             self.clients
                 .disconnect(client, DisconnectReason::Closed("its shard disconnected"));
         }
+        // `ShardLinks::gone` has logged the loss itself.
         if link.state == LinkState::Ready {
-            warn!(
-                "shard {:?} ({}) lost: {players} player(s) disconnected, {released} reservation(s) released",
-                link.name, gone.conn
+            info!(
+                "shard {:?}: {players} player(s) disconnected, {released} reservation(s) released",
+                link.name
             );
         }
     }
