@@ -7,7 +7,7 @@
 //! with the connections the program opens.
 //!
 //! What the thread owns: its netpoll, its listeners and signal pipes, and one
-//! [`Conn`] per slot of its pool that the main thread handed it (the read
+//! `Conn` per slot of its pool that the main thread handed it (the read
 //! side of `client_t`). What it shares: each socket, through an `Arc` (the
 //! main thread writes to it), the event buffer it pushes into, and the
 //! command queue it drains.

@@ -13,8 +13,8 @@
 //! (`FLOGIN_MSG_SHARD_RESULT`), disconnects, and connects to the proxy.
 //!
 //! It is a [`Server`] on the same runtime as the proxy: a client thread and
-//! pool for players ([`players`]), and a shard thread and pool for its links
-//! to the shards' login listeners ([`links`]), kept up by the shard module
+//! pool for players (`players.rs`), and a shard thread and pool for its links
+//! to the shards' login listeners (`links.rs`), kept up by the shard module
 //! ([`ShardLinks`], a connect attempt every 2 s while a shard is down).
 //! Accounts come from a file (`NAME ID HASH` per line) and, with
 //! `--create-accounts`, are created on their first login (for load tests),

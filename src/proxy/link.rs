@@ -9,16 +9,16 @@
 //! the shard module tries again in 2 s).
 //!
 //! Once logged in, the shard's messages, one function each:
-//! - `TPROXY_MSG_OPENED_SOCKET` ([`Proxy::on_opened_socket`]): reserve a slot
+//! - `TPROXY_MSG_OPENED_SOCKET` (`on_opened_socket`): reserve a slot
 //!   for a player, announcing their address (thesis
 //!   `shard_check_client_ip`), answered by `FPROXY_MSG_OPENED_SOCKET_RESULT`.
 //!   A reservation counts against `client.max_clients` and expires after
 //!   `client.reservation_timeout_ms`, when the shard is told with
 //!   `FPROXY_MSG_CLOSE_SOCKET`.
-//! - `TPROXY_MSG_PLAYER_PACKET` ([`Proxy::on_player_packet`]): bytes for a
+//! - `TPROXY_MSG_PLAYER_PACKET` (`on_player_packet`): bytes for a
 //!   player, already encrypted by the shard, appended to the player's output
 //!   as they are (`cl_forward_shard_packet`).
-//! - `TPROXY_MSG_CLOSED_SOCKET` ([`Proxy::on_closed_socket`]): disconnect the
+//! - `TPROXY_MSG_CLOSED_SOCKET` (`on_closed_socket`): disconnect the
 //!   player, or drop the reservation (thesis `cl_disconnect` called from the
 //!   shard module).
 //!
