@@ -250,6 +250,16 @@ impl LogLimit {
     }
 }
 
+/// The name of a signal the programs handle (SIGINT, SIGTERM), for their log
+/// line.
+pub fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        2 => "SIGINT",
+        15 => "SIGTERM",
+        _ => "signal",
+    }
+}
+
 /// True for the error a non-blocking socket returns when it has nothing to give.
 pub fn would_block(err: &io::Error) -> bool {
     err.kind() == io::ErrorKind::WouldBlock

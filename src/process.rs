@@ -15,6 +15,8 @@ use log::{LevelFilter, error, warn};
 use mio::net::UnixStream;
 use signal_hook::consts::{SIGINT, SIGTERM};
 
+pub use crate::com::signal_name;
+
 use crate::runtime::{Node, Server};
 
 /// Runs a node as a program: see the module docs. `start` gets the signal
@@ -139,13 +141,4 @@ pub fn signal_pipes(signals: &[i32]) -> io::Result<Vec<(i32, UnixStream)>> {
             Ok((signal, UnixStream::from_std(read_end)))
         })
         .collect()
-}
-
-/// The name of a signal the programs handle, for their log line.
-pub fn signal_name(signal: i32) -> &'static str {
-    match signal {
-        SIGINT => "SIGINT",
-        SIGTERM => "SIGTERM",
-        _ => "signal",
-    }
 }

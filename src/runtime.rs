@@ -34,12 +34,11 @@ use std::time::{Duration, Instant};
 use log::info;
 use mio::net::{TcpListener, UnixStream};
 
-use crate::com::{ComEventBuf, ConnRef, Event, PoolId};
+use crate::com::{ComEventBuf, ConnRef, Event, PoolId, signal_name};
 use crate::conn::thread::{IoCfg, io_start};
 use crate::conn::wire::PoolIo;
 use crate::conn::{AnyPool, DisconnectReason};
 use crate::event_buf::EventBuf;
-use crate::process::signal_name;
 use crate::secpool::{Secpool, SecpoolConfig};
 
 /// How often the main loop runs its tick.
@@ -130,7 +129,6 @@ impl Runtime {
         listeners: Vec<TcpListener>,
         signals: Vec<(i32, UnixStream)>,
     ) -> io::Result<Runtime> {
-        crate::cryptchan::init().map_err(|e| io::Error::other(e.to_string()))?;
         let secpool = Secpool::new(cfg.secpool).leak();
         let evbuf: Arc<ComEventBuf> = Arc::new(EventBuf::new(cfg.event_buffer_capacity));
         let client = io_start(&cfg.client, listeners, signals, evbuf.clone(), secpool)?;
@@ -238,11 +236,13 @@ impl Runtime {
     fn dispatch<S: Server>(&mut self, server: &mut S, ev: Event, now: Instant) {
         match ev {
             Event::Accepted {
+                pool,
                 listener,
                 stream,
                 addr,
-                ..
             } => {
+                // Only the client thread is given listeners (`Runtime::start`).
+                debug_assert_eq!(pool, PoolId::Client, "an accept on the shard thread");
                 // Refused: dropping the stream closes it.
                 if let Some(conn) = server.on_accept(listener, addr, now) {
                     self.client.adopt_accepted(conn, stream);
@@ -300,6 +300,7 @@ impl Runtime {
     /// and both I/O threads stopped and joined.
     pub fn shutdown<S: Server>(&mut self, server: &mut S) {
         let now = Instant::now();
+        let started = now;
         server.on_shutdown(now);
         server.settle(now);
         server.before_flush(now);
@@ -310,6 +311,7 @@ impl Runtime {
         if let Some(io) = self.shard.as_mut() {
             io.stop_and_join();
         }
+        info!("stopped in {:?}", started.elapsed());
     }
 }
 

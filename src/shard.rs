@@ -27,6 +27,13 @@ use crate::com::ConnRef;
 use crate::config::ShardEntry;
 use crate::conn::{DisconnectReason, Pool, Session, Target};
 
+/// Connection slots the shard pool needs per link: the attempt in flight or
+/// the link that is up, and the one before it, whose slot is freed only when
+/// the I/O thread confirms the close, which may come after the next attempt
+/// is due (a timed-out attempt is retried at once when the connect timeout
+/// is the retry period).
+pub const SLOTS_PER_LINK: usize = 2;
+
 /// Where one `shards.cfg` line's link is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum LinkState {
@@ -105,8 +112,8 @@ impl ShardLinks {
             }
             let target = Target::new(&link.entry.host, link.entry.port);
             let Some(conn) = pool.connect(target, now) else {
-                // Cannot happen: the pool has a slot per link. Try later.
-                warn!("shard {}: no free connection slot", link.entry.addr());
+                // Cannot happen with `SLOTS_PER_LINK` slots a link: try later.
+                warn!("shard {}: no free connection slot (bug)", link.entry.addr());
                 link.state = LinkState::Waiting {
                     next_attempt: now + self.retry,
                 };

@@ -18,7 +18,7 @@ use muta_proxy::conn::thread::IoCfg;
 use muta_proxy::conn::{AnyPool, DisconnectReason, Pool, PoolCfg};
 use muta_proxy::runtime::{Runtime, RuntimeCfg, Server};
 use muta_proxy::secpool::SecpoolConfig;
-use muta_proxy::shard::ShardLinks;
+use muta_proxy::shard::{SLOTS_PER_LINK, ShardLinks};
 use util::{free_port, init_logger, loopback, test_config};
 
 /// The test's server: a shard pool and the links that keep it up; it
@@ -105,7 +105,7 @@ impl Main {
             event_buffer_capacity: cfg.runtime.event_buffer_capacity,
             event_wait_max: 256,
             client: io(PoolId::Client, 1),
-            shard: Some(io(PoolId::Shard, entries.len() as u32)),
+            shard: Some(io(PoolId::Shard, (entries.len() * SLOTS_PER_LINK) as u32)),
         };
         let rt = Runtime::start(&runtime_cfg, Vec::new(), Vec::new()).unwrap();
         let pool = |max_conns| PoolCfg {
@@ -120,7 +120,11 @@ impl Main {
             rt,
             srv: Links {
                 clients: Pool::new(PoolId::Client, &pool(1), now),
-                shards: Pool::new(PoolId::Shard, &pool(entries.len() as u32), now),
+                shards: Pool::new(
+                    PoolId::Shard,
+                    &pool((entries.len() * SLOTS_PER_LINK) as u32),
+                    now,
+                ),
                 links: ShardLinks::new(&entries, retry, now),
                 reads: Vec::new(),
                 connects: Vec::new(),

@@ -15,10 +15,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::cryptchan::{KeyPair, PublicKey, TOKEN_BYTES};
-use crate::proto::ProtoError;
 use crate::proto::client::AuthProof;
 use crate::proto::frame::{Channel, ChannelError, FrameError, Frames, Unit};
 use crate::proto::login::{FromLogin, RESULT_OK, ToLogin};
+use crate::proto::{ProtoError, single_message};
 
 /// Why a client step failed.
 #[derive(Debug)]
@@ -260,17 +260,12 @@ pub fn login(
     .encode(&mut msg);
     conn.send_frame(&msg)?;
     let frame = conn.recv_frame(timeout)?;
-    let account_id = match FromLogin::decode(&frame) {
-        Ok(Some((
-            FromLogin::LoginResult {
-                result: RESULT_OK,
-                account_id,
-            },
-            _,
-        ))) => account_id,
-        Ok(Some((FromLogin::LoginResult { result, .. }, _))) => {
-            return Err(ClientError::Refused(result));
-        }
+    let account_id = match single_message::<FromLogin<'_>>(&frame) {
+        Ok(FromLogin::LoginResult {
+            result: RESULT_OK,
+            account_id,
+        }) => account_id,
+        Ok(FromLogin::LoginResult { result, .. }) => return Err(ClientError::Refused(result)),
         Ok(_) => {
             return Err(ClientError::Proto(ProtoError::BadValue(
                 "expected FLOGIN_MSG_LOGIN_RESULT",
@@ -282,20 +277,17 @@ pub fn login(
     ToLogin::SelectShard { shard_name }.encode(&mut msg);
     conn.send_frame(&msg)?;
     let frame = conn.recv_frame(timeout)?;
-    match FromLogin::decode(&frame) {
-        Ok(Some((
-            FromLogin::ShardResult {
-                ticket: Some((ticket, token)),
-                ..
-            },
-            _,
-        ))) => Ok(Ticket {
+    match single_message::<FromLogin<'_>>(&frame) {
+        Ok(FromLogin::ShardResult {
+            ticket: Some((ticket, token)),
+            ..
+        }) => Ok(Ticket {
             account_id,
             proxy_address: ticket.address.to_string(),
             proxy_key: ticket.key,
             token: *token,
         }),
-        Ok(Some((FromLogin::ShardResult { result, .. }, _))) => Err(ClientError::Refused(result)),
+        Ok(FromLogin::ShardResult { result, .. }) => Err(ClientError::Refused(result)),
         Ok(_) => Err(ClientError::Proto(ProtoError::BadValue(
             "expected FLOGIN_MSG_SHARD_RESULT",
         ))),

@@ -1043,49 +1043,20 @@ impl Worker {
     /// One message of the login server; false if the bot left it (failed,
     /// or on to its proxy).
     fn login_msg(&mut self, b: u32, msg: FromLogin<'_>) -> bool {
-        let bot = &mut self.bots[b as usize];
-        match (msg, bot.login_step) {
+        match (msg, self.bots[b as usize].login_step) {
             (
                 FromLogin::LoginResult {
                     result: RESULT_OK, ..
                 },
                 0,
-            ) => {
-                bot.login_step = 1;
-                self.msg.clear();
-                ToLogin::SelectShard {
-                    shard_name: &self.cfg.shard,
-                }
-                .encode(&mut self.msg);
-                let chan = bot.chan.as_mut().expect("open");
-                let _ = chan.send(&mut bot.out, &self.msg);
-                true
-            }
+            ) => self.logged_in(b),
             (
                 FromLogin::ShardResult {
                     ticket: Some((ticket, token)),
                     ..
                 },
                 1,
-            ) => {
-                let address = ticket.address.to_string();
-                let key = ticket.key;
-                bot.ticket = Some((address.clone(), key, *token));
-                // Leave the login server; connect to the proxy (in a storm,
-                // once every bot holds a ticket).
-                if let Some(stream) = bot.stream.take() {
-                    let _ = self.np.del(&stream);
-                }
-                bot.chan = None;
-                if self.cfg.storm {
-                    bot.phase = Phase::Ticketed;
-                    self.live.ticketed.fetch_add(1, Ordering::AcqRel);
-                    return false;
-                }
-                bot.phase = Phase::Enter;
-                self.enter(b, &address, key);
-                false
-            }
+            ) => self.ticketed(b, ticket.address.to_string(), ticket.key, *token),
             (FromLogin::LoginResult { .. }, _) => {
                 self.fail(b, "the login server refused the account");
                 false
@@ -1095,6 +1066,46 @@ impl Worker {
                 false
             }
         }
+    }
+
+    /// `FLOGIN_MSG_LOGIN_RESULT` OK: ask for the shard.
+    fn logged_in(&mut self, b: u32) -> bool {
+        let bot = &mut self.bots[b as usize];
+        bot.login_step = 1;
+        self.msg.clear();
+        ToLogin::SelectShard {
+            shard_name: &self.cfg.shard,
+        }
+        .encode(&mut self.msg);
+        let chan = bot.chan.as_mut().expect("open");
+        let _ = chan.send(&mut bot.out, &self.msg);
+        true
+    }
+
+    /// `FLOGIN_MSG_SHARD_RESULT` with a ticket: leave the login server and
+    /// connect to the proxy (in a storm, once every bot holds a ticket).
+    /// False: the bot has left this connection.
+    fn ticketed(
+        &mut self,
+        b: u32,
+        address: String,
+        key: PublicKey,
+        token: [u8; TOKEN_BYTES],
+    ) -> bool {
+        let bot = &mut self.bots[b as usize];
+        bot.ticket = Some((address.clone(), key, token));
+        if let Some(stream) = bot.stream.take() {
+            let _ = self.np.del(&stream);
+        }
+        bot.chan = None;
+        if self.cfg.storm {
+            bot.phase = Phase::Ticketed;
+            self.live.ticketed.fetch_add(1, Ordering::AcqRel);
+            return false;
+        }
+        bot.phase = Phase::Enter;
+        self.enter(b, &address, key);
+        false
     }
 }
 

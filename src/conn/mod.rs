@@ -56,6 +56,10 @@ const NO_ADDR: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFI
 /// Disconnects logged at `info` per second at most; more are counted and
 /// summed up in one line.
 pub const DISCONNECT_LOG_LINES_PER_TICK: u32 = 20;
+/// How long past its connect timeout a connection may stay connecting before
+/// the pool gives it up itself: the I/O thread keeps the deadline, this only
+/// backs it up (a lost command must not hold a slot forever).
+pub const CONNECT_BACKSTOP: Duration = Duration::from_secs(2);
 
 /// The protocol state a slot carries. `Default` is the state of a fresh
 /// connection; it is dropped (and its keys wiped) when the connection goes.
@@ -479,7 +483,13 @@ impl<S: Session> Pool<S> {
     /// refused or the connect timeout passed. Output queued meanwhile is
     /// written once it is connected.
     pub fn connect(&mut self, target: Target, now: Instant) -> Option<ConnRef> {
-        let conn = self.take_slot(Origin::Outbound, NO_ADDR, now)?;
+        // Until it connects, a connection is known by its target's address
+        // (a name's is learned then).
+        let peer = match &target {
+            Target::Addr(addr) => *addr,
+            Target::Name { .. } => NO_ADDR,
+        };
+        let conn = self.take_slot(Origin::Outbound, peer, now)?;
         self.slots[conn.index as usize].state = SlotState::Connecting;
         self.commands.push(PoolCmd::Connect {
             conn,
@@ -759,8 +769,9 @@ impl<S: Session> Pool<S> {
         self.free.push(conn.index);
     }
 
-    /// Once per main-loop tick: idle timeouts, and one log line for
-    /// connections refused since the last tick.
+    /// Once per main-loop tick: idle timeouts, connects past their deadline
+    /// that the I/O thread has not given up (a backstop), and one log line
+    /// for connections refused since the last tick.
     pub fn tick(&mut self, now: Instant) {
         let pool = self.id.name();
         if self.refused_since_tick > 0 {
@@ -786,20 +797,27 @@ impl<S: Session> Pool<S> {
             self.log_suppressed = 0;
         }
         self.log_budget = DISCONNECT_LOG_LINES_PER_TICK;
-        let Some(idle_timeout) = self.cfg.idle_timeout else {
-            return;
-        };
+        let connect_max = self.cfg.connect_timeout + CONNECT_BACKSTOP;
         for index in 0..self.slots.len() {
             let slot = &self.slots[index];
-            if slot.state == SlotState::Open && now.duration_since(slot.last_read_at) > idle_timeout
-            {
-                let conn = ConnRef {
-                    pool: self.id,
-                    index: index as u32,
-                    id: slot.id,
-                };
-                self.disconnect(conn, DisconnectReason::IdleTimeout);
-            }
+            // `last_read_at` is the time of the accept or the connect, then of
+            // the last read.
+            let quiet = now.duration_since(slot.last_read_at);
+            let reason = match slot.state {
+                SlotState::Open if self.cfg.idle_timeout.is_some_and(|t| quiet > t) => {
+                    DisconnectReason::IdleTimeout
+                }
+                SlotState::Connecting if quiet > connect_max => {
+                    DisconnectReason::Hup(HupReason::ConnectTimeout)
+                }
+                _ => continue,
+            };
+            let conn = ConnRef {
+                pool: self.id,
+                index: index as u32,
+                id: slot.id,
+            };
+            self.disconnect(conn, reason);
         }
     }
 

@@ -22,18 +22,21 @@
 //!   error) edge says whether it connected; a refused address gives way to
 //!   the next one the name resolved to, and a connection not made by its
 //!   deadline is given up (`EVENT_HUP_*` with `ConnectTimeout`). A name is
-//!   resolved on a short-lived thread (`getaddrinfo` blocks), at most
-//!   [`RESOLVERS_MAX`] at once; addresses need none. Thousands of connects can
-//!   be in flight at once with no thread each.
+//!   resolved on a short-lived thread (`getaddrinfo` blocks): one lookup per
+//!   name at a time, which every connect to that name waits for, and at most
+//!   [`RESOLVERS_MAX`] names at once, so a hung DNS server costs one thread,
+//!   not one per attempt; addresses need none. Thousands of connects can be
+//!   in flight at once with no thread each.
 //! - `WantWrite` arms a one-shot write interest: the next writable edge becomes
 //!   one `EVENT_WRITABLE_*` and the interest goes back to read-only.
 //! - `Del` drops the thread's handle to the socket and confirms with
 //!   `EVENT_CLOSED_*`; only then may the main thread reuse the slot.
 //! - `Stop` ends the thread.
 //!
-//! At most one `Add` or `Connect`, one `Resolved`, one `WantWrite` and one
-//! `Del` per slot are ever queued, so a queue of `4 * max_conns + 1` never
-//! fills and the main thread's `try_push` never fails (**invariant**).
+//! At most one `Add` or `Connect`, one `WantWrite` and one `Del` per slot,
+//! and one `Resolved` per lookup in flight, are ever queued, so a queue of
+//! `3 * max_conns + RESOLVERS_MAX + 1` never fills and the main thread's
+//! `try_push` never fails (**invariant**).
 //!
 //! Reads are edge-triggered: a readable connection goes on a ready list and
 //! is read until `WouldBlock` or a short read (which shows the socket
@@ -49,11 +52,10 @@
 //! stops this thread, which stops reading, which lets TCP push back on peers.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashMap};
 use std::io::{self, Read};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -80,9 +82,9 @@ pub const LISTENER_DATA: u64 = NETPOLL_DATA_RESERVED_MIN;
 pub const SIGNAL_DATA: u64 = LISTENER_DATA + MAX_LISTENERS as u64;
 /// Most listeners and most signal pipes one I/O thread polls.
 pub const MAX_LISTENERS: usize = 64;
-/// Most name lookups in flight at once on one I/O thread; a connect beyond it
-/// fails at once rather than start one more thread (hung DNS must not pile
-/// up threads).
+/// Most names being looked up at once on one I/O thread; a connect to yet
+/// another name fails at once rather than start one more thread (hung DNS
+/// must not pile up threads).
 pub const RESOLVERS_MAX: usize = 16;
 /// How long accepting pauses after an error such as `EMFILE` (out of file
 /// descriptors), which would otherwise leave the listener ready forever.
@@ -112,8 +114,10 @@ pub enum IoCmd {
     },
     /// A name lookup finished (sent by the resolver thread itself).
     Resolved {
-        /// The connection it was for.
-        conn: ConnRef,
+        /// The name looked up.
+        host: String,
+        /// The port the connections want.
+        port: u16,
         /// The addresses, or why there are none.
         result: io::Result<Vec<SocketAddr>>,
     },
@@ -234,7 +238,7 @@ pub fn io_start(
         np.add(pipe, NETPOLL_READ | NETPOLL_ET, SIGNAL_DATA + i as u64)?;
     }
     let max_conns = cfg.max_conns as usize;
-    let cmds = Arc::new(EventBuf::new(4 * max_conns + 1));
+    let cmds = Arc::new(EventBuf::new(3 * max_conns + RESOLVERS_MAX + 1));
     let waker = np.waker();
     let thread = Thread {
         pool_id: cfg.pool,
@@ -248,7 +252,7 @@ pub fn io_start(
         ready: Vec::new(),
         ready_spare: Vec::new(),
         deadlines: BinaryHeap::new(),
-        resolvers: Arc::new(AtomicUsize::new(0)),
+        lookups: HashMap::new(),
         cmds: cmds.clone(),
         cmd_list: Vec::with_capacity(256),
         waker: waker.clone(),
@@ -346,10 +350,12 @@ struct Thread {
     ready: Vec<u32>,
     ready_spare: Vec<u32>,
     /// Connect deadlines, earliest first; entries of connections that have
-    /// since connected or gone are skipped when they come up.
+    /// since connected or gone are skipped when they come up, and pruned
+    /// when there are many.
     deadlines: BinaryHeap<Reverse<(Instant, u32, u32)>>,
-    /// Name lookups in flight.
-    resolvers: Arc<AtomicUsize>,
+    /// Name lookups in flight, by name and port: the connections waiting for
+    /// each.
+    lookups: HashMap<(String, u16), Vec<ConnRef>>,
     cmds: Arc<EventBuf<IoCmd>>,
     cmd_list: Vec<IoCmd>,
     waker: NetpollWaker,
@@ -772,7 +778,7 @@ impl Thread {
                 target,
                 deadline,
             } => self.connect(conn, target, deadline)?,
-            IoCmd::Resolved { conn, result } => self.resolved(conn, result)?,
+            IoCmd::Resolved { host, port, result } => self.resolved(host, port, result)?,
             IoCmd::WantWrite { conn } => self.want_write(conn),
             IoCmd::Del { conn } => self.del(conn)?,
             IoCmd::Stop => return Ok(Flow::Stop),
@@ -841,78 +847,106 @@ impl Thread {
         }
         self.deadlines
             .push(Reverse((deadline, conn.index, conn.id)));
+        self.prune_deadlines();
         match target {
             Target::Addr(_) => self.connect_next(conn, io::ErrorKind::NotFound.into()),
             Target::Name { host, port } => self.resolve(conn, host, port),
         }
     }
 
-    /// Looks `host` up on a short-lived thread, which posts `Resolved`.
-    fn resolve(&mut self, conn: ConnRef, host: String, port: u16) -> Result<(), Closed> {
-        let fail = |thread: &mut Thread, why: &str| {
-            warn!("{conn}: cannot resolve {host}: {why}");
-            if let Some(c) = conn_slot(&mut thread.conns, conn) {
-                c.state = ConnState::Stopped;
-            }
-            thread.outbox.emit(Event::Hup {
-                conn,
-                reason: HupReason::ConnectFailed(io::ErrorKind::Other),
+    /// Drops the deadlines of connections that connected or went, once
+    /// they outnumber the slots: the heap stays within about twice the pool.
+    fn prune_deadlines(&mut self) {
+        if self.deadlines.len() <= 2 * self.conns.len() + 16 {
+            return;
+        }
+        let (conns, pool) = (&mut self.conns, self.pool_id);
+        self.deadlines.retain(|&Reverse((_, index, id))| {
+            let conn = ConnRef { pool, index, id };
+            conn_slot(conns, conn).is_some_and(|c| {
+                matches!(c.state, ConnState::Resolving | ConnState::Connecting { .. })
             })
-        };
-        if self.resolvers.load(Ordering::Acquire) >= RESOLVERS_MAX {
-            return fail(self, "too many name lookups in flight");
-        }
-        self.resolvers.fetch_add(1, Ordering::AcqRel);
-        let (cmds, waker, resolvers) = (
-            self.cmds.clone(),
-            self.waker.clone(),
-            self.resolvers.clone(),
-        );
-        let name = host.clone();
-        let spawned = thread::Builder::new()
-            .name(format!("{}-resolve", self.pool_id.name()))
-            .spawn(move || {
-                let result = (name.as_str(), port)
-                    .to_socket_addrs()
-                    .map(|addrs| addrs.collect());
-                if cmds.try_push(IoCmd::Resolved { conn, result }).is_ok() {
-                    waker.wake();
-                }
-                resolvers.fetch_sub(1, Ordering::AcqRel);
-            });
-        if let Err(err) = spawned {
-            self.resolvers.fetch_sub(1, Ordering::AcqRel);
-            return fail(self, &err.to_string());
-        }
-        Ok(())
+        });
     }
 
-    fn resolved(
-        &mut self,
-        conn: ConnRef,
-        result: io::Result<Vec<SocketAddr>>,
-    ) -> Result<(), Closed> {
-        let Some(c) = conn_slot(&mut self.conns, conn) else {
-            return Ok(()); // given up meanwhile
-        };
-        if !matches!(c.state, ConnState::Resolving) {
+    /// Looks `host` up on a short-lived thread, which posts `Resolved`; a
+    /// connect to a name already being looked up waits for that lookup.
+    fn resolve(&mut self, conn: ConnRef, host: String, port: u16) -> Result<(), Closed> {
+        let key = (host, port);
+        if let Some(waiting) = self.lookups.get_mut(&key) {
+            waiting.push(conn);
             return Ok(());
         }
-        match result {
-            Ok(addrs) => {
-                c.state = ConnState::Connecting { addrs, next: 0 };
-                let none =
-                    io::Error::new(io::ErrorKind::NotFound, "the name resolved to no address");
-                self.connect_next(conn, none)
+        let why = if self.lookups.len() >= RESOLVERS_MAX {
+            "too many names being looked up".to_string()
+        } else {
+            let (cmds, waker) = (self.cmds.clone(), self.waker.clone());
+            let (host, port) = key.clone();
+            let spawned = thread::Builder::new()
+                .name(format!("{}-resolve", self.pool_id.name()))
+                .spawn(move || {
+                    let result = (host.as_str(), port)
+                        .to_socket_addrs()
+                        .map(|addrs| addrs.collect());
+                    if cmds
+                        .try_push(IoCmd::Resolved { host, port, result })
+                        .is_ok()
+                    {
+                        waker.wake();
+                    }
+                });
+            match spawned {
+                Ok(_) => {
+                    self.lookups.insert(key, vec![conn]);
+                    return Ok(());
+                }
+                Err(err) => err.to_string(),
             }
-            Err(err) => {
-                c.state = ConnState::Stopped;
-                self.outbox.emit(Event::Hup {
-                    conn,
-                    reason: HupReason::ConnectFailed(err.kind()),
-                })
+        };
+        warn!("{conn}: cannot resolve {}: {why}", key.0);
+        if let Some(c) = conn_slot(&mut self.conns, conn) {
+            c.state = ConnState::Stopped;
+        }
+        self.outbox.emit(Event::Hup {
+            conn,
+            reason: HupReason::ConnectFailed(io::ErrorKind::Other),
+        })
+    }
+
+    /// A lookup finished: every connection still waiting for it connects to
+    /// the addresses, or fails.
+    fn resolved(
+        &mut self,
+        host: String,
+        port: u16,
+        result: io::Result<Vec<SocketAddr>>,
+    ) -> Result<(), Closed> {
+        let waiting = self.lookups.remove(&(host, port)).unwrap_or_default();
+        for conn in waiting {
+            let Some(c) = conn_slot(&mut self.conns, conn) else {
+                continue; // given up meanwhile
+            };
+            if !matches!(c.state, ConnState::Resolving) {
+                continue;
+            }
+            match &result {
+                Ok(addrs) => {
+                    c.state = ConnState::Connecting {
+                        addrs: addrs.clone(),
+                        next: 0,
+                    };
+                    let none =
+                        io::Error::new(io::ErrorKind::NotFound, "the name resolved to no address");
+                    self.connect_next(conn, none)?;
+                }
+                Err(err) => {
+                    c.state = ConnState::Stopped;
+                    let reason = HupReason::ConnectFailed(err.kind());
+                    self.outbox.emit(Event::Hup { conn, reason })?;
+                }
             }
         }
+        Ok(())
     }
 
     fn want_write(&mut self, conn: ConnRef) {

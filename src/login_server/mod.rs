@@ -48,7 +48,7 @@ use crate::cryptchan::{self, KeyPair, PublicKey, PwhashCost, TOKEN_BYTES};
 use crate::netpoll;
 use crate::runtime::{Node, Runtime, RuntimeCfg, Server};
 use crate::secpool::SecpoolConfig;
-use crate::shard::ShardLinks;
+use crate::shard::{SLOTS_PER_LINK, ShardLinks};
 pub use links::{ShardLink, ShardLinkState};
 pub use players::{PlayerConn, PlayerState};
 
@@ -207,7 +207,7 @@ fn runtime_cfg(cfg: &LoginServerCfg) -> RuntimeCfg {
         },
         shard: Some(IoCfg {
             pool: PoolId::Shard,
-            max_conns: cfg.shards.len() as u32,
+            max_conns: (cfg.shards.len() * SLOTS_PER_LINK) as u32,
             read_size: 16 * 1024,
             reads_per_wakeup: 16,
             accepts_per_wakeup: 0,
@@ -223,6 +223,7 @@ pub fn start(
     cfg: LoginServerCfg,
     signals: Vec<(i32, UnixStream)>,
 ) -> io::Result<Node<LoginServer>> {
+    cryptchan::init().map_err(|e| io::Error::other(e.to_string()))?;
     let accounts = read_accounts(&cfg)?;
     let listener = netpoll::listen(cfg.listen, 1024).map_err(|err| {
         io::Error::new(
@@ -281,7 +282,7 @@ impl LoginServer {
             connect_timeout: connect,
         };
         let shards = PoolCfg {
-            max_conns: cfg.shards.len() as u32,
+            max_conns: (cfg.shards.len() * SLOTS_PER_LINK) as u32,
             out_buf_size: 4 << 20,
             idle_timeout: None,
             connect_timeout: connect,

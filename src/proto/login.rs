@@ -450,13 +450,16 @@ mod tests {
         };
     }
 
-    #[test]
-    fn every_login_message_round_trips() {
-        let token = [9u8; TOKEN_BYTES];
-        let ticket = ProxyTicket {
+    fn ticket() -> ProxyTicket<'static> {
+        ProxyTicket {
             address: "127.0.0.1:7702",
             key: PublicKey([5; 32]),
-        };
+        }
+    }
+
+    #[test]
+    fn every_player_login_message_round_trips() {
+        let token = [9u8; TOKEN_BYTES];
         round_trip!(
             ToLogin,
             [
@@ -476,7 +479,7 @@ mod tests {
                 },
                 FromLogin::ShardResult {
                     result: RESULT_OK,
-                    ticket: Some((ticket.clone(), &token)),
+                    ticket: Some((ticket(), &token)),
                 },
                 FromLogin::ShardResult {
                     result: RESULT_NO_PROXY,
@@ -484,6 +487,15 @@ mod tests {
                 },
             ]
         );
+        assert_eq!(
+            ToLogin::decode(&[FLOGIN_MSG_LOGIN_RESULT]),
+            Err(ProtoError::UnknownType(2))
+        );
+    }
+
+    #[test]
+    fn every_login_shard_message_round_trips() {
+        let token = [9u8; TOKEN_BYTES];
         round_trip!(
             ToShard,
             [
@@ -512,7 +524,7 @@ mod tests {
                 FromShard::PlayerResult {
                     request_id: 1,
                     result: RESULT_OK,
-                    ticket: Some(ticket),
+                    ticket: Some(ticket()),
                 },
                 FromShard::PlayerResult {
                     request_id: 1,
@@ -520,10 +532,6 @@ mod tests {
                     ticket: None,
                 },
             ]
-        );
-        assert_eq!(
-            ToLogin::decode(&[FLOGIN_MSG_LOGIN_RESULT]),
-            Err(ProtoError::UnknownType(2))
         );
     }
 }

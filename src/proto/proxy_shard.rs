@@ -350,9 +350,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_message_round_trips_and_is_refused_by_the_other_side() {
+    fn every_shard_message_round_trips_and_is_refused_by_a_shard() {
         let token = [0xAB; TOKEN_BYTES];
-        let state = [0xCD; STATE_BYTES];
         let to_proxy = [
             TProxyMsg::LoginResult {
                 result: LOGIN_RESULT_OK,
@@ -394,6 +393,11 @@ mod tests {
                 msg.name()
             );
         }
+    }
+
+    #[test]
+    fn every_proxy_message_round_trips_and_is_refused_by_a_proxy() {
+        let state = [0xCD; STATE_BYTES];
         let from_proxy = [
             FProxyMsg::Login {
                 password: b"secret",

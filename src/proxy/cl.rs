@@ -32,7 +32,7 @@ use std::time::Instant;
 use log::debug;
 
 use crate::com::ConnRef;
-use crate::conn::{DisconnectReason, Disconnected, Session};
+use crate::conn::{DisconnectReason, Disconnected, Origin, Session};
 use crate::cryptchan::ABYTES;
 use crate::proto::ProtoError;
 use crate::proto::client::{AuthProof, filter_client_frame};
@@ -151,15 +151,50 @@ impl Proxy {
         Some(client)
     }
 
-    /// A connection enters a stage of its listener: entering the handshake
-    /// makes its channel. (Admission runs here for a connection whose
-    /// address a stage before it set; a listener without such a stage has
-    /// admitted it at accept.)
+    /// The stages of the listener that accepted `client`.
+    fn stages_of(&self, client: ConnRef) -> &'static [StageKind] {
+        match self.clients.get(client).map(|s| s.origin()) {
+            Some(Origin::Listener(l)) => self.listeners.get(l as usize).copied().unwrap_or(&[]),
+            _ => &[],
+        }
+    }
+
+    /// The connection moves on from stage `from` to the next its listener
+    /// has (from the handshake: the proof).
+    fn cl_next_stage(&mut self, client: ConnRef, from: StageKind) -> Result<(), ClError> {
+        let stages = self.stages_of(client);
+        let next = stages
+            .iter()
+            .position(|&s| s == from)
+            .and_then(|i| stages.get(i + 1));
+        match next {
+            Some(&next) => {
+                self.cl_enter(client, next);
+                Ok(())
+            }
+            None => Err(ClError::Proof(
+                "no stage after this one (bug: the listener's stages)",
+            )),
+        }
+    }
+
+    /// A connection enters a stage of its listener. Entering the handshake
+    /// makes its channel, and, for a listener whose connections pass a stage
+    /// before it (one that may set the effective address), runs the
+    /// admission checks on the effective address: a listener that starts
+    /// with the handshake has run them at accept. Play is entered with its
+    /// binding, by the proof.
     fn cl_enter(&mut self, client: ConnRef, stage: StageKind) {
-        let Some(slot) = self.clients.get_mut(client) else {
+        let first = self.stages_of(client).first() == Some(&stage);
+        let Some(addr) = self.clients.get(client).map(|s| s.addr()) else {
             return;
         };
-        slot.session.stage = match stage {
+        let stage = match stage {
+            StageKind::Handshake if !first && !self.admit(addr.ip()) => {
+                let refused = DisconnectReason::Closed("no shard announced its address");
+                self.clients.disconnect(client, refused);
+                return;
+            }
             StageKind::Handshake => {
                 let mut chan = Channel::acceptor(self.keys.clone());
                 // A frame must fit the buffer and, once decrypted, one
@@ -167,13 +202,17 @@ impl Proxy {
                 chan.set_frame_max(
                     (self.settings.client_in_buf_size - 2).min(PLAYER_PACKET_DATA_MAX + ABYTES),
                 );
-                slot.session.chan = Some(chan);
+                if let Some(slot) = self.clients.get_mut(client) {
+                    slot.session.chan = Some(chan);
+                }
                 Stage::Handshake
             }
             StageKind::Proof => Stage::Proof,
-            // Play is entered with a binding, by the proof.
             StageKind::Play => return,
         };
+        if let Some(slot) = self.clients.get_mut(client) {
+            slot.session.stage = stage;
+        }
     }
 
     /// Handles `EVENT_READ_CLIENT` (thesis `cl_read`): runs the bytes through
@@ -208,7 +247,7 @@ impl Proxy {
             };
             match frames.next(chan, out)? {
                 None => return Ok(()),
-                Some(Unit::Opened) => self.cl_enter(client, StageKind::Proof),
+                Some(Unit::Opened) => self.cl_next_stage(client, StageKind::Handshake)?,
                 Some(Unit::Frame(frame)) => self.cl_frame(client, frame, now)?,
             }
         }
@@ -228,10 +267,11 @@ impl Proxy {
     }
 
     /// The auth proof (thesis `shard_check_client_auth_proof`): the shard by
-    /// name, then its reservation of the account, claimed with the token
+    /// name, then its reservation of the account, checked with the token
     /// (constant time), before its deadline, from the address the shard
     /// announced. The push half of the player's stream goes to the shard in
-    /// `FPROXY_MSG_PLAYER_CRYPTCHAN`; from then on the player plays.
+    /// `FPROXY_MSG_PLAYER_CRYPTCHAN`, the reservation is claimed, and from
+    /// then on the player plays.
     fn cl_proof(&mut self, client: ConnRef, frame: &[u8], now: Instant) -> Result<(), ClError> {
         let proof =
             AuthProof::decode_frame(frame).map_err(|_| ClError::Proof("not an auth proof"))?;
@@ -240,15 +280,15 @@ impl Proxy {
             .ok_or(ClError::Proof("unknown shard"))?;
         let slot = self.clients.get_mut(client).ok_or(ClError::ShardGone)?;
         let from = self.settings.require_announced_ip.then(|| slot.addr().ip());
-        let claimed = self
+        let found = self
             .reservations
-            .claim(shard, proof.account_name, proof.token, from, now)
+            .check(shard, proof.account_name, proof.token, from, now)
             .map_err(|e| ClError::Proof(e.as_str()))?;
         let chan = slot.session.chan.as_mut().ok_or(ClError::ShardGone)?;
         let state = chan.hand_over_push()?;
         let binding = Binding {
             shard,
-            socket_id: claimed.socket_id,
+            socket_id: found.socket_id,
         };
         let msg = FProxyMsg::PlayerCryptchan {
             socket_id: binding.socket_id,
@@ -257,6 +297,10 @@ impl Proxy {
         if !self.link_send(shard, &msg) {
             return Err(ClError::ShardGone);
         }
+        // Only now, with the shard told, is the reservation used up (a token
+        // works once); had the shard not been told, it would expire and the
+        // shard hear of it.
+        self.reservations.claim(shard, binding.socket_id);
         self.bind_player(binding, client);
         if let Some(slot) = self.clients.get_mut(client) {
             slot.session.stage = Stage::Play(binding);

@@ -48,7 +48,7 @@ use crate::cryptchan::{KeyPair, PublicKey};
 use crate::netpoll;
 use crate::runtime::{Node, Runtime, RuntimeCfg, Server};
 use crate::secpool::SecpoolConfig;
-use crate::shard::ShardLinks;
+use crate::shard::{SLOTS_PER_LINK, ShardLinks};
 use cl::{ClSession, StageKind};
 use link::ShardLink;
 use reservations::Reservations;
@@ -151,11 +151,12 @@ fn client_io_cfg(cfg: &Config) -> IoCfg {
     }
 }
 
-/// The shard thread's sizes: one connection per `shards.cfg` line.
+/// The shard thread's sizes: two connection slots per `shards.cfg` line
+/// (see `shard::SLOTS_PER_LINK`).
 fn shard_io_cfg(cfg: &Config, n_shards: usize) -> IoCfg {
     IoCfg {
         pool: PoolId::Shard,
-        max_conns: n_shards as u32,
+        max_conns: (n_shards * SLOTS_PER_LINK) as u32,
         read_size: cfg.shard.read_size,
         reads_per_wakeup: cfg.shard.reads_per_wakeup,
         accepts_per_wakeup: 0,
@@ -187,6 +188,7 @@ pub fn start(
     shard_entries: &[ShardEntry],
     signals: Vec<(i32, UnixStream)>,
 ) -> io::Result<Node<Proxy>> {
+    crate::cryptchan::init().map_err(|e| io::Error::other(e.to_string()))?;
     let listener = netpoll::listen(cfg.proxy.listen, cfg.client.listen_backlog).map_err(|err| {
         io::Error::new(
             err.kind(),
@@ -228,7 +230,7 @@ impl Proxy {
             connect_timeout,
         };
         let shards = PoolCfg {
-            max_conns: shard_entries.len() as u32,
+            max_conns: (shard_entries.len() * SLOTS_PER_LINK) as u32,
             out_buf_size: cfg.shard.out_buf_size,
             idle_timeout: None,
             connect_timeout,
@@ -241,6 +243,7 @@ impl Proxy {
             keys,
             // `proxy.listen`, the one listener: players, from the handshake on.
             listeners: vec![cl::PLAYER_STAGES],
+
             settings,
             stats: ProxyStats::default(),
             refused_ip_since_tick: 0,
@@ -336,6 +339,19 @@ impl Server for Proxy {
 
     fn on_timers(&mut self, now: Instant) {
         self.links.connect_due(&mut self.shards, now);
+    }
+
+    /// Shutdown begins: the players are disconnected, so `settle` tells their
+    /// shards.
+    fn on_shutdown(&mut self, _now: Instant) {
+        info!(
+            "shutdown: {} client(s), {}/{} shard(s) connected",
+            self.clients.in_use(),
+            self.links.up().count(),
+            self.links.len()
+        );
+        self.clients
+            .disconnect_all(crate::conn::DisconnectReason::Shutdown);
     }
 
     /// Lets the protocol react to every disconnect since the last call: a

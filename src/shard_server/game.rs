@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use log::debug;
 
 use crate::proto::client::{ClientMsg, ServerMsg};
+use crate::proto::messages;
 use crate::shard_server::proxy::ProxyModule;
 
 /// One player in the world.
@@ -124,51 +125,56 @@ impl Game {
     /// Messages from a player, already checked against the message table.
     /// Returns false if they could not be decoded (the caller drops the player).
     pub fn player_packet(&mut self, module: &mut ProxyModule, socket: u32, bytes: &[u8]) -> bool {
-        let Some(player) = self.players.get(&socket) else {
+        if !self.players.contains_key(&socket) {
             return true; // left in the meantime
-        };
-        let (from, area) = (player.id, player.area);
-        let mut at = 0;
-        while at < bytes.len() {
-            let Ok(Some((msg, len))) = ClientMsg::decode(&bytes[at..]) else {
+        }
+        for msg in messages::<ClientMsg<'_>>(bytes) {
+            let Ok(msg) = msg else {
                 return false;
             };
-            at += len;
             self.stats.msgs_in += 1;
-            self.scratch.clear();
-            match msg {
-                ClientMsg::Ping { time } => {
-                    ServerMsg::Pong { time }.encode(&mut self.scratch);
-                    self.send_to(module, socket);
-                }
-                ClientMsg::Echo { seq, time_us, data } => {
-                    ServerMsg::Echo { seq, time_us, data }.encode(&mut self.scratch);
-                    self.send_to(module, socket);
-                }
-                ClientMsg::Chat { text } => {
-                    ServerMsg::Chat { from, text }.encode(&mut self.scratch);
-                    self.broadcast(module, area);
-                }
-                ClientMsg::Move { x, y, z } => {
-                    if let Some(p) = self.players.get_mut(&socket) {
-                        (p.x, p.y, p.z) = (x, y, z);
-                    }
-                    ServerMsg::Moved {
-                        player_id: from,
-                        x,
-                        y,
-                        z,
-                    }
-                    .encode(&mut self.scratch);
-                    self.broadcast(module, area);
-                }
-                ClientMsg::Emote { target, text } => {
-                    ServerMsg::Emote { from, target, text }.encode(&mut self.scratch);
-                    self.broadcast(module, area);
-                }
-            }
+            self.player_msg(module, socket, msg);
         }
         true
+    }
+
+    /// One message of a player: its echo and pong go back to it alone; chat,
+    /// moves and emotes to its area.
+    fn player_msg(&mut self, module: &mut ProxyModule, socket: u32, msg: ClientMsg<'_>) {
+        let Some(player) = self.players.get_mut(&socket) else {
+            return;
+        };
+        let (from, area) = (player.id, player.area);
+        self.scratch.clear();
+        match msg {
+            ClientMsg::Ping { time } => {
+                ServerMsg::Pong { time }.encode(&mut self.scratch);
+                self.send_to(module, socket);
+            }
+            ClientMsg::Echo { seq, time_us, data } => {
+                ServerMsg::Echo { seq, time_us, data }.encode(&mut self.scratch);
+                self.send_to(module, socket);
+            }
+            ClientMsg::Chat { text } => {
+                ServerMsg::Chat { from, text }.encode(&mut self.scratch);
+                self.broadcast(module, area);
+            }
+            ClientMsg::Move { x, y, z } => {
+                (player.x, player.y, player.z) = (x, y, z);
+                ServerMsg::Moved {
+                    player_id: from,
+                    x,
+                    y,
+                    z,
+                }
+                .encode(&mut self.scratch);
+                self.broadcast(module, area);
+            }
+            ClientMsg::Emote { target, text } => {
+                ServerMsg::Emote { from, target, text }.encode(&mut self.scratch);
+                self.broadcast(module, area);
+            }
+        }
     }
 
     fn send_to(&mut self, module: &mut ProxyModule, socket: u32) {

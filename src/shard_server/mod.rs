@@ -300,8 +300,8 @@ pub fn start(
     cfg: ShardServerCfg,
     signals: Vec<(i32, UnixStream)>,
 ) -> io::Result<Node<ShardServer>> {
+    crate::cryptchan::init().map_err(|e| io::Error::other(e.to_string()))?;
     let runtime = Runtime::start(&runtime_cfg(&cfg), listeners(&cfg)?, signals)?;
-    // After the runtime: it initialises libsodium.
     let keys = Arc::new(match &cfg.key_seed {
         Some(seed) => KeyPair::from_seed(seed),
         None => KeyPair::generate(),

@@ -5,8 +5,10 @@
 //! The harness plays the runtime: it calls the same [`Server`] methods the
 //! main loop does (accept, read, connected, tick, timers, settle), flushes
 //! the pools into the fake peers instead of sockets, and answers the pools'
-//! commands as the I/O threads would (a connect to a listening fake shard
-//! succeeds, any other is refused; a close is confirmed on the next step).
+//! commands as the I/O threads would: a connect to a listening fake shard
+//! succeeds, to a refusing one fails at once, to a silent one times out at
+//! its deadline; a close is confirmed one step later, after the next
+//! timers, as the I/O thread's confirmation comes after the next loop turn.
 //! [`Harness::drive`] runs until nothing moves; [`Harness::advance`] moves the
 //! clock, running the tick once a simulated second and the timers when due.
 //! The same rules are checked through real sockets in `tests/proxy_rules.rs`.
@@ -62,15 +64,30 @@ struct Peer {
     to_proxy: Vec<u8>,
 }
 
+/// What a fake shard does with a connect.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShardState {
+    /// Accepts it.
+    Listening,
+    /// Refuses it at once (nothing listens).
+    Refusing,
+    /// Never answers (a host that drops the handshake): the connect times out.
+    Silent,
+}
+
 /// The proxy between fake peers, on a virtual clock.
 pub struct Harness {
     pub proxy: Proxy,
     pub now: Instant,
     next_tick: Instant,
     keys: Arc<KeyPair>,
-    /// The fake shards' keys and whether each listens.
+    /// The fake shards' keys and what each does with a connect.
     shard_keys: Vec<Arc<KeyPair>>,
-    pub shard_listening: Vec<bool>,
+    pub shard_state: Vec<ShardState>,
+    /// Every connect the proxy made: which shard, when.
+    pub connects: Vec<(usize, Instant)>,
+    /// Connects to silent shards, given up at their deadline.
+    unanswered: Vec<(ConnRef, Instant)>,
     peers: HashMap<ConnRef, Peer>,
     /// Close confirmations for the next step.
     closing: Vec<ConnRef>,
@@ -113,7 +130,9 @@ impl Harness {
             shard_keys: (0..n_shards)
                 .map(|_| Arc::new(KeyPair::generate()))
                 .collect(),
-            shard_listening: vec![true; n_shards],
+            shard_state: vec![ShardState::Listening; n_shards],
+            connects: Vec::new(),
+            unanswered: Vec::new(),
             peers: HashMap::new(),
             closing: Vec::new(),
             next_socket_id: 100,
@@ -139,14 +158,31 @@ impl Harness {
     pub fn drive(&mut self) {
         for _ in 0..1000 {
             self.proxy.on_timers(self.now);
+            // Closes asked for in the step before, confirmed only now: after
+            // the timers, as a real confirmation comes after the next turn.
+            let confirmed = self.confirm_closes();
+            self.time_out_connects();
+            self.proxy.settle(self.now);
+            self.proxy.before_flush(self.now);
             self.proxy.settle(self.now);
             let moved = self.flush_pool(PoolId::Shard) | self.flush_pool(PoolId::Client);
-            let moved = moved | self.confirm_closes() | self.deliver_to_proxy();
-            if !moved {
+            let moved = moved | confirmed | self.deliver_to_proxy();
+            if !moved && self.closing.is_empty() {
                 return;
             }
         }
         panic!("the harness never came to rest");
+    }
+
+    /// The I/O thread giving up connects past their deadline.
+    fn time_out_connects(&mut self) {
+        let now = self.now;
+        let (due, waiting): (Vec<_>, Vec<_>) =
+            self.unanswered.drain(..).partition(|&(_, at)| now >= at);
+        self.unanswered = waiting;
+        for (conn, _) in due {
+            self.pool(conn.pool).hup(conn, HupReason::ConnectTimeout);
+        }
     }
 
     /// Moves the clock by `d`: the tick once a simulated second, the timers
@@ -155,7 +191,8 @@ impl Harness {
         let end = self.now + d;
         while self.now < end {
             let mut step = end.min(self.next_tick);
-            if let Some(timer) = self.proxy.next_timer() {
+            let deadline = self.unanswered.iter().map(|&(_, at)| at).min();
+            if let Some(timer) = self.proxy.next_timer().into_iter().chain(deadline).min() {
                 step = step.min(timer.max(self.now + Duration::from_millis(1)));
             }
             self.now = step;
@@ -202,13 +239,21 @@ impl Harness {
     /// What an I/O thread would do with a pool's command.
     fn command(&mut self, cmd: PoolCmd) {
         match cmd {
-            PoolCmd::Connect { conn, target, .. } => {
+            PoolCmd::Connect {
+                conn,
+                target,
+                deadline,
+            } => {
                 let Target::Addr(addr) = target else {
                     panic!("the harness resolves no names");
                 };
                 let shard = (0..self.shard_keys.len()).find(|&i| shard_addr(i) == addr);
-                match shard {
-                    Some(i) if self.shard_listening[i] => self.shard_accepts(conn, i, addr),
+                if let Some(i) = shard {
+                    self.connects.push((i, self.now));
+                }
+                match shard.map(|i| (i, self.shard_state[i])) {
+                    Some((i, ShardState::Listening)) => self.shard_accepts(conn, i, addr),
+                    Some((_, ShardState::Silent)) => self.unanswered.push((conn, deadline)),
                     _ => {
                         let refused = HupReason::ConnectFailed(io::ErrorKind::ConnectionRefused);
                         self.pool(conn.pool).hup(conn, refused);

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use super::{Harness, msg, player_addr, shard_addr};
+use super::{Harness, ShardState, msg, player_addr, shard_addr};
 use crate::cryptchan::{KeyPair, TOKEN_BYTES, random_bytes};
 use crate::proto::client::{AuthProof, ClientMsg};
 use crate::proto::proxy_shard::{
@@ -337,13 +337,13 @@ fn a_wrong_password_drops_the_link_and_the_next_attempt_comes_after_the_retry_pe
 #[test]
 fn an_unreachable_shard_is_tried_every_retry_period() {
     let mut h = Harness::with(1, |cfg| cfg.shard.connect_retry_ms = 2000, None);
-    h.shard_listening[0] = false;
+    h.shard_state[0] = ShardState::Refusing;
     h.drive();
     for _ in 0..3 {
         h.advance(Duration::from_millis(2000));
         assert_eq!(h.link(0), None);
     }
-    h.shard_listening[0] = true;
+    h.shard_state[0] = ShardState::Listening;
     h.advance(Duration::from_millis(2000));
     assert!(h.link(0).is_some());
     h.log_in(0, "shard-x");
@@ -395,4 +395,32 @@ fn a_message_before_the_login_result_drops_the_link() {
     let _login = h.shard_recv(0);
     h.shard_send(0, &TProxyMsg::ClosedSocket { socket_id: 1 });
     assert_eq!(h.link(0), None);
+}
+
+#[test]
+fn a_shard_that_never_answers_is_tried_every_retry_period_even_when_the_timeout_equals_it() {
+    // The connect times out just as the next attempt is due, and the slot of
+    // the timed-out attempt is freed only after that (one step later).
+    let mut h = Harness::with(
+        1,
+        |cfg| {
+            cfg.shard.connect_retry_ms = 2000;
+            cfg.shard.connect_timeout_ms = 2000;
+        },
+        None,
+    );
+    h.shard_state[0] = ShardState::Silent;
+    let t0 = h.now;
+    h.drive();
+    h.advance(Duration::from_millis(6500));
+    let at: Vec<u128> = h
+        .connects
+        .iter()
+        .map(|&(_, t)| (t - t0).as_millis())
+        .collect();
+    assert_eq!(at, [0, 2000, 4000, 6000], "attempts at these ms");
+    // It answers again: connected at the next attempt.
+    h.shard_state[0] = ShardState::Listening;
+    h.advance(Duration::from_millis(2000));
+    assert!(h.link(0).is_some());
 }
