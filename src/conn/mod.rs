@@ -1113,6 +1113,25 @@ mod tests {
     }
 
     #[test]
+    fn a_connect_the_io_thread_never_answers_is_given_up_by_the_backstop() {
+        let mut p = pool(1);
+        let t0 = Instant::now();
+        let c = p.connect(Target::new("127.0.0.1", 7), t0).unwrap();
+        assert_eq!(p.get(c).unwrap().addr(), "127.0.0.1:7".parse().unwrap());
+        p.tick(t0 + Duration::from_secs(2) + CONNECT_BACKSTOP);
+        assert!(
+            p.get(c).is_some(),
+            "not before its deadline and the backstop"
+        );
+        p.tick(t0 + Duration::from_secs(2) + CONNECT_BACKSTOP + Duration::from_millis(1));
+        let gone: Vec<_> = p.take_disconnected().collect();
+        assert_eq!(
+            gone[0].reason,
+            DisconnectReason::Hup(HupReason::ConnectTimeout)
+        );
+    }
+
+    #[test]
     fn idle_connections_time_out_and_listener_limits_hold() {
         let mut p = pool(4);
         p.set_listener_limits(1, 10, 1);
