@@ -192,6 +192,13 @@ impl ShardLinks {
         self.find(conn).map(|i| &self.links[i].entry)
     }
 
+    /// The `HOST:PORT` of the link `conn` is, for log lines (the reference
+    /// itself if it is none of ours).
+    pub fn addr(&self, conn: ConnRef) -> String {
+        self.entry(conn)
+            .map_or_else(|| conn.to_string(), ShardEntry::addr)
+    }
+
     /// The connections that are up, in `shards.cfg` order.
     pub fn up(&self) -> impl Iterator<Item = ConnRef> + '_ {
         self.links.iter().filter_map(|link| match link.state {

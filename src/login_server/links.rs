@@ -159,11 +159,7 @@ impl LoginServer {
             s.session.name = shard_name.to_string();
             s.session.state = ShardLinkState::Ready;
         }
-        let addr = self
-            .links
-            .entry(shard)
-            .map(|e| e.addr())
-            .unwrap_or_default();
+        let addr = self.links.addr(shard);
         info!("shard {addr}: logged in as {shard_name:?}");
         Ok(())
     }

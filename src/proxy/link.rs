@@ -119,13 +119,6 @@ impl Proxy {
             .is_some_and(|s| s.session.state == LinkState::Ready)
     }
 
-    /// The shard's `HOST:PORT` from `shards.cfg`, for log lines.
-    fn shard_addr(&self, shard: ConnRef) -> String {
-        self.links
-            .entry(shard)
-            .map_or_else(|| shard.to_string(), |e| e.addr())
-    }
-
     /// The logged-in link to the shard named `name`.
     pub(super) fn ready_link_named(&self, name: &str) -> Option<ConnRef> {
         self.links.up().find(|&shard| {
@@ -208,7 +201,7 @@ impl Proxy {
         let why = match err {
             PeerError::TooLarge => "frame larger than shard.in_buf_size".to_string(),
             PeerError::Refused(why) => {
-                error!("shard {}: {why}", self.shard_addr(shard));
+                error!("shard {}: {why}", self.links.addr(shard));
                 why.to_string()
             }
             e => e.to_string(),
@@ -325,7 +318,7 @@ impl Proxy {
         if self.ready_link_named(name).is_some() {
             error!(
                 "shard {}: another shard is already named {name:?}",
-                self.shard_addr(shard)
+                self.links.addr(shard)
             );
             return Err(PeerError::Refused("another shard is already named so"));
         }
@@ -333,11 +326,7 @@ impl Proxy {
             s.session.name = name.to_string();
             s.session.state = LinkState::Ready;
         }
-        let addr = self
-            .links
-            .entry(shard)
-            .map(|e| e.addr())
-            .unwrap_or_default();
+        let addr = self.links.addr(shard);
         info!("shard {addr}: logged in as {name:?}");
         Ok(())
     }
@@ -397,7 +386,7 @@ impl Proxy {
         } else if !self.reservations.release(shard, socket_id) {
             debug!(
                 "shard {}: closed unknown socket {socket_id}",
-                self.shard_addr(shard)
+                self.links.addr(shard)
             );
         }
     }
@@ -427,7 +416,7 @@ impl Proxy {
         for &(shard, socket_id) in &expired {
             debug!(
                 "shard {}: reservation {socket_id} expired",
-                self.shard_addr(shard)
+                self.links.addr(shard)
             );
             self.reservations.release(shard, socket_id);
             self.link_send(
