@@ -5,7 +5,7 @@ CARGO ?= cargo
 DEMO_SECONDS ?= 20
 export DEMO_SECONDS
 
-.PHONY: all build release demo test lint doc check bench bench-smoke perf fuzz clean
+.PHONY: all build release demo test lint doc check bench bench-smoke perf fuzz clean haproxy
 
 all: build
 
@@ -22,9 +22,17 @@ demo:
 
 # Every test: unit, integration (real sockets on 127.0.0.1), tidy rules. The
 # open-file limit is raised to the hard limit first: tests/conn_layer.rs opens
-# 4,000 connections, both ends in the test process.
-test:
+# 4,000 connections, both ends in the test process. tests/forwarders.rs runs
+# players through a real HAProxy: Debian's package, installed if missing.
+test: haproxy
 	ulimit -n "$$(ulimit -Hn)" 2>/dev/null; $(CARGO) test --locked
+
+# Debian's HAProxy, for the tests and the benchmarks (as root, or with sudo).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+haproxy:
+	@command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || { \
+	  echo "== haproxy is not installed: installing Debian's package"; \
+	  $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q haproxy; }
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -76,7 +84,7 @@ perf:
 # and cargo-fuzz (`cargo install cargo-fuzz`); CI runs the seeded stand-in
 # (tests/proto_fuzz.rs) instead.
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS = proxy_shard_decode client_filter login_decode channel cryptchan_pull config_files
+FUZZ_TARGETS = proxy_shard_decode client_filter login_decode channel cryptchan_pull config_files proxy_protocol
 fuzz:
 	@command -v cargo-fuzz >/dev/null || { echo "make fuzz needs cargo-fuzz (cargo install cargo-fuzz) and a nightly toolchain"; exit 1; }
 	cd fuzz && for t in $(FUZZ_TARGETS); do cargo +nightly fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS) || exit 1; done

@@ -229,12 +229,18 @@ impl Setup {
         let msg = self.link.recv();
         let FProxyMsg::PlayerCryptchan {
             socket_id: s,
+            addr,
             state,
         } = FProxyMsg::decode(&msg).unwrap().unwrap().0
         else {
             panic!("expected FPROXY_MSG_PLAYER_CRYPTCHAN");
         };
         assert_eq!(s, socket_id);
+        assert_eq!(
+            addr,
+            conn.local_addr(),
+            "the shard is told the player's address"
+        );
         (conn, socket_id, PushStream::import_state(state))
     }
 

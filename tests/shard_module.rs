@@ -25,6 +25,9 @@ use util::system::{LOGIN_PASSWORD, ShardNode, start_shard, start_shard_with};
 
 const T: Duration = Duration::from_secs(10);
 
+/// The address the fake proxy says its players come from.
+const PLAYER_ADDR: &str = "203.0.113.9:41000";
+
 fn encode_all(msgs: &[FProxyMsg<'_>]) -> Vec<u8> {
     let mut buf = Vec::new();
     for m in msgs {
@@ -241,13 +244,14 @@ fn the_proxy_module_serves_a_player_and_applies_the_size_checks() {
     proxy
         .send_frame(&encode_all(&[FProxyMsg::PlayerCryptchan {
             socket_id,
+            addr: PLAYER_ADDR.parse().unwrap(),
             state: &state,
         }]))
         .unwrap();
     let welcome = player_msgs(&mut proxy, &mut player, socket_id, 1);
     assert!(matches!(
         ServerMsg::decode(&welcome[0]).unwrap().unwrap().0,
-        ServerMsg::Welcome { name: "zoe", .. }
+        ServerMsg::Welcome { name: "zoe", addr, .. } if addr.to_string() == PLAYER_ADDR
     ));
 
     // Checked messages are played: an echo comes back.
@@ -297,6 +301,7 @@ fn a_first_packet_batched_behind_the_hand_over_is_played() {
         .send_frame(&encode_all(&[
             FProxyMsg::PlayerCryptchan {
                 socket_id,
+                addr: PLAYER_ADDR.parse().unwrap(),
                 state: &state,
             },
             FProxyMsg::PlayerPacket {
@@ -328,6 +333,7 @@ fn a_proxy_cannot_speak_for_another_proxys_player() {
     honest
         .send_frame(&encode_all(&[FProxyMsg::PlayerCryptchan {
             socket_id,
+            addr: PLAYER_ADDR.parse().unwrap(),
             state: &state,
         }]))
         .unwrap();
@@ -381,6 +387,7 @@ fn large_batches_are_cut_between_messages() {
     proxy
         .send_frame(&encode_all(&[FProxyMsg::PlayerCryptchan {
             socket_id,
+            addr: PLAYER_ADDR.parse().unwrap(),
             state: &state,
         }]))
         .unwrap();

@@ -10,9 +10,11 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::cryptchan::{KeyPair, PublicKey, TOKEN_BYTES};
 use crate::proto::client::AuthProof;
@@ -105,11 +107,22 @@ impl Conn {
         expected: Option<PublicKey>,
         timeout: Duration,
     ) -> Result<Conn, ClientError> {
+        Conn::connect_from(None, addr, expected, timeout)
+    }
+
+    /// As [`Conn::connect`], from the local address `from` when given (a
+    /// player's own address: tests give each player one of 127.0.0.0/8).
+    pub fn connect_from(
+        from: Option<IpAddr>,
+        addr: &str,
+        expected: Option<PublicKey>,
+        timeout: Duration,
+    ) -> Result<Conn, ClientError> {
         let addr: SocketAddr = addr
             .to_socket_addrs()?
             .next()
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address"))?;
-        let stream = TcpStream::connect_timeout(&addr, timeout)?;
+        let stream = tcp_connect(from, addr, timeout)?;
         stream.set_nodelay(true)?;
         let mut out = Vec::new();
         let chan = Channel::initiator(Arc::new(KeyPair::generate()), expected, &mut out);
@@ -240,6 +253,29 @@ impl Conn {
     pub fn peer_key(&self) -> Option<PublicKey> {
         self.chan.peer_key()
     }
+
+    /// The connection's local address: where the peer sees it come from.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.stream
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+}
+
+/// A blocking TCP connection to `addr`, bound first to `from` (port chosen
+/// by the kernel) when given.
+pub fn tcp_connect(
+    from: Option<IpAddr>,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> io::Result<TcpStream> {
+    let Some(from) = from else {
+        return TcpStream::connect_timeout(&addr, timeout);
+    };
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.bind(&SocketAddr::new(from, 0).into())?;
+    socket.connect_timeout(&addr.into(), timeout)?;
+    Ok(socket.into())
 }
 
 /// Logs in and asks for a shard (thesis §3.8.3): returns the ticket.
@@ -251,7 +287,39 @@ pub fn login(
     shard_name: &str,
     timeout: Duration,
 ) -> Result<Ticket, ClientError> {
-    let mut conn = Conn::connect(login_addr, login_key, timeout)?;
+    let account = Account {
+        name: account_name,
+        password,
+        shard: shard_name,
+    };
+    login_from(None, login_addr, login_key, &account, timeout)
+}
+
+/// Who logs in, and to which shard.
+#[derive(Clone, Copy, Debug)]
+pub struct Account<'a> {
+    /// The account's name.
+    pub name: &'a str,
+    /// Its password.
+    pub password: &'a str,
+    /// The shard it asks for.
+    pub shard: &'a str,
+}
+
+/// As [`login`], from the local address `from` when given.
+pub fn login_from(
+    from: Option<IpAddr>,
+    login_addr: &str,
+    login_key: Option<PublicKey>,
+    account: &Account<'_>,
+    timeout: Duration,
+) -> Result<Ticket, ClientError> {
+    let Account {
+        name: account_name,
+        password,
+        shard: shard_name,
+    } = *account;
+    let mut conn = Conn::connect_from(from, login_addr, login_key, timeout)?;
     let mut msg = Vec::new();
     ToLogin::Login {
         account_name,
@@ -320,7 +388,20 @@ pub fn enter_at(
     shard_name: &str,
     timeout: Duration,
 ) -> Result<Conn, ClientError> {
-    let mut conn = Conn::connect(addr, Some(ticket.proxy_key), timeout)?;
+    enter_from(None, addr, ticket, account_name, shard_name, timeout)
+}
+
+/// As [`enter_at`], from the local address `from` when given (through a
+/// forwarder, which then names that address in its PROXY protocol header).
+pub fn enter_from(
+    from: Option<IpAddr>,
+    addr: &str,
+    ticket: &Ticket,
+    account_name: &str,
+    shard_name: &str,
+    timeout: Duration,
+) -> Result<Conn, ClientError> {
+    let mut conn = Conn::connect_from(from, addr, Some(ticket.proxy_key), timeout)?;
     let mut proof = Vec::new();
     AuthProof {
         account_name,

@@ -17,6 +17,7 @@
 //!
 //! Nothing here does I/O except [`load`], which reads the two files.
 
+mod cidr;
 mod reader;
 mod schema;
 mod shards;
@@ -29,6 +30,7 @@ use log::LevelFilter;
 
 // The table, its types and every `DEFAULT_*`, at `config::` where the rest of
 // the crate has always found them.
+pub use cidr::{Cidr, Networks};
 pub use schema::*;
 pub use shards::{ShardEntry, parse_shards_cfg};
 
@@ -102,6 +104,24 @@ pub struct ClientCfg {
     pub reservation_timeout_ms: u64,
     /// Refuse clients from IPs no shard announced.
     pub require_announced_ip: bool,
+    /// Whether players' connections start with a PROXY protocol header.
+    pub proxy_protocol: ProxyProtocol,
+    /// The networks whose connections may send a PROXY protocol header.
+    pub trusted_forwarders: Networks,
+    /// Deadline from accept to a complete PROXY protocol header.
+    pub proxy_header_timeout_ms: u64,
+}
+
+/// `client.proxy_protocol`: whether a listener's connections start with a
+/// PROXY protocol header from a trusted forwarder.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ProxyProtocol {
+    /// No header: the TCP peer is the player (the default).
+    #[default]
+    Off,
+    /// Every connection comes from a forwarder in `trusted_forwarders` and
+    /// starts with a header (v1 or v2) naming the player's address.
+    Required,
 }
 
 /// `[shard]`.
@@ -175,6 +195,9 @@ impl Default for Config {
                 handshake_timeout_ms: DEFAULT_CLIENT_HANDSHAKE_TIMEOUT_MS,
                 reservation_timeout_ms: DEFAULT_CLIENT_RESERVATION_TIMEOUT_MS,
                 require_announced_ip: DEFAULT_CLIENT_REQUIRE_ANNOUNCED_IP,
+                proxy_protocol: ProxyProtocol::Off,
+                trusted_forwarders: Networks::default(),
+                proxy_header_timeout_ms: DEFAULT_CLIENT_PROXY_HEADER_TIMEOUT_MS,
             },
             shard: ShardCfg {
                 password: Secret::default(),
@@ -220,6 +243,16 @@ impl Config {
                     "client.in_buf_size = {} cannot hold the largest client message; at least {CLIENT_IN_BUF_MIN}",
                     self.client.in_buf_size
                 ),
+            ));
+        }
+        if self.client.proxy_protocol == ProxyProtocol::Required
+            && self.client.trusted_forwarders.is_empty()
+        {
+            problems.push((
+                "client.proxy_protocol",
+                "client.proxy_protocol = \"required\" needs client.trusted_forwarders: the \
+                 networks of the forwarders allowed to send the header"
+                    .to_string(),
             ));
         }
         if self.shard.in_buf_size < SHARD_IN_BUF_MIN {

@@ -138,6 +138,20 @@ fn store(
             DeValue::String(s) => store(cfg, s).map_err(|problem| format!("{name}: {problem}")),
             _ => Err(format!("{name}: expected a string, found {found}")),
         },
+        Value::List { store, .. } => {
+            let expected = format!("{name}: expected an array of strings");
+            let DeValue::Array(items) = value.get_ref() else {
+                return Err(format!("{expected}, found {found}"));
+            };
+            let mut texts = Vec::with_capacity(items.len());
+            for item in items.iter() {
+                match item.get_ref() {
+                    DeValue::String(s) => texts.push(s.as_ref()),
+                    other => return Err(format!("{expected}, found {} in it", kind(other))),
+                }
+            }
+            store(cfg, &texts).map_err(|problem| format!("{name}: {problem}"))
+        }
     }
 }
 

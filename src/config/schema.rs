@@ -48,6 +48,10 @@ pub enum Unit {
     Millis,
     /// `true` or `false`.
     Boolean,
+    /// One of a few words.
+    Choice,
+    /// A list of networks (`ADDR/PREFIX`).
+    Networks,
 }
 
 impl Unit {
@@ -61,6 +65,8 @@ impl Unit {
             Unit::Bytes => "bytes",
             Unit::Millis => "ms",
             Unit::Boolean => "boolean",
+            Unit::Choice => "choice",
+            Unit::Networks => "networks",
         }
     }
 }
@@ -107,6 +113,16 @@ pub enum Value {
         /// Sets the field.
         store: fn(&mut Config, bool),
     },
+    /// A list of strings, which `store` checks as it converts them.
+    List {
+        /// The value when the key is left out.
+        default: &'static [&'static str],
+        /// The values accepted, in words.
+        allowed: &'static str,
+        /// Checks and sets the field; the problem otherwise, without the
+        /// key's name.
+        store: fn(&mut Config, &[&str]) -> Result<(), String>,
+    },
     /// A string, which `store` checks as it converts it.
     Text {
         /// The value when the key is left out; `None` for a required key.
@@ -137,6 +153,10 @@ impl Key {
             Value::Int { default, .. } => Some(default.to_string()),
             Value::Bool { default, .. } => Some(default.to_string()),
             Value::Text { default, .. } => default.map(|d| format!("\"{d}\"")),
+            Value::List { default, .. } => {
+                let items: Vec<String> = default.iter().map(|d| format!("\"{d}\"")).collect();
+                Some(format!("[{}]", items.join(", ")))
+            }
         }
     }
 
@@ -148,7 +168,7 @@ impl Key {
                 format!("{} to {}", in_unit(min, self.unit), in_unit(max, self.unit))
             }
             Value::Bool { .. } => "true, false".to_string(),
-            Value::Text { allowed, .. } => allowed.to_string(),
+            Value::Text { allowed, .. } | Value::List { allowed, .. } => allowed.to_string(),
         }
     }
 }
@@ -209,6 +229,9 @@ pub static KEYS: &[Key] = &[
     CLIENT_HANDSHAKE_TIMEOUT_MS,
     CLIENT_RESERVATION_TIMEOUT_MS,
     CLIENT_REQUIRE_ANNOUNCED_IP,
+    CLIENT_PROXY_PROTOCOL,
+    CLIENT_TRUSTED_FORWARDERS,
+    CLIENT_PROXY_HEADER_TIMEOUT_MS,
     SHARD_PASSWORD,
     SHARD_CONNECT_RETRY_MS,
     SHARD_CONNECT_TIMEOUT_MS,
@@ -476,6 +499,75 @@ const CLIENT_REQUIRE_ANNOUNCED_IP: Key = Key {
     },
 };
 
+/// `client.proxy_protocol`: `"off"`, or `"required"`: every connection comes
+/// from a trusted forwarder and starts with a PROXY protocol header (v1 or
+/// v2) naming the player's address (seed 002's HAProxy forwarders with
+/// `send-proxy-v2`).
+pub const DEFAULT_CLIENT_PROXY_PROTOCOL: &str = "off";
+const CLIENT_PROXY_PROTOCOL: Key = Key {
+    name: "client.proxy_protocol",
+    unit: Unit::Choice,
+    // It sets the stages of the listener's connections, fixed at start-up.
+    reload: Reload::Restart,
+    doc: "off, or required: connections start with a PROXY protocol header from a trusted forwarder.",
+    value: Value::Text {
+        default: Some(DEFAULT_CLIENT_PROXY_PROTOCOL),
+        allowed: "off, required",
+        store: |c, text| {
+            c.client.proxy_protocol = match text {
+                "off" => super::ProxyProtocol::Off,
+                "required" => super::ProxyProtocol::Required,
+                _ => {
+                    return Err(format!(
+                        "expected \"off\" or \"required\", found \"{text}\""
+                    ));
+                }
+            };
+            Ok(())
+        },
+    },
+};
+
+/// `client.trusted_forwarders`: the networks a PROXY protocol header is taken
+/// from; with `proxy_protocol = "required"`, a connection from anywhere else
+/// is refused before anything is read. Empty by default.
+const CLIENT_TRUSTED_FORWARDERS: Key = Key {
+    name: "client.trusted_forwarders",
+    unit: Unit::Networks,
+    reload: Reload::Live,
+    doc: "The networks whose connections may send a PROXY protocol header.",
+    value: Value::List {
+        default: &[],
+        allowed: "networks, \"ADDR/PREFIX\" (IPv4, IPv6)",
+        store: |c, items| {
+            c.client.trusted_forwarders = super::Networks(
+                items
+                    .iter()
+                    .map(|item| super::Cidr::parse(item))
+                    .collect::<Result<_, _>>()?,
+            );
+            Ok(())
+        },
+    },
+};
+
+/// `client.proxy_header_timeout_ms`: the deadline from accept to a complete
+/// PROXY protocol header; the specification asks for at least 3 s, one TCP
+/// retransmission.
+pub const DEFAULT_CLIENT_PROXY_HEADER_TIMEOUT_MS: u64 = 3_000;
+const CLIENT_PROXY_HEADER_TIMEOUT_MS: Key = Key {
+    name: "client.proxy_header_timeout_ms",
+    unit: Unit::Millis,
+    reload: Reload::Live,
+    doc: "Deadline from accept to a complete PROXY protocol header.",
+    value: Value::Int {
+        default: DEFAULT_CLIENT_PROXY_HEADER_TIMEOUT_MS,
+        min: 3_000,
+        max: 60_000,
+        store: |c, n| c.client.proxy_header_timeout_ms = n,
+    },
+};
+
 // [shard]
 
 const SHARD_PASSWORD: Key = Key {
@@ -737,8 +829,12 @@ mod tests {
                 }
                 Value::Bool { .. } => key.unit == Unit::Boolean,
                 Value::Text { .. } => {
-                    matches!(key.unit, Unit::Address | Unit::Level | Unit::Text)
+                    matches!(
+                        key.unit,
+                        Unit::Address | Unit::Level | Unit::Text | Unit::Choice
+                    )
                 }
+                Value::List { .. } => key.unit == Unit::Networks,
             };
             assert!(ok, "{}: unit or default out of place", key.name);
             assert!(!key.doc.is_empty(), "{} has no doc", key.name);
@@ -791,10 +887,15 @@ mod tests {
                 let text = match key.name {
                     "proxy.listen" => "127.0.0.1:1",
                     "proxy.log_level" => "trace",
+                    "client.proxy_protocol" => "required",
                     _ => "game.example.org:1",
                 };
                 store(cfg, text).unwrap();
                 text.to_string()
+            }
+            Value::List { store, .. } => {
+                store(cfg, &["10.1.2.0/24"]).unwrap();
+                "10.1.2.0/24".to_string()
             }
         }
     }

@@ -22,6 +22,8 @@
 //! shard with the stream state it received in `FPROXY_MSG_PLAYER_CRYPTCHAN`;
 //! the proxy passes them through unread.
 
+use std::net::SocketAddr;
+
 use crate::cryptchan::TOKEN_BYTES;
 use crate::proto::{
     ACCOUNT_NAME_MAX, Decoded, ProtoError, ReadError, Reader, SHARD_NAME_MAX, complete, decoded,
@@ -371,6 +373,10 @@ pub enum ServerMsg<'a> {
         player_id: u32,
         /// The account name.
         name: &'a str,
+        /// The address the shard sees the player connect from (the proxy
+        /// passes on the effective address; a direct player's is its TCP
+        /// peer's): lets a player, and the tests, check what the shard saw.
+        addr: SocketAddr,
     },
     /// `SVMSG_PONG`
     Pong {
@@ -430,6 +436,7 @@ impl ServerMsg<'_> {
                 SVMSG_WELCOME => ServerMsg::Welcome {
                     player_id: r.u32()?,
                     name: r.str8(ACCOUNT_NAME_MAX, "SVMSG_WELCOME")?,
+                    addr: r.sockaddr()?,
                 },
                 SVMSG_PONG => ServerMsg::Pong { time: r.u64()? },
                 SVMSG_ECHO => ServerMsg::Echo {
@@ -461,10 +468,15 @@ impl ServerMsg<'_> {
     /// Appends the encoded message.
     pub fn encode(&self, out: &mut Vec<u8>) {
         match *self {
-            ServerMsg::Welcome { player_id, name } => {
+            ServerMsg::Welcome {
+                player_id,
+                name,
+                addr,
+            } => {
                 put::u8(out, SVMSG_WELCOME);
                 put::u32(out, player_id);
                 put::bytes8(out, name.as_bytes(), ACCOUNT_NAME_MAX);
+                put::sockaddr(out, addr);
             }
             ServerMsg::Pong { time } => {
                 put::u8(out, SVMSG_PONG);
@@ -642,6 +654,7 @@ mod tests {
             ServerMsg::Welcome {
                 player_id: 5,
                 name: "alice",
+                addr: "192.0.2.5:40000".parse().unwrap(),
             },
             ServerMsg::Pong { time: 9 },
             ServerMsg::Echo {

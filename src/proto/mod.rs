@@ -21,10 +21,11 @@
 pub mod client;
 pub mod frame;
 pub mod login;
+pub mod proxy_protocol;
 pub mod proxy_shard;
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 /// Why bytes were rejected. Carries static text only: building it costs
 /// nothing and an attacker cannot make it large.
@@ -274,13 +275,19 @@ impl<'a> Reader<'a> {
             _ => Err(ProtoError::BadValue("address family").into()),
         }
     }
+
+    /// A socket address: an [`ip`](Reader::ip), then a `u16` port.
+    pub fn sockaddr(&mut self) -> Result<SocketAddr, ReadError> {
+        let ip = self.ip()?;
+        Ok(SocketAddr::new(ip, self.u16()?))
+    }
 }
 
 /// Appends to a message being built. Lengths are checked by the caller's
 /// types and maxima; a string over its maximum is a bug in the caller, so
 /// the writers truncate rather than emit a message the peer would reject.
 pub mod put {
-    use std::net::IpAddr;
+    use std::net::{IpAddr, SocketAddr};
 
     /// One byte.
     pub fn u8(out: &mut Vec<u8>, v: u8) {
@@ -326,5 +333,10 @@ pub mod put {
                 out.extend_from_slice(&v6.octets());
             }
         }
+    }
+    /// A socket address: its IP, then its port.
+    pub fn sockaddr(out: &mut Vec<u8>, addr: SocketAddr) {
+        ip(out, addr.ip());
+        u16(out, addr.port());
     }
 }

@@ -12,7 +12,7 @@
 //! The thesis spells the player-packet message `FRPROXY_MSG_PLAYER_PACKET`
 //! once; we take it for a typo of `FPROXY_MSG_PLAYER_PACKET`.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use crate::cryptchan::{STATE_BYTES, TOKEN_BYTES};
 use crate::proto::frame::FRAME_PLAINTEXT_MAX;
@@ -137,6 +137,9 @@ pub enum FProxyMsg<'a> {
     PlayerCryptchan {
         /// Which socket.
         socket_id: u32,
+        /// The player's effective address: its TCP peer's, or the one a
+        /// trusted forwarder's PROXY protocol header gave.
+        addr: SocketAddr,
         /// The proxy-to-player push stream's state.
         state: &'a [u8; STATE_BYTES],
     },
@@ -270,6 +273,7 @@ impl FProxyMsg<'_> {
             },
             FPROXY_MSG_PLAYER_CRYPTCHAN => FProxyMsg::PlayerCryptchan {
                 socket_id: r.u32()?,
+                addr: r.sockaddr()?,
                 state: r.array()?,
             },
             FPROXY_MSG_PLAYER_PACKET => FProxyMsg::PlayerPacket {
@@ -303,9 +307,14 @@ impl FProxyMsg<'_> {
                 put::u32(out, socket_id);
                 put::u8(out, result);
             }
-            FProxyMsg::PlayerCryptchan { socket_id, state } => {
+            FProxyMsg::PlayerCryptchan {
+                socket_id,
+                addr,
+                state,
+            } => {
                 put::u8(out, FPROXY_MSG_PLAYER_CRYPTCHAN);
                 put::u32(out, socket_id);
+                put::sockaddr(out, addr);
                 out.extend_from_slice(state);
             }
             FProxyMsg::PlayerPacket { socket_id, data } => {
@@ -410,6 +419,7 @@ mod tests {
             },
             FProxyMsg::PlayerCryptchan {
                 socket_id: 7,
+                addr: "[2001:db8::7]:40000".parse().unwrap(),
                 state: &state,
             },
             FProxyMsg::PlayerPacket {

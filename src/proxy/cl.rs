@@ -2,12 +2,19 @@
 //! §3.8.3 forming connections with player clients; §3.8.4 routing and packet
 //! filtering).
 //!
-//! A connection passes through the stages its listener chooses
-//! ([`PLAYER_STAGES`] on `proxy.listen` today; a forwarder's PROXY protocol
-//! header, or another game protocol, are stages that come before or instead):
+//! A connection passes through the stages its listener chooses:
+//! [`PLAYER_STAGES`] on `proxy.listen`, or [`PROXIED_PLAYER_STAGES`] with
+//! `client.proxy_protocol = "required"`, where a trusted forwarder's PROXY
+//! protocol header comes first and names the player's address:
 //!
 //! ```text
-//! accept ── effective address announced by a shard? ──no──▶ refused (shard_check_client_ip)
+//! accept ── (PROXY required) peer in client.trusted_forwarders? ──no──▶ refused, nothing read
+//!    │               │yes
+//!    │               ▼
+//!    │          ProxyHeader ── a valid v1/v2 header within client.proxy_header_timeout_ms
+//!    │               │          sets the effective address (LOCAL: the forwarder's own)
+//!    ▼               ▼
+//! effective address announced by a shard? ──no──▶ refused (shard_check_client_ip)
 //!    │yes
 //!    ▼
 //! Handshake ── PUB_KEY in, PUB_KEY + STREAM_HEADER out, STREAM_HEADER in ──▶ Proof
@@ -37,16 +44,21 @@ use crate::cryptchan::ABYTES;
 use crate::proto::ProtoError;
 use crate::proto::client::{AuthProof, filter_client_frame};
 use crate::proto::frame::{Channel, ChannelError, FrameError, Frames, Unit};
+use crate::proto::proxy_protocol::{self, ProxyHeader};
 use crate::proto::proxy_shard::{
     CLOSE_REASON_FILTERED, CLOSE_REASON_LEFT, CLOSE_REASON_PROXY, CLOSE_REASON_TIMEOUT, FProxyMsg,
     PLAYER_PACKET_DATA_MAX,
 };
 
 use super::Proxy;
+use super::refusals::Refusal;
 
 /// A stage a listener's connections pass through (see the module docs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StageKind {
+    /// A forwarder's PROXY protocol header (`proto::proxy_protocol`): only
+    /// from `client.trusted_forwarders`, checked at accept.
+    ProxyHeader,
     /// The cryptchan key exchange. Entering it runs the admission checks.
     Handshake,
     /// The auth proof: the first frame.
@@ -57,6 +69,15 @@ pub enum StageKind {
 
 /// The stages of a player on `proxy.listen`.
 pub const PLAYER_STAGES: &[StageKind] = &[StageKind::Handshake, StageKind::Proof, StageKind::Play];
+
+/// The stages of a player on `proxy.listen` behind forwarders
+/// (`client.proxy_protocol = "required"`).
+pub const PROXIED_PLAYER_STAGES: &[StageKind] = &[
+    StageKind::ProxyHeader,
+    StageKind::Handshake,
+    StageKind::Proof,
+    StageKind::Play,
+];
 
 /// Where an authenticated player's messages go: a socket on one shard link.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,6 +91,8 @@ pub struct Binding {
 /// Where a player connection is.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Stage {
+    /// Waiting for the forwarder's PROXY protocol header.
+    ProxyHeader,
     /// Key exchange not finished.
     #[default]
     Handshake,
@@ -90,6 +113,8 @@ pub struct ClSession {
     pub stage: Stage,
     /// Everything before `Play` must be done by then.
     pub deadline: Option<Instant>,
+    /// The PROXY protocol header must be complete by then.
+    pub header_deadline: Option<Instant>,
 }
 
 /// The proxy never encrypts to players (the shard does), so there is nothing
@@ -99,6 +124,7 @@ impl Session for ClSession {}
 /// Why a player is dropped while its bytes are processed.
 #[derive(Debug)]
 pub(super) enum ClError {
+    Header(ProtoError),
     Frame(FrameError),
     Proof(&'static str),
     Filter(ProtoError),
@@ -123,17 +149,29 @@ impl Proxy {
     /// address some shard announced in a reservation gets in.
     fn admit(&mut self, ip: IpAddr) -> bool {
         if self.settings.require_announced_ip && !self.reservations.is_announced(ip) {
-            self.stats.refused_ip += 1;
-            self.refused_ip_since_tick += 1;
+            self.stats.refusals.count(Refusal::NotAnnounced);
             debug!("refused {ip}: no shard announced this address");
             return false;
         }
         true
     }
 
-    /// Handles `EVENT_ACCEPT_CLIENT` (thesis `cl_accept`): a connection whose
-    /// first stage is the handshake is admitted or refused at once, before
-    /// it takes a slot; then it gets one, its deadline and its first stage.
+    /// On a listener that requires the PROXY protocol, only a trusted
+    /// forwarder may connect: anyone else could name any address.
+    fn admit_forwarder(&mut self, peer: SocketAddr) -> bool {
+        if !self.settings.trusted_forwarders.contains(peer.ip()) {
+            self.stats.refusals.count(Refusal::UntrustedForwarder);
+            debug!("refused {peer}: not in client.trusted_forwarders");
+            return false;
+        }
+        true
+    }
+
+    /// Handles `EVENT_ACCEPT_CLIENT` (thesis `cl_accept`): a connection is
+    /// admitted or refused at once, before it takes a slot or anything is
+    /// read (the forwarder check if it starts with a PROXY protocol header,
+    /// the address checks if with the handshake); then it gets a slot, its
+    /// deadlines and its first stage.
     pub(super) fn cl_accept(
         &mut self,
         listener: u32,
@@ -141,12 +179,20 @@ impl Proxy {
         now: Instant,
     ) -> Option<ConnRef> {
         let first = *self.listeners.get(listener as usize)?.first()?;
-        if first == StageKind::Handshake && !self.admit(peer.ip()) {
+        let admitted = match first {
+            StageKind::ProxyHeader => self.admit_forwarder(peer),
+            StageKind::Handshake => self.admit(peer.ip()),
+            StageKind::Proof | StageKind::Play => false, // no listener starts there
+        };
+        if !admitted {
             return None; // the runtime drops the socket, closing it
         }
         let client = self.clients.accept(listener, peer, now)?;
         let slot = self.clients.get_mut(client).expect("just accepted");
         slot.session.deadline = Some(now + self.settings.handshake_timeout);
+        if first == StageKind::ProxyHeader {
+            slot.session.header_deadline = Some(now + self.settings.proxy_header_timeout);
+        }
         self.cl_enter(client, first);
         Some(client)
     }
@@ -190,6 +236,7 @@ impl Proxy {
             return;
         };
         let stage = match stage {
+            StageKind::ProxyHeader => Stage::ProxyHeader,
             StageKind::Handshake if !first && !self.admit(addr.ip()) => {
                 let refused = DisconnectReason::Closed("no shard announced its address");
                 self.clients.disconnect(client, refused);
@@ -216,19 +263,79 @@ impl Proxy {
     }
 
     /// Handles `EVENT_READ_CLIENT` (thesis `cl_read`): runs the bytes through
-    /// the player's channel. Whole frames are decrypted in place in the
-    /// secpool block; only a frame split across reads is copied.
+    /// the player's stages: the PROXY protocol header first, if the
+    /// listener has one, then the channel. Whole frames are decrypted in
+    /// place in the secpool block; only a frame (or header) split across
+    /// reads is copied.
     pub(super) fn cl_read(&mut self, client: ConnRef, data: &mut [u8], now: Instant) {
         let Some(mut in_buf) = self.clients.begin_read(client, data.len(), now) else {
             return; // stale: the block goes back to secpool
         };
-        let mut frames = Frames::new(&mut in_buf, data, self.settings.client_in_buf_size);
-        let result = self.cl_units(client, &mut frames, now);
-        drop(frames);
+        let result = self.cl_bytes(client, &mut in_buf, data, now);
         self.clients.end_read(client, in_buf);
         if let Err(err) = result {
             self.cl_refuse(client, err);
         }
+    }
+
+    fn cl_bytes(
+        &mut self,
+        client: ConnRef,
+        in_buf: &mut Vec<u8>,
+        mut data: &mut [u8],
+        now: Instant,
+    ) -> Result<(), ClError> {
+        let stage = self.clients.get(client).map(|s| s.session.stage);
+        if stage == Some(Stage::ProxyHeader) {
+            match self.cl_proxy_header(client, in_buf, data)? {
+                Some(used) => data = &mut data[used..],
+                None => return Ok(()), // the header is not complete yet
+            }
+        }
+        let mut frames = Frames::new(in_buf, data, self.settings.client_in_buf_size);
+        self.cl_units(client, &mut frames, now)
+    }
+
+    /// The PROXY protocol header (`proto::proxy_protocol`), which may come
+    /// split across reads: kept in `in_buf` until complete (at most
+    /// `HEADER_MAX` bytes). Once decoded, the named source becomes the
+    /// connection's effective address (a `LOCAL` header, a forwarder's
+    /// health check, keeps the forwarder's), and the connection moves on to
+    /// the handshake, which checks that address. Returns how many bytes of
+    /// `data` the header took, or `None` while it is incomplete.
+    fn cl_proxy_header(
+        &mut self,
+        client: ConnRef,
+        in_buf: &mut Vec<u8>,
+        data: &[u8],
+    ) -> Result<Option<usize>, ClError> {
+        let had = in_buf.len();
+        let decoded = if had == 0 {
+            proxy_protocol::decode(data)
+        } else {
+            in_buf.extend_from_slice(&data[..data.len().min(proxy_protocol::HEADER_MAX - had)]);
+            proxy_protocol::decode(in_buf)
+        };
+        let Some((header, len)) = decoded.map_err(ClError::Header)? else {
+            if had == 0 {
+                in_buf.extend_from_slice(data);
+            }
+            // The decoder refuses a header that would pass HEADER_MAX, so an
+            // incomplete one always fits.
+            debug_assert!(in_buf.len() < proxy_protocol::HEADER_MAX);
+            return Ok(None);
+        };
+        in_buf.clear();
+        if let ProxyHeader::Proxy { src, .. } = header {
+            let peer = self.clients.get(client).map(|s| s.peer());
+            debug!("{client} ({src}): through forwarder {peer:?}");
+            self.clients.set_addr(client, src);
+        }
+        if let Some(slot) = self.clients.get_mut(client) {
+            slot.session.header_deadline = None;
+        }
+        self.cl_next_stage(client, StageKind::ProxyHeader)?;
+        Ok(Some(len - had))
     }
 
     fn cl_units(
@@ -260,7 +367,9 @@ impl Proxy {
         };
         match slot.session.stage {
             // The channel yields frames only once open; refused, not assumed.
-            Stage::Handshake => Err(ClError::Proof("a frame before the handshake ended")),
+            Stage::ProxyHeader | Stage::Handshake => {
+                Err(ClError::Proof("a frame before the handshake ended"))
+            }
             Stage::Proof => self.cl_proof(client, frame, now),
             Stage::Play(binding) => self.cl_forward(binding, frame),
         }
@@ -292,6 +401,7 @@ impl Proxy {
         };
         let msg = FProxyMsg::PlayerCryptchan {
             socket_id: binding.socket_id,
+            addr: slot.addr(),
             state: &state,
         };
         if !self.link_send(shard, &msg) {
@@ -324,6 +434,10 @@ impl Proxy {
     /// Disconnects a player whose bytes broke a rule, with the reason.
     fn cl_refuse(&mut self, client: ConnRef, err: ClError) {
         let reason = match err {
+            ClError::Header(e) => {
+                self.stats.refusals.count(Refusal::BadProxyHeader);
+                DisconnectReason::Protocol(format!("PROXY protocol header refused: {e}"))
+            }
             ClError::Frame(FrameError::TooLarge) => {
                 DisconnectReason::Protocol("frame larger than client.in_buf_size".into())
             }
@@ -341,22 +455,30 @@ impl Proxy {
         self.clients.disconnect(client, reason);
     }
 
-    /// Disconnects players that have not passed their auth proof by their
-    /// deadline (`client.handshake_timeout_ms`).
+    /// Disconnects connections that have not sent their PROXY protocol
+    /// header by its deadline (`client.proxy_header_timeout_ms`), or passed
+    /// their auth proof by theirs (`client.handshake_timeout_ms`).
     pub(super) fn expire_handshakes(&mut self, now: Instant) {
         let mut late = std::mem::take(&mut self.scratch_clients);
         late.extend(self.clients.iter_live().filter_map(|(client, slot)| {
             let s = &slot.session;
-            (!matches!(s.stage, Stage::Play(_)) && s.deadline.is_some_and(|d| now >= d))
-                .then_some(client)
+            let late_header = s.header_deadline.is_some_and(|d| now >= d);
+            let late_proof = s.deadline.is_some_and(|d| now >= d);
+            (!matches!(s.stage, Stage::Play(_)) && (late_header || late_proof)).then_some(client)
         }));
         for &client in &late {
-            self.clients.disconnect(
-                client,
-                DisconnectReason::Protocol(
-                    "no valid auth proof before the handshake deadline".into(),
-                ),
-            );
+            let header = self
+                .clients
+                .get(client)
+                .is_some_and(|s| s.session.stage == Stage::ProxyHeader);
+            let why = if header {
+                self.stats.refusals.count(Refusal::ProxyHeaderTimeout);
+                "no complete PROXY protocol header before its deadline"
+            } else {
+                "no valid auth proof before the handshake deadline"
+            };
+            self.clients
+                .disconnect(client, DisconnectReason::Protocol(why.into()));
         }
         late.clear();
         self.scratch_clients = late;

@@ -30,6 +30,7 @@ pub mod cl;
 #[cfg(test)]
 mod harness;
 pub mod link;
+pub mod refusals;
 pub mod reservations;
 
 use std::io;
@@ -41,7 +42,7 @@ use log::{error, info};
 use mio::net::UnixStream;
 
 use crate::com::{ConnRef, PoolId};
-use crate::config::{Config, Secret, ShardEntry};
+use crate::config::{Config, Networks, ProxyProtocol, Secret, ShardEntry};
 use crate::conn::thread::IoCfg;
 use crate::conn::{AnyPool, Disconnected, Pool, PoolCfg};
 use crate::cryptchan::{KeyPair, PublicKey};
@@ -51,6 +52,7 @@ use crate::secpool::SecpoolConfig;
 use crate::shard::{SLOTS_PER_LINK, ShardLinks};
 use cl::{ClSession, StageKind};
 use link::ShardLink;
+use refusals::Refusals;
 use reservations::Reservations;
 
 /// How often the proxy logs a line of statistics.
@@ -75,6 +77,10 @@ pub struct ProxySettings {
     pub reservation_timeout: Duration,
     /// Refuse clients from addresses no shard announced.
     pub require_announced_ip: bool,
+    /// Where PROXY protocol headers are taken from.
+    pub trusted_forwarders: Networks,
+    /// Deadline from accept to a complete PROXY protocol header.
+    pub proxy_header_timeout: Duration,
     /// Largest client frame plus its length.
     pub client_in_buf_size: usize,
     /// Largest shard frame plus its length.
@@ -93,6 +99,8 @@ impl ProxySettings {
             handshake_timeout: Duration::from_millis(cfg.client.handshake_timeout_ms),
             reservation_timeout: Duration::from_millis(cfg.client.reservation_timeout_ms),
             require_announced_ip: cfg.client.require_announced_ip,
+            trusted_forwarders: cfg.client.trusted_forwarders.clone(),
+            proxy_header_timeout: Duration::from_millis(cfg.client.proxy_header_timeout_ms),
             client_in_buf_size: cfg.client.in_buf_size,
             shard_in_buf_size: cfg.shard.in_buf_size,
             connect_retry: Duration::from_millis(cfg.shard.connect_retry_ms),
@@ -103,8 +111,8 @@ impl ProxySettings {
 /// Counters for the periodic statistics line and tests.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ProxyStats {
-    /// Connections refused at admission: no shard announced their address.
-    pub refused_ip: u64,
+    /// Connections refused before they played, by class.
+    pub refusals: Refusals,
     /// Players who passed the auth proof.
     pub authenticated: u64,
     /// Auth proofs refused.
@@ -129,8 +137,8 @@ pub struct Proxy {
     /// The stages of each listener's connections, by listener index.
     listeners: Vec<&'static [StageKind]>,
     stats: ProxyStats,
-    refused_ip_since_tick: u64,
     next_stats: Instant,
+    next_refusal_summary: Instant,
     /// Reused by `settle` and the timers, so they allocate nothing.
     gone_clients: Vec<Disconnected<ClSession>>,
     gone_shards: Vec<Disconnected<ShardLink>>,
@@ -241,13 +249,17 @@ impl Proxy {
             links: ShardLinks::new(shard_entries, settings.connect_retry, now),
             reservations: Reservations::default(),
             keys,
-            // `proxy.listen`, the one listener: players, from the handshake on.
-            listeners: vec![cl::PLAYER_STAGES],
+            // `proxy.listen`, the one listener: players, from the handshake
+            // on, or from a forwarder's PROXY protocol header.
+            listeners: vec![match cfg.client.proxy_protocol {
+                ProxyProtocol::Off => cl::PLAYER_STAGES,
+                ProxyProtocol::Required => cl::PROXIED_PLAYER_STAGES,
+            }],
 
             settings,
             stats: ProxyStats::default(),
-            refused_ip_since_tick: 0,
             next_stats: now + STATS_EVERY,
+            next_refusal_summary: now + refusals::SUMMARY_EVERY,
             gone_clients: Vec::new(),
             gone_shards: Vec::new(),
             scratch_clients: Vec::new(),
@@ -280,7 +292,7 @@ impl Proxy {
         let ready = self.links.up().filter(|&l| self.is_ready(l)).count();
         info!(
             "stats: {} clients ({authed} authenticated), {} reservations, shards {ready}/{} ready; \
-             totals: {} authenticated, {} auth failures, {} filtered, {} refused (IP), \
+             totals: {} authenticated, {} auth failures, {} filtered, {} refused, \
              {} messages to shards, {} packets to clients",
             self.clients.in_use(),
             self.reservations.len(),
@@ -288,7 +300,7 @@ impl Proxy {
             s.authenticated,
             s.auth_failed,
             s.filtered,
-            s.refused_ip,
+            s.refusals.sum(),
             s.msgs_to_shards,
             s.packets_to_clients,
         );
@@ -315,17 +327,16 @@ impl Server for Proxy {
         }
     }
 
-    /// Once a second: handshake deadlines, reservation expiry, one line for
-    /// refusals, and now and then the statistics.
+    /// Once a second: handshake deadlines, reservation expiry, and now and
+    /// then a line per class of refusal and the statistics.
     fn on_tick(&mut self, now: Instant) {
-        if self.refused_ip_since_tick > 0 {
-            info!(
-                "refused {} connections from addresses no shard announced",
-                self.refused_ip_since_tick
-            );
-            self.refused_ip_since_tick = 0;
-        }
         self.expire_handshakes(now);
+        if now >= self.next_refusal_summary {
+            for line in self.stats.refusals.take_summary() {
+                info!("{line}");
+            }
+            self.next_refusal_summary = now + refusals::SUMMARY_EVERY;
+        }
         self.expire_reservations(now);
         if now >= self.next_stats {
             self.log_stats();

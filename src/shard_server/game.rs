@@ -11,6 +11,7 @@
 //! touches a socket, as the thesis's converted shard (§3.6).
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 
 use log::debug;
 
@@ -71,8 +72,15 @@ impl Game {
         self.stats
     }
 
-    /// A player authenticated at a proxy: welcome them.
-    pub fn player_connected(&mut self, module: &mut ProxyModule, socket: u32, name: &str) {
+    /// A player authenticated at a proxy (or directly) from `addr`: welcome
+    /// them, telling them the address the shard saw.
+    pub fn player_connected(
+        &mut self,
+        module: &mut ProxyModule,
+        socket: u32,
+        name: &str,
+        addr: SocketAddr,
+    ) {
         self.next_player_id += 1;
         let id = self.next_player_id;
         let cap = if self.area_players == 0 {
@@ -103,12 +111,13 @@ impl Game {
         ServerMsg::Welcome {
             player_id: id,
             name,
+            addr,
         }
         .encode(&mut self.scratch);
         if module.proxy_send(socket, &self.scratch) {
             self.stats.msgs_out += 1;
         }
-        debug!("player {id} ({name}) joined on socket {socket:#x}");
+        debug!("player {id} ({name}) joined from {addr} on socket {socket:#x}");
     }
 
     /// A player left.

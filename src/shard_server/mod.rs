@@ -412,9 +412,10 @@ impl ShardServer {
         for ev in events.list.drain(..) {
             match ev {
                 ProxyEvent::SocketOpened(opened) => self.socket_opened(opened),
-                ProxyEvent::PlayerConnected { socket } => {
+                ProxyEvent::PlayerConnected { socket, addr } => {
                     let name = self.names.remove(&socket).unwrap_or_default();
-                    self.game.player_connected(&mut self.module, socket, &name);
+                    self.game
+                        .player_connected(&mut self.module, socket, &name, addr);
                 }
                 ProxyEvent::PlayerPacket { socket, start, end } => {
                     self.player_packet(socket, &events.bytes[start..end]);

@@ -45,7 +45,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -228,6 +228,9 @@ pub enum ProxyEvent {
     PlayerConnected {
         /// The socket.
         socket: u32,
+        /// The player's effective address, as its proxy saw it (a direct
+        /// player's: its TCP peer).
+        addr: SocketAddr,
     },
     /// Messages from a player, checked: `bytes[start..end]` of
     /// [`ProxyEvents::bytes`].

@@ -80,5 +80,6 @@ pub fn pseudo_random_bytes(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
+pub mod haproxy;
 pub mod play;
 pub mod system;

@@ -4,7 +4,7 @@
 //! binding: a proxy's public address). Each node stops when dropped, through
 //! its event buffer, as a signal would stop it.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -202,16 +202,26 @@ pub fn login_until(
     shard: &str,
     timeout: Duration,
 ) -> Result<Ticket, ClientError> {
+    login_until_from(None, login, account, shard, timeout)
+}
+
+/// As [`login_until`], from the local address `from` when given (the
+/// address the login server announces to the shard).
+pub fn login_until_from(
+    from: Option<IpAddr>,
+    login: SocketAddr,
+    account: &str,
+    shard: &str,
+    timeout: Duration,
+) -> Result<Ticket, ClientError> {
     let deadline = Instant::now() + timeout;
+    let who = client::Account {
+        name: account,
+        password: account,
+        shard,
+    };
     loop {
-        match client::login(
-            &login.to_string(),
-            None,
-            account,
-            account,
-            shard,
-            Duration::from_secs(5),
-        ) {
+        match client::login_from(from, &login.to_string(), None, &who, Duration::from_secs(5)) {
             Ok(ticket) => return Ok(ticket),
             Err(err) if Instant::now() >= deadline => return Err(err),
             Err(_) => std::thread::sleep(Duration::from_millis(50)),

@@ -445,13 +445,37 @@ impl Harness {
     /// A player connects from `from`: `None` if the proxy refused it at
     /// accept. Its handshake runs at once.
     pub fn connect(&mut self, from: SocketAddr) -> Option<ConnRef> {
+        self.connect_with(from, &[])
+    }
+
+    /// A connection from `from` (a forwarder) that first writes `pieces`
+    /// (a PROXY protocol header, whole or in parts), each read by the proxy
+    /// on its own; then the player's handshake.
+    pub fn connect_with(&mut self, from: SocketAddr, pieces: &[&[u8]]) -> Option<ConnRef> {
+        self.open(from, pieces, true)
+    }
+
+    /// As [`Harness::connect_with`], with no handshake after the pieces
+    /// (a connection that stops sending).
+    pub fn connect_silent(&mut self, from: SocketAddr, pieces: &[&[u8]]) -> Option<ConnRef> {
+        self.open(from, pieces, false)
+    }
+
+    fn open(&mut self, from: SocketAddr, pieces: &[&[u8]], handshake: bool) -> Option<ConnRef> {
         let conn = self.proxy.on_accept(0, from, self.now)?;
+        for piece in pieces {
+            self.proxy.on_read(conn, &mut piece.to_vec(), self.now);
+            self.drive();
+        }
         let mut hello = Vec::new();
         let chan = Channel::initiator(
             Arc::new(KeyPair::generate()),
             Some(self.proxy_key()),
             &mut hello,
         );
+        if !handshake {
+            hello.clear();
+        }
         self.peers.insert(
             conn,
             Peer {
@@ -460,7 +484,8 @@ impl Harness {
                     frames: VecDeque::new(),
                 },
                 in_buf: Vec::new(),
-                closed: false,
+                // Closed already if a piece broke a rule.
+                closed: self.proxy.clients.get(conn).is_none(),
                 to_proxy: hello,
             },
         );
@@ -539,6 +564,7 @@ impl Harness {
         let Ok(Some((
             FProxyMsg::PlayerCryptchan {
                 socket_id: s,
+                addr,
                 state,
             },
             _,
@@ -547,6 +573,7 @@ impl Harness {
             panic!("expected FPROXY_MSG_PLAYER_CRYPTCHAN");
         };
         assert_eq!(s, socket_id);
+        assert_eq!(addr, from, "the shard is told the player's address");
         (conn, socket_id, PushStream::import_state(state))
     }
 
@@ -564,4 +591,5 @@ pub fn msg(bytes: &[u8]) -> FProxyMsg<'_> {
     FProxyMsg::decode(bytes).unwrap().unwrap().0
 }
 
+mod forwarders;
 mod tests;

@@ -13,6 +13,7 @@ use crate::proto::proxy_shard::{
     FProxyMsg, LOGIN_RESULT_BAD_PASSWORD, LOGIN_RESULT_OK, OPENED_SOCKET_DUPLICATE,
     OPENED_SOCKET_FULL, OPENED_SOCKET_OK, TProxyMsg,
 };
+use crate::proxy::refusals::Refusal;
 
 fn encode(msgs: &[ClientMsg<'_>]) -> Vec<u8> {
     let mut out = Vec::new();
@@ -122,7 +123,7 @@ fn admission_runs_on_the_address_before_the_connection_takes_a_slot() {
     let mut h = Harness::new(|_| {});
     assert!(h.connect(player_addr(1)).is_none(), "no shard announced it");
     assert_eq!(h.proxy.clients.in_use(), 0, "refused before taking a slot");
-    assert_eq!(h.proxy.stats().refused_ip, 1);
+    assert_eq!(h.proxy.stats().refusals.total(Refusal::NotAnnounced), 1);
     h.reserve("ann", player_addr(1));
     assert!(h.connect(player_addr(1)).is_some());
     // IPv4-mapped IPv6 is the same address.

@@ -21,7 +21,7 @@
 //! (`direct_proof`, checked by `direct_reservation`), then every frame as the
 //! player's messages (`direct_packet`).
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use log::debug;
@@ -182,7 +182,7 @@ impl ProxyModule {
         let Some(in_buf_size) = self.cfg.direct.as_ref().map(|d| d.in_buf_size) else {
             return;
         };
-        let Some(ip) = pool.get(client).map(|s| s.addr().ip()) else {
+        let Some(addr) = pool.get(client).map(|s| s.addr()) else {
             return;
         };
         // Out of the slot while its frames are handled, as on a proxy link.
@@ -190,7 +190,7 @@ impl ProxyModule {
             return;
         };
         let mut frames = Frames::new(&mut in_buf, data, in_buf_size);
-        let result = self.direct_units(pool, client, ip, &mut frames, now);
+        let result = self.direct_units(pool, client, addr, &mut frames, now);
         drop(frames);
         pool.end_read(client, in_buf);
         if let Err(err) = result {
@@ -204,7 +204,7 @@ impl ProxyModule {
         &mut self,
         pool: &mut Pool<S>,
         client: ConnRef,
-        ip: IpAddr,
+        addr: SocketAddr,
         frames: &mut Frames<'_>,
         now: Instant,
     ) -> Result<(), DirectError> {
@@ -229,7 +229,7 @@ impl ProxyModule {
                 None if now >= deadline => {
                     return Err(DirectError::Proof("it came after the handshake deadline"));
                 }
-                None => self.direct_proof(pool, client, ip, frame, now)?,
+                None => self.direct_proof(pool, client, addr, frame, now)?,
             }
         }
     }
@@ -263,13 +263,13 @@ impl ProxyModule {
         &mut self,
         pool: &mut Pool<S>,
         client: ConnRef,
-        ip: IpAddr,
+        addr: SocketAddr,
         frame: &[u8],
         now: Instant,
     ) -> Result<(), DirectError> {
         let proof =
             AuthProof::decode_frame(frame).map_err(|_| DirectError::Proof("not an auth proof"))?;
-        let index = self.direct_reservation(&proof, ip, now)?;
+        let index = self.direct_reservation(&proof, addr.ip(), now)?;
         let Some(conn) = pool.get_mut(client).and_then(|s| s.session.direct_conn()) else {
             return Ok(());
         };
@@ -282,7 +282,7 @@ impl ProxyModule {
         conn.socket = Some(socket);
         self.events
             .list
-            .push(ProxyEvent::PlayerConnected { socket });
+            .push(ProxyEvent::PlayerConnected { socket, addr });
         Ok(())
     }
 

@@ -23,6 +23,7 @@
 //! or that comes out of order, is dropped and counted (`stats.foreign`): a
 //! proxy may speak only for its own players.
 
+use std::net::SocketAddr;
 use std::time::Instant;
 
 use log::{debug, info, warn};
@@ -134,8 +135,15 @@ impl ProxyModule {
                 self.on_opened_socket_result(pool, proxy, socket_id, result);
                 Ok(())
             }
-            (FProxyMsg::PlayerCryptchan { socket_id, state }, _) => {
-                self.on_player_cryptchan(proxy, socket_id, state);
+            (
+                FProxyMsg::PlayerCryptchan {
+                    socket_id,
+                    addr,
+                    state,
+                },
+                _,
+            ) => {
+                self.on_player_cryptchan(proxy, socket_id, addr, state);
                 Ok(())
             }
             (FProxyMsg::PlayerPacket { socket_id, data }, _) => {
@@ -246,7 +254,13 @@ impl ProxyModule {
     /// `FPROXY_MSG_PLAYER_CRYPTCHAN`: the player passed the proxy's auth
     /// proof; the proxy hands over the push half of the player's stream, with
     /// which the shard encrypts everything it sends the player from now on.
-    fn on_player_cryptchan(&mut self, proxy: ConnRef, socket: u32, state: &[u8; STATE_BYTES]) {
+    fn on_player_cryptchan(
+        &mut self,
+        proxy: ConnRef,
+        socket: u32,
+        addr: SocketAddr,
+        state: &[u8; STATE_BYTES],
+    ) {
         let Some(index) = self.own_socket(proxy, socket) else {
             return;
         };
@@ -259,7 +273,7 @@ impl ProxyModule {
         };
         self.events
             .list
-            .push(ProxyEvent::PlayerConnected { socket });
+            .push(ProxyEvent::PlayerConnected { socket, addr });
     }
 
     /// `FPROXY_MSG_PLAYER_PACKET`: a player's messages, through the same size
