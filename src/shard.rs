@@ -34,6 +34,11 @@ use crate::conn::{DisconnectReason, Pool, Session, Target};
 /// is the retry period).
 pub const SLOTS_PER_LINK: usize = 2;
 
+/// While a shard stays unreachable, how often its link logs a summary
+/// (the first failed attempt is a warning of its own; the others are
+/// `debug` lines): 1,440 lines a day instead of one per attempt.
+pub const UNREACHABLE_SUMMARY_EVERY: Duration = Duration::from_secs(60);
+
 /// Where one `shards.cfg` line's link is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum LinkState {
@@ -53,6 +58,17 @@ struct Link {
     attempts: u64,
     /// Connections made so far.
     connections: u32,
+    /// While attempts fail one after another: since when, how many, and
+    /// when the next summary line is due.
+    failing: Option<Failing>,
+}
+
+/// A run of failed connect attempts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Failing {
+    since: Instant,
+    attempts: u64,
+    next_summary: Instant,
 }
 
 /// The links to every shard of `shards.cfg`, and when to try again.
@@ -73,6 +89,7 @@ impl ShardLinks {
                     state: LinkState::Waiting { next_attempt: now },
                     attempts: 0,
                     connections: 0,
+                    failing: None,
                 })
                 .collect(),
             retry,
@@ -142,12 +159,20 @@ impl ShardLinks {
         let i = self.find(conn)?;
         let link = &mut self.links[i];
         link.connections += 1;
-        info!(
-            "shard {}: connected (attempt {}, connection {})",
-            link.entry.addr(),
-            link.attempts,
-            link.connections
-        );
+        match link.failing.take() {
+            Some(f) => info!(
+                "shard {}: connected (connection {}) after {} failed attempt(s)",
+                link.entry.addr(),
+                link.connections,
+                f.attempts
+            ),
+            None => info!(
+                "shard {}: connected (attempt {}, connection {})",
+                link.entry.addr(),
+                link.attempts,
+                link.connections
+            ),
+        }
         link.state = LinkState::Up { conn };
         Some(&link.entry)
     }
@@ -166,10 +191,7 @@ impl ShardLinks {
         let addr = link.entry.addr();
         link.state = match link.state {
             LinkState::Connecting { started, .. } => {
-                info!(
-                    "shard {addr}: connect attempt {} failed: {reason}; retrying in {retry:?}",
-                    link.attempts
-                );
+                Self::log_failure(&mut link.failing, &addr, reason, retry, now);
                 LinkState::Waiting {
                     next_attempt: (started + retry).max(now),
                 }
@@ -185,6 +207,30 @@ impl ShardLinks {
             }
         };
         Some(&link.entry)
+    }
+
+    /// A failed attempt, logged as an operator wants it: the first of a run
+    /// is a warning, the next ones `debug` lines, and a warning summarizes
+    /// the run every [`UNREACHABLE_SUMMARY_EVERY`].
+    fn log_failure(
+        failing: &mut Option<Failing>,
+        addr: &str,
+        reason: &DisconnectReason,
+        retry: Duration,
+        now: Instant,
+    ) {
+        match note_failure(failing, now) {
+            FailureLine::First => warn!(
+                "shard {addr}: cannot connect: {reason}; retrying every {retry:?} \
+                 (a summary every {}s while it fails)",
+                UNREACHABLE_SUMMARY_EVERY.as_secs()
+            ),
+            FailureLine::Summary { attempts, secs } => warn!(
+                "shard {addr}: still unreachable after {attempts} attempts in {secs}s \
+                 (last: {reason})"
+            ),
+            FailureLine::Quiet => debug!("shard {addr}: connect attempt failed: {reason}"),
+        }
     }
 
     /// The entry of the link `conn` is (connecting or up).
@@ -205,6 +251,38 @@ impl ShardLinks {
             LinkState::Up { conn } => Some(conn),
             _ => None,
         })
+    }
+}
+
+/// Which line a failed attempt gets.
+#[derive(Debug, PartialEq, Eq)]
+enum FailureLine {
+    /// The first of a run.
+    First,
+    /// A summary of the run so far.
+    Summary { attempts: u64, secs: u64 },
+    /// Nothing above `debug`.
+    Quiet,
+}
+
+/// Counts a failed attempt into the run, and says which line it gets.
+fn note_failure(failing: &mut Option<Failing>, now: Instant) -> FailureLine {
+    let Some(f) = failing else {
+        *failing = Some(Failing {
+            since: now,
+            attempts: 1,
+            next_summary: now + UNREACHABLE_SUMMARY_EVERY,
+        });
+        return FailureLine::First;
+    };
+    f.attempts += 1;
+    if now < f.next_summary {
+        return FailureLine::Quiet;
+    }
+    f.next_summary = now + UNREACHABLE_SUMMARY_EVERY;
+    FailureLine::Summary {
+        attempts: f.attempts,
+        secs: (now - f.since).as_secs(),
     }
 }
 
@@ -279,5 +357,43 @@ mod tests {
         }
         assert_eq!(links.next_timer(), Some(t3 + retry));
         assert_eq!(links.up().count(), 0);
+    }
+
+    #[test]
+    fn an_unreachable_shard_warns_once_then_summarizes_once_a_minute() {
+        let t0 = Instant::now();
+        let mut failing = None;
+        let lines: Vec<FailureLine> = (0..61u64)
+            .map(|i| note_failure(&mut failing, t0 + Duration::from_secs(2 * i)))
+            .collect();
+        assert_eq!(lines[0], FailureLine::First);
+        let summaries: Vec<(usize, &FailureLine)> = lines
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| matches!(l, FailureLine::Summary { .. }))
+            .collect();
+        assert_eq!(
+            summaries,
+            [
+                (
+                    30,
+                    &FailureLine::Summary {
+                        attempts: 31,
+                        secs: 60
+                    }
+                ),
+                (
+                    60,
+                    &FailureLine::Summary {
+                        attempts: 61,
+                        secs: 120
+                    }
+                ),
+            ]
+        );
+        assert_eq!(
+            lines.iter().filter(|l| **l == FailureLine::Quiet).count(),
+            58
+        );
     }
 }

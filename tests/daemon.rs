@@ -63,6 +63,11 @@ struct Daemon {
 
 impl Daemon {
     fn start(config: &Path, shards: &Path) -> Daemon {
+        Daemon::start_logging(config, shards, "info")
+    }
+
+    /// As [`Daemon::start`], with `RUST_LOG` set to `filter`.
+    fn start_logging(config: &Path, shards: &Path, filter: &str) -> Daemon {
         let mut child = Command::new(BIN)
             .args([
                 "--config",
@@ -70,7 +75,7 @@ impl Daemon {
                 "--shards",
                 shards.to_str().unwrap(),
             ])
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", filter)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -310,18 +315,24 @@ fn help_version_and_bad_usage() {
 fn with_no_shard_listening_it_retries_every_two_seconds_and_exits_0_on_sigterm() {
     let dir = scratch_dir("no_shard_sigterm");
     let (config, shards) = write_configs(&dir, free_port(), "");
-    let mut daemon = Daemon::start(&config, &shards);
+    // Each attempt is a debug line of the shard module's.
+    let filter = "info,muta_proxy::shard=debug";
+    let mut daemon = Daemon::start_logging(&config, &shards, filter);
     // A client connected when the signal comes sees a clean close.
     let client = TcpStream::connect(daemon.client_addr()).unwrap();
     assert!(
         wait_until(Duration::from_secs(8), || daemon
-            .lines_matching("connect attempt")
+            .lines_matching("connecting (attempt")
             .len()
             >= 3),
         "fewer than 3 connect attempts in 8 s:\n{}",
         daemon.log()
     );
-    let attempts = daemon.lines_matching("connect attempt");
+    // The first failure is a warning, the next ones are not.
+    let warnings = daemon.lines_matching("cannot connect");
+    assert_eq!(warnings.len(), 1, "{}", daemon.log());
+    assert!(warnings[0].1.contains("WARN"), "{}", daemon.log());
+    let attempts = daemon.lines_matching("connecting (attempt");
     for pair in attempts.windows(2) {
         let gap = pair[1].0 - pair[0].0;
         assert!(

@@ -164,6 +164,33 @@ fn a_wrong_token_and_a_replayed_token_are_refused() {
 }
 
 #[test]
+fn a_second_login_of_an_account_in_game_replaces_the_first_session() {
+    let sys = System::start(1);
+    let mut first = play(&sys.ticket("gina"), "gina", "shard-1");
+    echo(&mut first, 0);
+    // The same account logs in again while playing: the newer session gets
+    // in, the older is disconnected (never both in game).
+    let mut second = play(&sys.ticket("gina"), "gina", "shard-1");
+    assert!(
+        first.closed_within(T),
+        "the older session was not disconnected"
+    );
+    echo(&mut second, 1);
+    // A login waiting for its player is replaced the same way: the older
+    // ticket no longer gets in.
+    let stale = sys.ticket("gina");
+    let fresh = sys.ticket("gina");
+    assert!(
+        second.closed_within(T),
+        "the playing session was not replaced"
+    );
+    let mut late = client::enter(&stale, "gina", "shard-1", T).unwrap();
+    assert!(late.closed_within(T), "a replaced ticket was accepted");
+    let mut conn = play(&fresh, "gina", "shard-1");
+    echo(&mut conn, 2);
+}
+
+#[test]
 fn an_address_no_shard_announced_is_refused_at_once() {
     let sys = System::start(1);
     let ticket = sys.ticket("ivan");

@@ -317,11 +317,22 @@ impl Channel {
             .expect("length checked"))
     }
 
+    /// Refuses a handshake message by its first byte, before the rest of it
+    /// arrives: a peer that does not speak the protocol is closed at once,
+    /// not held until the handshake deadline.
+    fn check_type(input: &[u8], expected: u8) -> Result<(), ChannelError> {
+        match input.first() {
+            Some(&t) if t != expected => Err(ProtoError::UnknownType(t).into()),
+            _ => Ok(()),
+        }
+    }
+
     fn acceptor_key<'a>(
         &mut self,
         input: &'a mut [u8],
         out: &mut Vec<u8>,
     ) -> Result<Step<'a>, ChannelError> {
+        Self::check_type(input, MSG_PUB_KEY)?;
         if input.len() < PUB_KEY_MSG_BYTES {
             return Ok(Step::NeedMore);
         }
@@ -340,6 +351,7 @@ impl Channel {
     }
 
     fn acceptor_header<'a>(&mut self, input: &'a mut [u8]) -> Result<Step<'a>, ChannelError> {
+        Self::check_type(input, MSG_STREAM_HEADER)?;
         if input.len() < STREAM_HEADER_MSG_BYTES {
             return Ok(Step::NeedMore);
         }
@@ -364,13 +376,8 @@ impl Channel {
         out: &mut Vec<u8>,
     ) -> Result<Step<'a>, ChannelError> {
         let needed = PUB_KEY_MSG_BYTES + STREAM_HEADER_MSG_BYTES;
+        Self::check_type(input, MSG_PUB_KEY)?;
         if input.len() < needed {
-            // Reject a wrong first byte early rather than wait for 58 bytes.
-            if let Some(&t) = input.first()
-                && t != MSG_PUB_KEY
-            {
-                return Err(ProtoError::UnknownType(t).into());
-            }
             return Ok(Step::NeedMore);
         }
         let peer = Self::read_key(input)?;

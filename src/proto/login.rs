@@ -58,7 +58,9 @@ pub const RESULT_BAD_CREDENTIALS: u8 = 1;
 pub const RESULT_NO_SHARD: u8 = 2;
 /// Result: the shard has no proxy that can take the player.
 pub const RESULT_NO_PROXY: u8 = 3;
-/// Result: the request was malformed or came at the wrong time.
+/// Result: refused. Sent only in place of a success that came without its
+/// ticket, which the reference shard never answers; a request out of order
+/// is not answered but closes the connection (`docs/protocol.md` §5.1).
 pub const RESULT_REFUSED: u8 = 4;
 
 /// Where a player should connect: the proxy's public address and key.

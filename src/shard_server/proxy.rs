@@ -318,8 +318,10 @@ pub struct ProxyModule {
     free: Vec<u32>,
     /// Sockets with pending plaintext (or overflow), handled at the next flush.
     dirty: Vec<u32>,
-    /// Open sockets by (account, login session), for `proxy_cancel_socket`.
-    by_session: HashMap<(u64, u32), u32>,
+    /// The open socket of each account: at most one, as a newer login
+    /// replaces an older socket, whatever its state (an account is never in
+    /// game twice). Also finds the socket `proxy_cancel_socket` names.
+    by_account: HashMap<u64, u32>,
     /// Proxies that are logged in, for picking the least loaded.
     proxies: Vec<ConnRef>,
     /// Events for the host, taken with [`ProxyModule::take_events`].
@@ -356,7 +358,7 @@ impl ProxyModule {
             sockets: Vec::new(),
             free: Vec::new(),
             dirty: Vec::new(),
-            by_session: HashMap::new(),
+            by_account: HashMap::new(),
             proxies: Vec::new(),
             events: ProxyEvents::default(),
             direct_by_account: HashMap::new(),
@@ -426,10 +428,7 @@ impl ProxyModule {
         let proxy = self
             .least_loaded_proxy(pool)
             .ok_or(NewSocketError::NoProxy)?;
-        // A newer login of the same session replaces an older socket.
-        if let Some(&old) = self.by_session.get(&(account_id, login_session_id)) {
-            self.close(pool, old, true, "replaced by a newer login");
-        }
+        self.replace_older_socket(pool, account_id);
         let index = self.take_slot();
         let msg = TProxyMsg::OpenedSocket {
             socket_id: self.handle(index),
@@ -489,7 +488,18 @@ impl ProxyModule {
         slot.carrier = carrier;
         (slot.account_id, slot.login_session_id) = login;
         slot.deadline = Instant::now() + self.cfg.connect_timeout;
-        self.by_session.insert(login, index);
+        self.by_account.insert(login.0, index);
+    }
+
+    /// A newer login of an account replaces its older socket, reserved or
+    /// playing: the older player is disconnected (its proxy told with
+    /// `TPROXY_MSG_CLOSED_SOCKET`), so one account is never in game twice
+    /// (port decision, as TFS's `replaceKickOnLogin`; `docs/protocol.md` §5).
+    fn replace_older_socket<S: ProxySessions>(&mut self, pool: &mut Pool<S>, account_id: u64) {
+        if let Some(&old) = self.by_account.get(&account_id) {
+            info!("account {account_id}: a newer login replaces the older session");
+            self.close(pool, old, true, "replaced by a newer login of the account");
+        }
     }
 
     /// Forgets a player who has not connected yet (thesis
@@ -500,7 +510,8 @@ impl ProxyModule {
         account_id: u64,
         login_session_id: u32,
     ) {
-        if let Some(&index) = self.by_session.get(&(account_id, login_session_id))
+        if let Some(&index) = self.by_account.get(&account_id)
+            && self.sockets[index as usize].login_session_id == login_session_id
             && matches!(
                 self.sockets[index as usize].state,
                 SocketState::Opening | SocketState::Reserved(_)
@@ -573,9 +584,8 @@ impl ProxyModule {
             }
             SocketState::Connected { .. } => ProxyEvent::PlayerDisconnected { socket, reason },
         };
-        let login = (slot.account_id, slot.login_session_id);
-        if self.by_session.get(&login) == Some(&index) {
-            self.by_session.remove(&login);
+        if self.by_account.get(&slot.account_id) == Some(&index) {
+            self.by_account.remove(&slot.account_id);
         }
         slot.pending.clear();
         slot.cuts.clear();

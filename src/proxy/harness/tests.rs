@@ -425,3 +425,19 @@ fn a_shard_that_never_answers_is_tried_every_retry_period_even_when_the_timeout_
     h.advance(Duration::from_millis(2000));
     assert!(h.link(0).is_some());
 }
+
+#[test]
+fn a_first_byte_that_cannot_begin_a_handshake_closes_the_connection_at_once() {
+    let mut h = Harness::new(|_| {});
+    h.reserve("nobody", player_addr(30));
+    let start = h.now;
+    // One byte, not PUB_KEY: closed on this read, not at the deadline.
+    for first in [0u8, 2, b'G', 0xFF] {
+        let conn = h.connect_silent(player_addr(30), &[&[first]]).unwrap();
+        assert!(h.is_closed(conn), "first byte {first:#x}: still open");
+    }
+    assert_eq!(h.now, start, "no time passed");
+    // A right first byte alone waits for the rest.
+    let conn = h.connect_silent(player_addr(30), &[&[1]]).unwrap();
+    assert!(!h.is_closed(conn));
+}

@@ -119,11 +119,9 @@ impl ProxyModule {
         ip: IpAddr,
         token: &[u8; TOKEN_BYTES],
     ) -> u32 {
-        // A newer login replaces an older socket of the same session or
-        // account still waiting for its player.
-        if let Some(&old) = self.by_session.get(&(account_id, login_session_id)) {
-            self.close(pool, old, true, "replaced by a newer login");
-        }
+        // A newer login replaces the account's older socket, and an older
+        // reservation under the same name.
+        self.replace_older_socket(pool, account_id);
         if let Some(&old) = self.direct_by_account.get(account_name) {
             self.close(pool, old, true, "replaced by a newer login");
         }
