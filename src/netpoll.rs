@@ -233,6 +233,27 @@ impl Netpoll {
     }
 }
 
+/// `EINPROGRESS` on Linux, the platform the daemon targets: a non-blocking
+/// `connect` that has started (mio's own check uses `libc`'s constant).
+const EINPROGRESS: i32 = 115;
+
+/// A non-blocking connect to `addr` from the local address `from` (port
+/// chosen by the kernel), ready for [`Netpoll::add`]: the first writable event
+/// says it finished. The load client's and the attack tool's, to give each
+/// player an address of its own in 127.0.0.0/8.
+pub fn connect_from(from: std::net::IpAddr, addr: SocketAddr) -> io::Result<mio::net::TcpStream> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&SocketAddr::new(from, 0).into())?;
+    match socket.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(err) if err.raw_os_error() == Some(EINPROGRESS) => {}
+        Err(err) => return Err(err),
+    }
+    Ok(mio::net::TcpStream::from_std(socket.into()))
+}
+
 /// Binds a non-blocking listening socket with `SO_REUSEADDR` and the given
 /// backlog (the socket2 recipe), ready for [`Netpoll::add`].
 pub fn listen(addr: SocketAddr, backlog: u32) -> io::Result<mio::net::TcpListener> {

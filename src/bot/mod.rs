@@ -42,7 +42,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::ffi::OsString;
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
@@ -92,6 +92,10 @@ pub struct BotCfg {
     pub progress: bool,
     /// A connection storm: log every bot in first, then connect all at once.
     pub storm: bool,
+    /// Local addresses the bots connect from, one each in turn (empty: the
+    /// kernel's choice): players of their own addresses, for per-address
+    /// limits and forwarders.
+    pub bind_ips: Vec<IpAddr>,
 }
 
 impl Default for BotCfg {
@@ -112,6 +116,7 @@ impl Default for BotCfg {
             connect_timeout: Duration::from_secs(20),
             progress: false,
             storm: false,
+            bind_ips: Vec::new(),
         }
     }
 }
@@ -142,6 +147,9 @@ pub struct BotReport {
     pub received: u64,
     /// Bots that failed.
     pub errors: u32,
+    /// Echoes sent and never received: outstanding when their bot failed,
+    /// or skipped over (not part of the JSON contract's first keys).
+    pub lost: u64,
     /// Echo round trips.
     pub latency_us: Latency,
     /// Echoes the latency figures cover (all, or those sent after the mark;
@@ -170,7 +178,7 @@ impl BotReport {
         };
         format!(
             "{{\"clients\":{},\"authenticated\":{},\"sent\":{},\"received\":{},\"errors\":{},\
-             \"latency_us\":{{\"p50\":{},\"p99\":{},\"p999\":{},\"max\":{}}}{storm}}}",
+             \"latency_us\":{{\"p50\":{},\"p99\":{},\"p999\":{},\"max\":{}}},\"lost\":{}{storm}}}",
             self.clients,
             self.authenticated,
             self.sent,
@@ -179,7 +187,8 @@ impl BotReport {
             self.latency_us.p50,
             self.latency_us.p99,
             self.latency_us.p999,
-            self.latency_us.max
+            self.latency_us.max,
+            self.lost
         )
     }
 
@@ -201,8 +210,13 @@ struct Live {
     sent: AtomicU64,
     received: AtomicU64,
     errors: AtomicU64,
-    /// Round trips by log bucket, for a live p99 (the report uses exact samples).
+    lost: AtomicU64,
+    /// Round trips by log bucket, for live percentiles (the report uses
+    /// exact samples).
     buckets: Vec<AtomicU64>,
+    /// Set by SIGUSR2: end the current window (print its line), start the
+    /// next.
+    window: Arc<AtomicBool>,
     /// Set by SIGINT/SIGTERM: stop sending, drain, report.
     stop: Arc<AtomicBool>,
     /// Set by SIGUSR1: latency counts from now on.
@@ -221,34 +235,59 @@ struct Live {
 /// length.
 const IN_BUF_MAX: usize = 70 * 1024;
 
-/// Buckets of the live histogram: 4 per power of two of microseconds.
-const BUCKETS: usize = 4 * 40;
+/// The live histogram has 2^SUB_BITS buckets per power of two of
+/// microseconds: a value is known within 1/16 (6 %).
+const SUB_BITS: usize = 4;
+const SUBS: usize = 1 << SUB_BITS;
+/// Buckets of the live histogram, up to 2^40 µs.
+const BUCKETS: usize = SUBS * 40;
 
 fn bucket_of(us: u64) -> usize {
     let us = us.max(1);
     let e = 63 - us.leading_zeros() as usize;
-    let sub = if e >= 2 {
-        (us >> (e - 2)) as usize & 3
+    // The SUB_BITS bits below the leading one (fewer for small values).
+    let sub = if e >= SUB_BITS {
+        (us >> (e - SUB_BITS)) as usize & (SUBS - 1)
     } else {
-        0
+        (us << (SUB_BITS - e)) as usize & (SUBS - 1)
     };
-    (e * 4 + sub).min(BUCKETS - 1)
+    (e * SUBS + sub).min(BUCKETS - 1)
 }
 
 /// The largest value of a bucket.
 fn bucket_top(i: usize) -> u64 {
-    let (e, sub) = (i / 4, i % 4 + 1);
-    if e >= 2 {
-        ((4 + sub as u64) << (e - 2)) - 1
+    let (e, sub) = (i / SUBS, (i % SUBS) as u64);
+    if e >= SUB_BITS {
+        ((SUBS as u64 + sub + 1) << (e - SUB_BITS)) - 1
     } else {
-        (2 << e) - 1
+        (SUBS as u64 + sub) >> (SUB_BITS - e)
     }
 }
 
+/// The `q` quantile of a histogram's counts, as its bucket's top (0 if
+/// empty).
+fn quantile(counts: &[u64], q: f64) -> u64 {
+    let total: u64 = counts.iter().sum();
+    if total == 0 {
+        return 0;
+    }
+    let want = ((total as f64) * q).ceil().max(1.0) as u64;
+    let mut seen = 0;
+    for (i, n) in counts.iter().enumerate() {
+        seen += n;
+        if seen >= want {
+            return bucket_top(i);
+        }
+    }
+    bucket_top(BUCKETS - 1)
+}
+
 impl Live {
-    fn new(stop: Arc<AtomicBool>, mark: Arc<AtomicBool>) -> Live {
+    fn new(stop: Arc<AtomicBool>, mark: Arc<AtomicBool>, window: Arc<AtomicBool>) -> Live {
         Live {
             mark,
+            window,
+            lost: AtomicU64::new(0),
             measure_from_us: AtomicU64::new(0),
             authenticated: AtomicU64::new(0),
             sent: AtomicU64::new(0),
@@ -261,9 +300,9 @@ impl Live {
         }
     }
 
-    /// The p99 of the samples recorded since `last` (bucket counts then),
-    /// which it updates.
-    fn p99_since(&self, last: &mut [u64]) -> u64 {
+    /// The bucket counts recorded since `last` (the counts then), which it
+    /// updates.
+    fn counts_since(&self, last: &mut [u64]) -> Vec<u64> {
         let now: Vec<u64> = self
             .buckets
             .iter()
@@ -271,18 +310,17 @@ impl Live {
             .collect();
         let delta: Vec<u64> = now.iter().zip(last.iter()).map(|(n, l)| n - l).collect();
         last.copy_from_slice(&now);
-        let total: u64 = delta.iter().sum();
-        if total == 0 {
-            return 0;
-        }
-        let mut seen = 0;
-        for (i, n) in delta.iter().enumerate() {
-            seen += n;
-            if seen * 100 >= total * 99 {
-                return bucket_top(i);
-            }
-        }
-        0
+        delta
+    }
+
+    /// The p99 of the samples recorded since `last`, which it updates.
+    fn p99_since(&self, last: &mut [u64]) -> u64 {
+        quantile(&self.counts_since(last), 0.99)
+    }
+
+    /// The counters a window line differences: sent, received, errors, lost.
+    fn counters(&self) -> [u64; 4] {
+        [&self.sent, &self.received, &self.errors, &self.lost].map(|c| c.load(Ordering::Relaxed))
     }
 }
 
@@ -299,8 +337,19 @@ pub fn run_until(cfg: &BotCfg, stop: Arc<AtomicBool>) -> BotReport {
 /// As [`run_until`]; setting `mark` starts the latency measurement: echoes
 /// sent before it are left out of the percentiles.
 pub fn run_marked(cfg: &BotCfg, stop: Arc<AtomicBool>, mark: Arc<AtomicBool>) -> BotReport {
+    run_windowed(cfg, stop, mark, Arc::new(AtomicBool::new(false)))
+}
+
+/// As [`run_marked`]; each time `window` is set, a window line is printed
+/// on stderr: what happened since the last one (`docs/attack.md`).
+pub fn run_windowed(
+    cfg: &BotCfg,
+    stop: Arc<AtomicBool>,
+    mark: Arc<AtomicBool>,
+    window: Arc<AtomicBool>,
+) -> BotReport {
     crate::cryptchan::init().expect("libsodium");
-    let live = Arc::new(Live::new(stop, mark));
+    let live = Arc::new(Live::new(stop, mark, window));
     let epoch = Instant::now();
     let threads = cfg.threads.clamp(1, 64).min(cfg.clients.max(1) as usize);
     let handles: Vec<_> = (0..threads)
@@ -319,6 +368,7 @@ pub fn run_marked(cfg: &BotCfg, stop: Arc<AtomicBool>, mark: Arc<AtomicBool>) ->
     let progress = cfg
         .progress
         .then(|| Progress::start(live.clone(), cfg.clients, epoch));
+    let windows = Progress::windows(live.clone(), epoch);
     let results: Vec<WorkerResult> = handles
         .into_iter()
         .map(|h| h.join().expect("bot worker panicked"))
@@ -326,6 +376,7 @@ pub fn run_marked(cfg: &BotCfg, stop: Arc<AtomicBool>, mark: Arc<AtomicBool>) ->
     if let Some(progress) = progress {
         progress.stop();
     }
+    windows.stop();
     let mut report = BotReport::from_workers(cfg.clients, results);
     let go_us = live.go_us.load(Ordering::Relaxed);
     if cfg.storm && go_us > 0 {
@@ -369,6 +420,46 @@ impl Progress {
         Progress { stop, thread }
     }
 
+    /// The thread that prints a window line each time `live.window` is
+    /// set: echoes received since the last line and their p50 and p99 (from
+    /// the live histogram, within 6 %), and the counters' increase:
+    ///
+    /// ```text
+    /// {"window":K,"t_ms":..,"echoes":N,"p50_us":..,"p99_us":..,"sent":..,"received":..,"errors":..,"lost":..}
+    /// ```
+    fn windows(live: Arc<Live>, epoch: Instant) -> Progress {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = thread::spawn(move || {
+            let mut last_buckets = vec![0u64; BUCKETS];
+            let mut last = live.counters();
+            let mut k = 0u64;
+            while !stopping.load(Ordering::Relaxed) {
+                thread::sleep(Duration::from_millis(10));
+                if !live.window.swap(false, Ordering::AcqRel) {
+                    continue;
+                }
+                let counts = live.counts_since(&mut last_buckets);
+                let now = live.counters();
+                let d: Vec<u64> = now.iter().zip(last).map(|(n, l)| n - l).collect();
+                eprintln!(
+                    "{{\"window\":{k},\"t_ms\":{},\"echoes\":{},\"p50_us\":{},\"p99_us\":{},\"sent\":{},\"received\":{},\"errors\":{},\"lost\":{}}}",
+                    epoch.elapsed().as_millis(),
+                    counts.iter().sum::<u64>(),
+                    quantile(&counts, 0.50),
+                    quantile(&counts, 0.99),
+                    d[0],
+                    d[1],
+                    d[2],
+                    d[3]
+                );
+                last = now;
+                k += 1;
+            }
+        });
+        Progress { stop, thread }
+    }
+
     fn stop(self) {
         self.stop.store(true, Ordering::Relaxed);
         let _ = self.thread.join();
@@ -392,6 +483,7 @@ impl BotReport {
             report.sent += r.sent;
             report.received += r.received;
             report.errors += r.errors;
+            report.lost += r.lost;
             report.broadcasts += r.broadcasts;
             samples.extend_from_slice(&r.samples);
             for (why, n) in r.failures {
@@ -458,6 +550,8 @@ struct Bot {
     started: Instant,
     playing_since: Instant,
     deadline: Instant,
+    /// The local address it connects from, if it has its own.
+    bind: Option<IpAddr>,
 }
 
 struct WorkerResult {
@@ -467,6 +561,7 @@ struct WorkerResult {
     sent: u64,
     received: u64,
     errors: u32,
+    lost: u64,
     broadcasts: u64,
     samples: Vec<u32>,
     failures: HashMap<String, u32>,
@@ -521,6 +616,8 @@ impl Worker {
                     started: start,
                     playing_since: start,
                     deadline: start + cfg.connect_timeout,
+                    bind: (!cfg.bind_ips.is_empty())
+                        .then(|| cfg.bind_ips[i as usize % cfg.bind_ips.len()]),
                 }
             })
             .collect();
@@ -544,6 +641,7 @@ impl Worker {
                 sent: 0,
                 received: 0,
                 errors: 0,
+                lost: 0,
                 broadcasts: 0,
                 samples: Vec::new(),
                 failures: HashMap::new(),
@@ -696,6 +794,12 @@ impl Worker {
             // It will never hold a ticket: the storm must not wait for it.
             self.live.ticketed.fetch_add(1, Ordering::AcqRel);
         }
+        if matches!(bot.phase, Phase::Playing | Phase::Draining) {
+            // Its echoes in flight will never come back.
+            let lost = u64::from(bot.next_seq - bot.next_expect);
+            self.result.lost += lost;
+            self.live.lost.fetch_add(lost, Ordering::Relaxed);
+        }
         bot.phase = Phase::Failed;
         if let Some(stream) = bot.stream.take() {
             let _ = self.np.del(&stream);
@@ -718,9 +822,12 @@ impl Worker {
     }
 
     fn connect(&mut self, b: u32, addr: SocketAddr, expected: Option<PublicKey>) -> bool {
-        let stream = match TcpStream::connect(addr) {
-            Ok(s) => s,
-            Err(_) => return false,
+        let opened = match self.bots[b as usize].bind {
+            Some(from) => crate::netpoll::connect_from(from, addr),
+            None => TcpStream::connect(addr),
+        };
+        let Ok(stream) = opened else {
+            return false;
         };
         let _ = stream.set_nodelay(true);
         if self
@@ -1131,11 +1238,16 @@ Options:
   --progress             print a JSON progress line per second on stderr
   --storm                a connection storm: log every bot in first, then
                          connect all at once; the report adds handshakes/s
+  --bind-ips FIRST-LAST  connect bot K from the K-th address of this IPv4
+                         range (in turn), to the login server and the proxy:
+                         players with addresses of their own (127.0.0.0/8)
   --json                 print the report as one JSON line (the contract)
   -h, --help             print this help
 
 Signals: SIGINT or SIGTERM stops sending (the bots drain and report); SIGUSR1
-starts the latency measurement (echoes sent before it are left out).
+starts the latency measurement (echoes sent before it are left out); SIGUSR2
+prints a window line on stderr (echoes since the last one, their p50 and p99,
+errors and lost echoes) and starts the next window.
 
 Exit status: 0 if every bot was welcomed and got every echo back, 1 otherwise.
 ";
@@ -1174,6 +1286,7 @@ fn parse_args<I: IntoIterator<Item = OsString>>(args: I) -> Result<Option<(BotCf
             "--threads" => cfg.threads = args.parse(&flag)?,
             "--progress" => cfg.progress = true,
             "--storm" => cfg.storm = true,
+            "--bind-ips" => cfg.bind_ips = parse_ip_range(&args.value(&flag)?)?,
             "--json" => json = true,
             "-h" | "--help" => return Ok(None),
             other => return Err(format!("unknown argument `{other}`")),
@@ -1189,6 +1302,22 @@ fn parse_args<I: IntoIterator<Item = OsString>>(args: I) -> Result<Option<(BotCf
         ));
     }
     Ok(Some((cfg, json)))
+}
+
+/// `FIRST-LAST`, an inclusive range of IPv4 addresses (at most 65,536), or
+/// one address.
+fn parse_ip_range(text: &str) -> Result<Vec<IpAddr>, String> {
+    let bad = || format!("--bind-ips: expected FIRST-LAST (IPv4), found `{text}`");
+    let (first, last) = text.split_once('-').unwrap_or((text, text));
+    let first: std::net::Ipv4Addr = first.parse().map_err(|_| bad())?;
+    let last: std::net::Ipv4Addr = last.parse().map_err(|_| bad())?;
+    let (a, b) = (u32::from(first), u32::from(last));
+    if b < a || b - a >= 65_536 {
+        return Err(bad());
+    }
+    Ok((a..=b)
+        .map(|n| IpAddr::from(std::net::Ipv4Addr::from(n)))
+        .collect())
 }
 
 /// `muta-bot`'s `main`.
@@ -1214,7 +1343,11 @@ pub fn main_with_args<I: IntoIterator<Item = OsString>>(args: I) -> i32 {
     if let Err(err) = signal_hook::flag::register(signal_hook::consts::SIGUSR1, mark.clone()) {
         eprintln!("muta-bot: cannot handle SIGUSR1: {err}");
     }
-    let report = run_marked(&cfg, stop, mark);
+    let window = Arc::new(AtomicBool::new(false));
+    if let Err(err) = signal_hook::flag::register(signal_hook::consts::SIGUSR2, window.clone()) {
+        eprintln!("muta-bot: cannot handle SIGUSR2: {err}");
+    }
+    let report = run_windowed(&cfg, stop, mark, window);
     for (why, n) in &report.failures {
         eprintln!("muta-bot: {n} bot(s) failed: {why}");
     }
@@ -1235,4 +1368,52 @@ pub fn main_with_args<I: IntoIterator<Item = OsString>>(args: I) -> i32 {
         );
     }
     if report.ok() { 0 } else { 1 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_value_falls_in_a_bucket_whose_top_is_within_a_sixteenth() {
+        let mut last_bucket = 0;
+        for us in 1..200_000u64 {
+            let b = bucket_of(us);
+            assert!(b >= last_bucket, "buckets grow with the value ({us})");
+            last_bucket = b;
+            let top = bucket_top(b);
+            assert!(top >= us, "{us} above its bucket's top {top}");
+            assert!(top - us <= us / 16 + 1, "{us}: top {top} too far");
+        }
+    }
+
+    #[test]
+    fn quantiles_of_a_histogram() {
+        let mut counts = vec![0u64; BUCKETS];
+        for us in 1..=100u64 {
+            counts[bucket_of(us * 10)] += 1;
+        }
+        let p50 = quantile(&counts, 0.5);
+        assert!((500..=532).contains(&p50), "{p50}");
+        let p99 = quantile(&counts, 0.99);
+        assert!((990..=1054).contains(&p99), "{p99}");
+        assert_eq!(quantile(&vec![0; BUCKETS], 0.5), 0);
+    }
+
+    #[test]
+    fn ip_ranges() {
+        let r = parse_ip_range("127.0.0.2-127.0.1.1").unwrap();
+        assert_eq!(r.len(), 256);
+        assert_eq!(r[0].to_string(), "127.0.0.2");
+        assert_eq!(r[255].to_string(), "127.0.1.1");
+        assert_eq!(parse_ip_range("10.0.0.1").unwrap().len(), 1);
+        for bad in [
+            "127.0.0.5-127.0.0.1",
+            "x-y",
+            "127.0.0.0-127.1.0.0",
+            "::1-::2",
+        ] {
+            assert!(parse_ip_range(bad).is_err(), "{bad}");
+        }
+    }
 }

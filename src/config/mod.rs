@@ -110,6 +110,28 @@ pub struct ClientCfg {
     pub trusted_forwarders: Networks,
     /// Deadline from accept to a complete PROXY protocol header.
     pub proxy_header_timeout_ms: u64,
+    /// Most connections open at once from one client address (IPv6: one /64).
+    pub max_conns_per_addr: u32,
+    /// New connections a second from one client address, after the burst.
+    pub new_conns_per_addr_per_s: u64,
+    /// New connections one client address may open at once.
+    pub new_conns_per_addr_burst: u64,
+    /// Key exchanges a second, all clients together, after the burst.
+    pub handshakes_per_s: u64,
+    /// Key exchanges the proxy starts at once, all clients together.
+    pub handshakes_burst: u64,
+    /// Percent of client.max_clients that connections not yet authenticated may hold.
+    pub unauthenticated_max_pct: u32,
+    /// Most client addresses tracked at once by the per-address limits.
+    pub addr_table_max: usize,
+    /// Messages a second an authenticated player may send, after the burst.
+    pub player_msgs_per_s: u64,
+    /// Messages an authenticated player may send at once.
+    pub player_msgs_burst: u64,
+    /// Bytes a second an authenticated player may send, after the burst.
+    pub player_bytes_per_s: u64,
+    /// Bytes an authenticated player may send at once.
+    pub player_bytes_burst: u64,
 }
 
 /// `client.proxy_protocol`: whether a listener's connections start with a
@@ -198,6 +220,17 @@ impl Default for Config {
                 proxy_protocol: ProxyProtocol::Off,
                 trusted_forwarders: Networks::default(),
                 proxy_header_timeout_ms: DEFAULT_CLIENT_PROXY_HEADER_TIMEOUT_MS,
+                max_conns_per_addr: DEFAULT_CLIENT_MAX_CONNS_PER_ADDR,
+                new_conns_per_addr_per_s: DEFAULT_CLIENT_NEW_CONNS_PER_ADDR_PER_S,
+                new_conns_per_addr_burst: DEFAULT_CLIENT_NEW_CONNS_PER_ADDR_BURST,
+                handshakes_per_s: DEFAULT_CLIENT_HANDSHAKES_PER_S,
+                handshakes_burst: DEFAULT_CLIENT_HANDSHAKES_BURST,
+                unauthenticated_max_pct: DEFAULT_CLIENT_UNAUTHENTICATED_MAX_PCT,
+                addr_table_max: DEFAULT_CLIENT_ADDR_TABLE_MAX as usize,
+                player_msgs_per_s: DEFAULT_CLIENT_PLAYER_MSGS_PER_S,
+                player_msgs_burst: DEFAULT_CLIENT_PLAYER_MSGS_BURST,
+                player_bytes_per_s: DEFAULT_CLIENT_PLAYER_BYTES_PER_S,
+                player_bytes_burst: DEFAULT_CLIENT_PLAYER_BYTES_BURST,
             },
             shard: ShardCfg {
                 password: Secret::default(),
@@ -242,6 +275,16 @@ impl Config {
                 format!(
                     "client.in_buf_size = {} cannot hold the largest client message; at least {CLIENT_IN_BUF_MIN}",
                     self.client.in_buf_size
+                ),
+            ));
+        }
+        if (self.client.player_bytes_burst as usize) < self.client.in_buf_size {
+            problems.push((
+                "client.player_bytes_burst",
+                format!(
+                    "client.player_bytes_burst = {} is less than one frame of client.in_buf_size = {}: \
+                     a player sending one full frame would always be over budget",
+                    self.client.player_bytes_burst, self.client.in_buf_size
                 ),
             ));
         }

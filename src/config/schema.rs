@@ -232,6 +232,17 @@ pub static KEYS: &[Key] = &[
     CLIENT_PROXY_PROTOCOL,
     CLIENT_TRUSTED_FORWARDERS,
     CLIENT_PROXY_HEADER_TIMEOUT_MS,
+    CLIENT_MAX_CONNS_PER_ADDR,
+    CLIENT_NEW_CONNS_PER_ADDR_PER_S,
+    CLIENT_NEW_CONNS_PER_ADDR_BURST,
+    CLIENT_HANDSHAKES_PER_S,
+    CLIENT_HANDSHAKES_BURST,
+    CLIENT_UNAUTHENTICATED_MAX_PCT,
+    CLIENT_ADDR_TABLE_MAX,
+    CLIENT_PLAYER_MSGS_PER_S,
+    CLIENT_PLAYER_MSGS_BURST,
+    CLIENT_PLAYER_BYTES_PER_S,
+    CLIENT_PLAYER_BYTES_BURST,
     SHARD_PASSWORD,
     SHARD_CONNECT_RETRY_MS,
     SHARD_CONNECT_TIMEOUT_MS,
@@ -565,6 +576,187 @@ const CLIENT_PROXY_HEADER_TIMEOUT_MS: Key = Key {
         min: 3_000,
         max: 60_000,
         store: |c, n| c.client.proxy_header_timeout_ms = n,
+    },
+};
+
+/// `client.max_conns_per_addr`: connections open at once from one effective
+/// address (IPv4 by address, IPv6 by /64), authenticated or not. Players
+/// behind one NAT share it: raise it for carrier-grade NAT.
+pub const DEFAULT_CLIENT_MAX_CONNS_PER_ADDR: u32 = 32;
+const CLIENT_MAX_CONNS_PER_ADDR: Key = Key {
+    name: "client.max_conns_per_addr",
+    unit: Unit::Count,
+    reload: Reload::Live,
+    doc: "Most connections open at once from one client address (IPv6: one /64).",
+    value: Value::Int {
+        default: DEFAULT_CLIENT_MAX_CONNS_PER_ADDR as u64,
+        min: 1,
+        max: 1_000_000,
+        store: |c, n| c.client.max_conns_per_addr = n as u32,
+    },
+};
+
+/// `client.new_conns_per_addr_per_s`: the refill rate of an address's bucket
+/// of new connections (Gate's `quota.connections`: 5 a second).
+pub const DEFAULT_CLIENT_NEW_CONNS_PER_ADDR_PER_S: u64 = 5;
+const CLIENT_NEW_CONNS_PER_ADDR_PER_S: Key = Key {
+    name: "client.new_conns_per_addr_per_s",
+    unit: Unit::Count,
+    reload: Reload::Live,
+    doc: "New connections a second from one client address, after the burst.",
+    value: Value::Int {
+        default: DEFAULT_CLIENT_NEW_CONNS_PER_ADDR_PER_S,
+        min: 1,
+        max: 1_000_000,
+        store: |c, n| c.client.new_conns_per_addr_per_s = n,
+    },
+};
+
+/// `client.new_conns_per_addr_burst`: the size of an address's bucket of new
+/// connections (a whole internet café reconnecting after a restart).
+pub const DEFAULT_CLIENT_NEW_CONNS_PER_ADDR_BURST: u64 = 20;
+const CLIENT_NEW_CONNS_PER_ADDR_BURST: Key = Key {
+    name: "client.new_conns_per_addr_burst",
+    unit: Unit::Count,
+    reload: Reload::Live,
+    doc: "New connections one client address may open at once.",
+    value: Value::Int {
+        default: DEFAULT_CLIENT_NEW_CONNS_PER_ADDR_BURST,
+        min: 1,
+        max: 1_000_000,
+        store: |c, n| c.client.new_conns_per_addr_burst = n,
+    },
+};
+
+/// `client.handshakes_per_s`: the refill rate of the proxy's one bucket of
+/// handshakes; each costs an X25519 exchange on the main thread (about
+/// 60 µs), so 2,000 a second are an eighth of a core.
+pub const DEFAULT_CLIENT_HANDSHAKES_PER_S: u64 = 2_000;
+const CLIENT_HANDSHAKES_PER_S: Key = Key {
+    name: "client.handshakes_per_s",
+    unit: Unit::Count,
+    reload: Reload::Live,
+    doc: "Key exchanges a second, all clients together, after the burst.",
+    value: Value::Int {
+        default: DEFAULT_CLIENT_HANDSHAKES_PER_S,
+        min: 1,
+        max: 1_000_000,
+        store: |c, n| c.client.handshakes_per_s = n,
+    },
+};
+
+/// `client.handshakes_burst`: the size of the bucket of handshakes (a storm of
+/// players logging back in after a restart).
+pub const DEFAULT_CLIENT_HANDSHAKES_BURST: u64 = 2_000;
+const CLIENT_HANDSHAKES_BURST: Key = Key {
+    name: "client.handshakes_burst",
+    unit: Unit::Count,
+    reload: Reload::Live,
+    doc: "Key exchanges the proxy starts at once, all clients together.",
+    value: Value::Int {
+        default: DEFAULT_CLIENT_HANDSHAKES_BURST,
+        min: 1,
+        max: 1_000_000,
+        store: |c, n| c.client.handshakes_burst = n,
+    },
+};
+
+/// `client.unauthenticated_max_pct`: the share of `client.max_clients` that
+/// connections before their auth proof may hold, so that a flood never takes
+/// the room of players who logged in. A connection from an address a shard
+/// announced (a player who just logged in) is admitted past it.
+pub const DEFAULT_CLIENT_UNAUTHENTICATED_MAX_PCT: u32 = 25;
+const CLIENT_UNAUTHENTICATED_MAX_PCT: Key = Key {
+    name: "client.unauthenticated_max_pct",
+    unit: Unit::Count,
+    reload: Reload::Live,
+    doc: "Percent of client.max_clients that connections not yet authenticated may hold.",
+    value: Value::Int {
+        default: DEFAULT_CLIENT_UNAUTHENTICATED_MAX_PCT as u64,
+        min: 1,
+        max: 100,
+        store: |c, n| c.client.unauthenticated_max_pct = n as u32,
+    },
+};
+
+/// `client.addr_table_max`: entries of the per-address table (about 64 bytes
+/// each: 4 MiB at the default). Full, a new address is refused until
+/// entries expire (an address's entry lives while it has a connection, then
+/// until its bucket is full again).
+pub const DEFAULT_CLIENT_ADDR_TABLE_MAX: u64 = 65_536;
+const CLIENT_ADDR_TABLE_MAX: Key = Key {
+    name: "client.addr_table_max",
+    unit: Unit::Count,
+    reload: Reload::Live,
+    doc: "Most client addresses tracked at once by the per-address limits.",
+    value: Value::Int {
+        default: DEFAULT_CLIENT_ADDR_TABLE_MAX,
+        min: 1_024,
+        max: 16_777_216,
+        store: |c, n| c.client.addr_table_max = n as usize,
+    },
+};
+
+/// `client.player_msgs_per_s`: the refill rate of a player's bucket of
+/// messages (Gate's packet limiter: 500 a second over 7 s).
+pub const DEFAULT_CLIENT_PLAYER_MSGS_PER_S: u64 = 500;
+const CLIENT_PLAYER_MSGS_PER_S: Key = Key {
+    name: "client.player_msgs_per_s",
+    unit: Unit::Count,
+    reload: Reload::Live,
+    doc: "Messages a second an authenticated player may send, after the burst.",
+    value: Value::Int {
+        default: DEFAULT_CLIENT_PLAYER_MSGS_PER_S,
+        min: 1,
+        max: 1_000_000,
+        store: |c, n| c.client.player_msgs_per_s = n,
+    },
+};
+
+/// `client.player_msgs_burst`: the size of a player's bucket of messages:
+/// 7 s at the default rate, as Gate's window.
+pub const DEFAULT_CLIENT_PLAYER_MSGS_BURST: u64 = 3_500;
+const CLIENT_PLAYER_MSGS_BURST: Key = Key {
+    name: "client.player_msgs_burst",
+    unit: Unit::Count,
+    reload: Reload::Live,
+    doc: "Messages an authenticated player may send at once.",
+    value: Value::Int {
+        default: DEFAULT_CLIENT_PLAYER_MSGS_BURST,
+        min: 1,
+        max: 10_000_000,
+        store: |c, n| c.client.player_msgs_burst = n,
+    },
+};
+
+/// `client.player_bytes_per_s`: the refill rate of a player's bucket of
+/// bytes (decrypted frames).
+pub const DEFAULT_CLIENT_PLAYER_BYTES_PER_S: u64 = 131_072;
+const CLIENT_PLAYER_BYTES_PER_S: Key = Key {
+    name: "client.player_bytes_per_s",
+    unit: Unit::Bytes,
+    reload: Reload::Live,
+    doc: "Bytes a second an authenticated player may send, after the burst.",
+    value: Value::Int {
+        default: DEFAULT_CLIENT_PLAYER_BYTES_PER_S,
+        min: 1_024,
+        max: 1_073_741_824,
+        store: |c, n| c.client.player_bytes_per_s = n,
+    },
+};
+
+/// `client.player_bytes_burst`: the size of a player's bucket of bytes.
+pub const DEFAULT_CLIENT_PLAYER_BYTES_BURST: u64 = 1_048_576;
+const CLIENT_PLAYER_BYTES_BURST: Key = Key {
+    name: "client.player_bytes_burst",
+    unit: Unit::Bytes,
+    reload: Reload::Live,
+    doc: "Bytes an authenticated player may send at once.",
+    value: Value::Int {
+        default: DEFAULT_CLIENT_PLAYER_BYTES_BURST,
+        min: 1_024,
+        max: 1_073_741_824,
+        store: |c, n| c.client.player_bytes_burst = n,
     },
 };
 

@@ -85,6 +85,9 @@ pub enum DisconnectReason {
     WriteError(io::ErrorKind),
     /// The peer broke a protocol rule (the text says which).
     Protocol(String),
+    /// The peer reached one of the proxy's limits (the text says which: a
+    /// rate, a budget, a backed-up link).
+    Limit(&'static str),
     /// The protocol layer ended the connection for a reason that is not the
     /// peer's fault (its shard went away, it logged out, ...).
     Closed(&'static str),
@@ -100,6 +103,7 @@ impl fmt::Display for DisconnectReason {
             DisconnectReason::IdleTimeout => f.write_str("idle timeout"),
             DisconnectReason::WriteError(kind) => write!(f, "write failed: {kind}"),
             DisconnectReason::Protocol(what) => write!(f, "protocol violation: {what}"),
+            DisconnectReason::Limit(what) => write!(f, "limit reached: {what}"),
             DisconnectReason::Closed(why) => f.write_str(why),
             DisconnectReason::Shutdown => f.write_str("shutting down"),
         }
@@ -628,6 +632,13 @@ impl<S: Session> Pool<S> {
         let slot = self.get_mut(conn)?;
         let result = f(&mut slot.session, &mut slot.out_buf);
         self.wrote(conn).then_some(result)
+    }
+
+    /// Bytes a live connection's output may still take before it passes its
+    /// limit (`None` if it is not live).
+    pub fn out_room(&self, conn: ConnRef) -> Option<usize> {
+        self.get(conn)
+            .map(|slot| slot.out_max.saturating_sub(slot.out_len()))
     }
 
     /// Queues `bytes` for the connection (thesis `cl_forward_shard_packet`).

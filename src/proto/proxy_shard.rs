@@ -68,6 +68,9 @@ pub const CLOSE_REASON_PROXY: u8 = 3;
 /// `FPROXY_MSG_CLOSE_SOCKET`: a newer reservation for the same account
 /// replaced this one before the player connected.
 pub const CLOSE_REASON_REPLACED: u8 = 4;
+/// `FPROXY_MSG_CLOSE_SOCKET`: the player reached a limit of the proxy's (its
+/// message or byte budget, or its shard link was backed up) and was dropped.
+pub const CLOSE_REASON_LIMIT: u8 = 5;
 
 /// Most data bytes in one player packet: what fits a frame.
 pub const PLAYER_PACKET_DATA_MAX: usize = FRAME_PLAINTEXT_MAX - PLAYER_PACKET_HEADER_BYTES;

@@ -46,11 +46,13 @@ use crate::proto::client::{AuthProof, filter_client_frame};
 use crate::proto::frame::{Channel, ChannelError, FrameError, Frames, Unit};
 use crate::proto::proxy_protocol::{self, ProxyHeader};
 use crate::proto::proxy_shard::{
-    CLOSE_REASON_FILTERED, CLOSE_REASON_LEFT, CLOSE_REASON_PROXY, CLOSE_REASON_TIMEOUT, FProxyMsg,
-    PLAYER_PACKET_DATA_MAX,
+    CLOSE_REASON_FILTERED, CLOSE_REASON_LEFT, CLOSE_REASON_LIMIT, CLOSE_REASON_PROXY,
+    CLOSE_REASON_TIMEOUT, FProxyMsg, PLAYER_PACKET_DATA_MAX,
 };
 
 use super::Proxy;
+use super::limits::{AddrKey, AddrRefusal, TokenBucket};
+use super::link::Forwarded;
 use super::refusals::Refusal;
 
 /// A stage a listener's connections pass through (see the module docs).
@@ -115,6 +117,19 @@ pub struct ClSession {
     pub deadline: Option<Instant>,
     /// The PROXY protocol header must be complete by then.
     pub header_deadline: Option<Instant>,
+    /// The per-address entry the connection is counted under, from its
+    /// admission on.
+    pub addr_key: Option<AddrKey>,
+    /// What it may still send, from the auth proof on.
+    pub budget: Option<Budget>,
+}
+
+/// An authenticated player's budgets: messages and bytes (decrypted
+/// frames) a second, each a token bucket with a burst.
+#[derive(Clone, Copy, Debug)]
+pub struct Budget {
+    msgs: TokenBucket,
+    bytes: TokenBucket,
 }
 
 /// The proxy never encrypts to players (the shard does), so there is nothing
@@ -125,6 +140,8 @@ impl Session for ClSession {}
 #[derive(Debug)]
 pub(super) enum ClError {
     Header(ProtoError),
+    OverBudget(&'static str),
+    Backlogged,
     Frame(FrameError),
     Proof(&'static str),
     Filter(ProtoError),
@@ -144,16 +161,45 @@ impl From<ChannelError> for ClError {
 }
 
 impl Proxy {
-    /// The admission checks on a connection's effective address (thesis
-    /// `shard_check_client_ip`): with `client.require_announced_ip`, only an
-    /// address some shard announced in a reservation gets in.
-    fn admit(&mut self, ip: IpAddr) -> bool {
-        if self.settings.require_announced_ip && !self.reservations.is_announced(ip) {
-            self.stats.refusals.count(Refusal::NotAnnounced);
-            debug!("refused {ip}: no shard announced this address");
-            return false;
+    /// The admission checks on a connection's effective address, cheapest
+    /// first and all before the key exchange: with
+    /// `client.require_announced_ip`, only an address some shard announced
+    /// in a reservation (thesis `shard_check_client_ip`); the share of slots
+    /// connections before their proof may hold, unless the address was
+    /// announced (a player who just logged in); the address's connections
+    /// and rate; the handshakes of all clients. `in_pool`: the connection
+    /// already holds a slot (it passed a stage before). Returns the entry
+    /// it is counted under, to release when it goes.
+    fn admit(&mut self, ip: IpAddr, now: Instant, in_pool: bool) -> Result<AddrKey, Refusal> {
+        let result = self.admission(ip, now, in_pool);
+        if let Err(class) = result {
+            self.stats.refusals.count(class);
+            debug!("refused {ip}: {}", class.as_str());
         }
-        true
+        result
+    }
+
+    fn admission(&mut self, ip: IpAddr, now: Instant, in_pool: bool) -> Result<AddrKey, Refusal> {
+        let announced = self.reservations.is_announced(ip);
+        if self.settings.require_announced_ip && !announced {
+            return Err(Refusal::NotAnnounced);
+        }
+        let unauthenticated =
+            (self.clients.in_use() - usize::from(in_pool)).saturating_sub(self.n_playing);
+        if unauthenticated >= self.settings.unauthenticated_max && !announced {
+            return Err(Refusal::UnauthenticatedFull);
+        }
+        let key = AddrKey::of(ip);
+        self.addrs.admit(key, now).map_err(|e| match e {
+            AddrRefusal::TooManyConns => Refusal::AddrConns,
+            AddrRefusal::TooFast => Refusal::AddrRate,
+            AddrRefusal::TableFull => Refusal::AddrTableFull,
+        })?;
+        if !self.handshakes.take(1, self.settings.handshakes, now) {
+            self.addrs.release(key);
+            return Err(Refusal::HandshakeRate);
+        }
+        Ok(key)
     }
 
     /// On a listener that requires the PROXY protocol, only a trusted
@@ -179,21 +225,25 @@ impl Proxy {
         now: Instant,
     ) -> Option<ConnRef> {
         let first = *self.listeners.get(listener as usize)?.first()?;
-        let admitted = match first {
-            StageKind::ProxyHeader => self.admit_forwarder(peer),
-            StageKind::Handshake => self.admit(peer.ip()),
-            StageKind::Proof | StageKind::Play => false, // no listener starts there
+        // Refused: the runtime drops the socket, closing it.
+        let key = match first {
+            StageKind::ProxyHeader if self.admit_forwarder(peer) => None,
+            StageKind::Handshake => Some(self.admit(peer.ip(), now, false).ok()?),
+            _ => return None, // (no listener starts with the proof or play)
         };
-        if !admitted {
-            return None; // the runtime drops the socket, closing it
-        }
-        let client = self.clients.accept(listener, peer, now)?;
+        let Some(client) = self.clients.accept(listener, peer, now) else {
+            if let Some(key) = key {
+                self.addrs.release(key);
+            }
+            return None;
+        };
         let slot = self.clients.get_mut(client).expect("just accepted");
+        slot.session.addr_key = key;
         slot.session.deadline = Some(now + self.settings.handshake_timeout);
         if first == StageKind::ProxyHeader {
             slot.session.header_deadline = Some(now + self.settings.proxy_header_timeout);
         }
-        self.cl_enter(client, first);
+        self.cl_enter(client, first, now);
         Some(client)
     }
 
@@ -207,7 +257,12 @@ impl Proxy {
 
     /// The connection moves on from stage `from` to the next its listener
     /// has (from the handshake: the proof).
-    fn cl_next_stage(&mut self, client: ConnRef, from: StageKind) -> Result<(), ClError> {
+    fn cl_next_stage(
+        &mut self,
+        client: ConnRef,
+        from: StageKind,
+        now: Instant,
+    ) -> Result<(), ClError> {
         let stages = self.stages_of(client);
         let next = stages
             .iter()
@@ -215,7 +270,7 @@ impl Proxy {
             .and_then(|i| stages.get(i + 1));
         match next {
             Some(&next) => {
-                self.cl_enter(client, next);
+                self.cl_enter(client, next, now);
                 Ok(())
             }
             None => Err(ClError::Proof(
@@ -230,35 +285,51 @@ impl Proxy {
     /// admission checks on the effective address: a listener that starts
     /// with the handshake has run them at accept. Play is entered with its
     /// binding, by the proof.
-    fn cl_enter(&mut self, client: ConnRef, stage: StageKind) {
+    fn cl_enter(&mut self, client: ConnRef, stage: StageKind, now: Instant) {
         let first = self.stages_of(client).first() == Some(&stage);
         let Some(addr) = self.clients.get(client).map(|s| s.addr()) else {
             return;
         };
         let stage = match stage {
             StageKind::ProxyHeader => Stage::ProxyHeader,
-            StageKind::Handshake if !first && !self.admit(addr.ip()) => {
-                let refused = DisconnectReason::Closed("no shard announced its address");
-                self.clients.disconnect(client, refused);
-                return;
-            }
-            StageKind::Handshake => {
-                let mut chan = Channel::acceptor(self.keys.clone());
-                // A frame must fit the buffer and, once decrypted, one
-                // FPROXY_MSG_PLAYER_PACKET.
-                chan.set_frame_max(
-                    (self.settings.client_in_buf_size - 2).min(PLAYER_PACKET_DATA_MAX + ABYTES),
-                );
-                if let Some(slot) = self.clients.get_mut(client) {
-                    slot.session.chan = Some(chan);
+            StageKind::Handshake if !first => match self.admit(addr.ip(), now, true) {
+                Ok(key) => {
+                    if let Some(slot) = self.clients.get_mut(client) {
+                        slot.session.addr_key = Some(key);
+                    }
+                    return self.cl_enter_handshake(client);
                 }
-                Stage::Handshake
-            }
+                Err(class) => {
+                    let refused = match class {
+                        Refusal::NotAnnounced => {
+                            DisconnectReason::Closed("no shard announced its address")
+                        }
+                        class => DisconnectReason::Limit(class.as_str()),
+                    };
+                    self.clients.disconnect(client, refused);
+                    return;
+                }
+            },
+            StageKind::Handshake => return self.cl_enter_handshake(client),
             StageKind::Proof => Stage::Proof,
             StageKind::Play => return,
         };
         if let Some(slot) = self.clients.get_mut(client) {
             slot.session.stage = stage;
+        }
+    }
+
+    /// The handshake stage: the connection's channel is made.
+    fn cl_enter_handshake(&mut self, client: ConnRef) {
+        let mut chan = Channel::acceptor(self.keys.clone());
+        // A frame must fit the buffer and, once decrypted, one
+        // FPROXY_MSG_PLAYER_PACKET.
+        chan.set_frame_max(
+            (self.settings.client_in_buf_size - 2).min(PLAYER_PACKET_DATA_MAX + ABYTES),
+        );
+        if let Some(slot) = self.clients.get_mut(client) {
+            slot.session.chan = Some(chan);
+            slot.session.stage = Stage::Handshake;
         }
     }
 
@@ -287,7 +358,7 @@ impl Proxy {
     ) -> Result<(), ClError> {
         let stage = self.clients.get(client).map(|s| s.session.stage);
         if stage == Some(Stage::ProxyHeader) {
-            match self.cl_proxy_header(client, in_buf, data)? {
+            match self.cl_proxy_header(client, in_buf, data, now)? {
                 Some(used) => data = &mut data[used..],
                 None => return Ok(()), // the header is not complete yet
             }
@@ -308,6 +379,7 @@ impl Proxy {
         client: ConnRef,
         in_buf: &mut Vec<u8>,
         data: &[u8],
+        now: Instant,
     ) -> Result<Option<usize>, ClError> {
         let had = in_buf.len();
         let decoded = if had == 0 {
@@ -334,7 +406,7 @@ impl Proxy {
         if let Some(slot) = self.clients.get_mut(client) {
             slot.session.header_deadline = None;
         }
-        self.cl_next_stage(client, StageKind::ProxyHeader)?;
+        self.cl_next_stage(client, StageKind::ProxyHeader, now)?;
         Ok(Some(len - had))
     }
 
@@ -354,7 +426,7 @@ impl Proxy {
             };
             match frames.next(chan, out)? {
                 None => return Ok(()),
-                Some(Unit::Opened) => self.cl_next_stage(client, StageKind::Handshake)?,
+                Some(Unit::Opened) => self.cl_next_stage(client, StageKind::Handshake, now)?,
                 Some(Unit::Frame(frame)) => self.cl_frame(client, frame, now)?,
             }
         }
@@ -371,7 +443,7 @@ impl Proxy {
                 Err(ClError::Proof("a frame before the handshake ended"))
             }
             Stage::Proof => self.cl_proof(client, frame, now),
-            Stage::Play(binding) => self.cl_forward(binding, frame),
+            Stage::Play(binding) => self.cl_forward(client, binding, frame, now),
         }
     }
 
@@ -414,44 +486,108 @@ impl Proxy {
         self.bind_player(binding, client);
         if let Some(slot) = self.clients.get_mut(client) {
             slot.session.stage = Stage::Play(binding);
+            slot.session.budget = Some(Budget {
+                msgs: TokenBucket::full(self.settings.player_msgs, now),
+                bytes: TokenBucket::full(self.settings.player_bytes, now),
+            });
             debug!("{client} ({}): authenticated", slot.addr());
         }
+        self.n_playing += 1;
         self.stats.authenticated += 1;
         Ok(())
     }
 
     /// A frame of an authenticated player: filtered by the message table,
-    /// then forwarded whole (thesis `shard_forward_client_packet`).
-    fn cl_forward(&mut self, binding: Binding, frame: &[u8]) -> Result<(), ClError> {
+    /// paid for from its budgets, then forwarded whole (thesis
+    /// `shard_forward_client_packet`).
+    fn cl_forward(
+        &mut self,
+        client: ConnRef,
+        binding: Binding,
+        frame: &[u8],
+        now: Instant,
+    ) -> Result<(), ClError> {
         let n_msgs = filter_client_frame(frame).map_err(ClError::Filter)?;
-        if !self.shard_forward_client_packet(binding, frame) {
-            return Err(ClError::ShardGone);
+        self.cl_spend(client, n_msgs as u64, frame.len() as u64, now)?;
+        match self.shard_forward_client_packet(binding, frame) {
+            Forwarded::Sent => {}
+            Forwarded::LinkGone => return Err(ClError::ShardGone),
+            Forwarded::Backlogged => return Err(ClError::Backlogged),
         }
         self.stats.msgs_to_shards += n_msgs as u64;
         Ok(())
     }
 
-    /// Disconnects a player whose bytes broke a rule, with the reason.
+    /// Takes a frame's messages and bytes from the player's budgets; a
+    /// player over either is cut off.
+    fn cl_spend(
+        &mut self,
+        client: ConnRef,
+        msgs: u64,
+        bytes: u64,
+        now: Instant,
+    ) -> Result<(), ClError> {
+        let (msg_rate, byte_rate) = (self.settings.player_msgs, self.settings.player_bytes);
+        let Some(budget) = self
+            .clients
+            .get_mut(client)
+            .and_then(|s| s.session.budget.as_mut())
+        else {
+            return Ok(());
+        };
+        if !budget.msgs.take(msgs, msg_rate, now) {
+            return Err(ClError::OverBudget("client.player_msgs_per_s"));
+        }
+        if !budget.bytes.take(bytes, byte_rate, now) {
+            return Err(ClError::OverBudget("client.player_bytes_per_s"));
+        }
+        Ok(())
+    }
+
+    /// Disconnects a player whose bytes broke a rule or passed a limit, with
+    /// the reason, counting it by class.
     fn cl_refuse(&mut self, client: ConnRef, err: ClError) {
-        let reason = match err {
-            ClError::Header(e) => {
-                self.stats.refusals.count(Refusal::BadProxyHeader);
-                DisconnectReason::Protocol(format!("PROXY protocol header refused: {e}"))
+        let playing = self
+            .clients
+            .get(client)
+            .is_some_and(|s| matches!(s.session.stage, Stage::Play(_)));
+        let frame_class = if playing {
+            Refusal::Filtered
+        } else {
+            Refusal::BadHandshake
+        };
+        let (class, reason) = match err {
+            ClError::Header(e) => (
+                Some(Refusal::BadProxyHeader),
+                DisconnectReason::Protocol(format!("PROXY protocol header refused: {e}")),
+            ),
+            ClError::Frame(FrameError::TooLarge) => (
+                Some(frame_class),
+                DisconnectReason::Protocol("frame larger than client.in_buf_size".into()),
+            ),
+            ClError::Frame(FrameError::Channel(e)) => {
+                (Some(frame_class), DisconnectReason::Protocol(e.to_string()))
             }
-            ClError::Frame(FrameError::TooLarge) => {
-                DisconnectReason::Protocol("frame larger than client.in_buf_size".into())
-            }
-            ClError::Frame(FrameError::Channel(e)) => DisconnectReason::Protocol(e.to_string()),
             ClError::Proof(why) => {
                 self.stats.auth_failed += 1;
-                DisconnectReason::Protocol(format!("auth proof refused: {why}"))
+                let reason = DisconnectReason::Protocol(format!("auth proof refused: {why}"));
+                (Some(Refusal::AuthFailed), reason)
             }
             ClError::Filter(e) => {
                 self.stats.filtered += 1;
-                DisconnectReason::Protocol(format!("filtered: {e}"))
+                let reason = DisconnectReason::Protocol(format!("filtered: {e}"));
+                (Some(Refusal::Filtered), reason)
             }
-            ClError::ShardGone => DisconnectReason::Closed("its shard is not connected"),
+            ClError::OverBudget(key) => (Some(Refusal::OverBudget), DisconnectReason::Limit(key)),
+            ClError::Backlogged => (
+                Some(Refusal::LinkBacklogged),
+                DisconnectReason::Limit("its shard link's output is backed up"),
+            ),
+            ClError::ShardGone => (None, DisconnectReason::Closed("its shard is not connected")),
         };
+        if let Some(class) = class {
+            self.stats.refusals.count(class);
+        }
         self.clients.disconnect(client, reason);
     }
 
@@ -475,6 +611,7 @@ impl Proxy {
                 self.stats.refusals.count(Refusal::ProxyHeaderTimeout);
                 "no complete PROXY protocol header before its deadline"
             } else {
+                self.stats.refusals.count(Refusal::HandshakeTimeout);
                 "no valid auth proof before the handshake deadline"
             };
             self.clients
@@ -490,9 +627,13 @@ impl Proxy {
     /// `FPROXY_MSG_CLOSE_SOCKET`. A socket the shard closed itself is already
     /// gone, so the shard is not told of its own decision.
     pub(super) fn client_gone(&mut self, gone: Disconnected<ClSession>) {
+        if let Some(key) = gone.session.addr_key {
+            self.addrs.release(key);
+        }
         let Stage::Play(binding) = gone.session.stage else {
             return;
         };
+        self.n_playing -= 1;
         if !self.unbind_player(binding, gone.conn) {
             return;
         }
@@ -500,6 +641,7 @@ impl Proxy {
             DisconnectReason::Protocol(_) => CLOSE_REASON_FILTERED,
             DisconnectReason::IdleTimeout => CLOSE_REASON_TIMEOUT,
             DisconnectReason::SlowReader | DisconnectReason::Shutdown => CLOSE_REASON_PROXY,
+            DisconnectReason::Limit(_) => CLOSE_REASON_LIMIT,
             _ => CLOSE_REASON_LEFT,
         };
         self.link_send(

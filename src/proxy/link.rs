@@ -33,7 +33,7 @@ use log::{debug, error, info};
 
 use crate::com::ConnRef;
 use crate::conn::{DisconnectReason, Disconnected, Session};
-use crate::proto::frame::{Channel, ChannelError, Frames, PeerError, Unit};
+use crate::proto::frame::{Channel, ChannelError, FRAME_OVERHEAD, Frames, PeerError, Unit};
 use crate::proto::proxy_shard::{
     CLOSE_REASON_REPLACED, CLOSE_REASON_TIMEOUT, FPROXY_MSG_PLAYER_PACKET, FProxyMsg,
     LOGIN_RESULT_OK, OPENED_SOCKET_DUPLICATE, OPENED_SOCKET_FULL, OPENED_SOCKET_OK,
@@ -111,6 +111,17 @@ impl ShardLink {
     }
 }
 
+/// What became of a player's packet (`shard_forward_client_packet`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Forwarded {
+    /// Queued on the link.
+    Sent,
+    /// The link is gone.
+    LinkGone,
+    /// The link's output is backed up: not queued.
+    Backlogged,
+}
+
 impl Proxy {
     /// True if `shard` is a link that has logged in.
     pub(super) fn is_ready(&self, shard: ConnRef) -> bool {
@@ -139,16 +150,30 @@ impl Proxy {
 
     /// Thesis `shard_forward_client_packet`: one `FPROXY_MSG_PLAYER_PACKET`
     /// appended to the shard's open frame, sealed with the rest at the end
-    /// of the iteration. False if the link is gone.
-    pub(super) fn shard_forward_client_packet(&mut self, binding: Binding, frame: &[u8]) -> bool {
-        matches!(
-            self.shards.write(binding.shard, |link, out| link.forward(
-                out,
-                binding.socket_id,
-                frame
-            )),
-            Some(Ok(()))
-        )
+    /// of the iteration. A player never makes the link pass its output
+    /// limit: when the link is backed up (less room left than the packet
+    /// plus `shard_out_reserve`, kept for the link's own messages) the
+    /// packet is refused, and the player who sent it is cut off, not the
+    /// link.
+    pub(super) fn shard_forward_client_packet(
+        &mut self,
+        binding: Binding,
+        frame: &[u8],
+    ) -> Forwarded {
+        let Some(room) = self.shards.out_room(binding.shard) else {
+            return Forwarded::LinkGone;
+        };
+        let needed = frame.len() + PLAYER_PACKET_HEADER_BYTES + FRAME_OVERHEAD;
+        if room < needed + self.settings.shard_out_reserve {
+            return Forwarded::Backlogged;
+        }
+        let sent = self.shards.write(binding.shard, |link, out| {
+            link.forward(out, binding.socket_id, frame)
+        });
+        match sent {
+            Some(Ok(())) => Forwarded::Sent,
+            _ => Forwarded::LinkGone,
+        }
     }
 
     /// Records a player on the link of its binding.

@@ -29,6 +29,7 @@
 pub mod cl;
 #[cfg(test)]
 mod harness;
+pub mod limits;
 pub mod link;
 pub mod refusals;
 pub mod reservations;
@@ -51,6 +52,7 @@ use crate::runtime::{Node, Runtime, RuntimeCfg, Server};
 use crate::secpool::SecpoolConfig;
 use crate::shard::{SLOTS_PER_LINK, ShardLinks};
 use cl::{ClSession, StageKind};
+use limits::{AddrLimits, AddrTable, Rate, TokenBucket};
 use link::ShardLink;
 use refusals::Refusals;
 use reservations::Reservations;
@@ -81,6 +83,19 @@ pub struct ProxySettings {
     pub trusted_forwarders: Networks,
     /// Deadline from accept to a complete PROXY protocol header.
     pub proxy_header_timeout: Duration,
+    /// The per-address limits.
+    pub addr_limits: AddrLimits,
+    /// Handshakes, all clients together.
+    pub handshakes: Rate,
+    /// Most connections before their auth proof, unless announced.
+    pub unauthenticated_max: usize,
+    /// Each player's messages.
+    pub player_msgs: Rate,
+    /// Each player's bytes.
+    pub player_bytes: Rate,
+    /// Bytes of a shard link's output players may not fill: room for the
+    /// link's own messages (closes, replies) when it is backed up.
+    pub shard_out_reserve: usize,
     /// Largest client frame plus its length.
     pub client_in_buf_size: usize,
     /// Largest shard frame plus its length.
@@ -92,6 +107,7 @@ pub struct ProxySettings {
 impl ProxySettings {
     /// From `proxy.cfg`.
     pub fn from_config(cfg: &Config) -> ProxySettings {
+        let c = &cfg.client;
         ProxySettings {
             public_address: cfg.proxy.public_address.clone(),
             password: cfg.shard.password.clone(),
@@ -101,6 +117,29 @@ impl ProxySettings {
             require_announced_ip: cfg.client.require_announced_ip,
             trusted_forwarders: cfg.client.trusted_forwarders.clone(),
             proxy_header_timeout: Duration::from_millis(cfg.client.proxy_header_timeout_ms),
+            addr_limits: AddrLimits {
+                conns_max: c.max_conns_per_addr,
+                new_conns: Rate {
+                    per_s: c.new_conns_per_addr_per_s,
+                    burst: c.new_conns_per_addr_burst,
+                },
+                entries_max: c.addr_table_max,
+            },
+            handshakes: Rate {
+                per_s: c.handshakes_per_s,
+                burst: c.handshakes_burst,
+            },
+            unauthenticated_max: (c.max_clients as usize * c.unauthenticated_max_pct as usize)
+                .div_ceil(100),
+            player_msgs: Rate {
+                per_s: c.player_msgs_per_s,
+                burst: c.player_msgs_burst,
+            },
+            player_bytes: Rate {
+                per_s: c.player_bytes_per_s,
+                burst: c.player_bytes_burst,
+            },
+            shard_out_reserve: cfg.shard.out_buf_size / 8,
             client_in_buf_size: cfg.client.in_buf_size,
             shard_in_buf_size: cfg.shard.in_buf_size,
             connect_retry: Duration::from_millis(cfg.shard.connect_retry_ms),
@@ -132,6 +171,13 @@ pub struct Proxy {
     shards: Pool<ShardLink>,
     links: ShardLinks,
     reservations: Reservations,
+    /// Connections and new-connection rates by address.
+    addrs: AddrTable,
+    /// Handshakes, all clients together.
+    handshakes: TokenBucket,
+    /// Authenticated players (in `Play`): the rest of the client pool has
+    /// not authenticated.
+    n_playing: usize,
     keys: Arc<KeyPair>,
     settings: ProxySettings,
     /// The stages of each listener's connections, by listener index.
@@ -248,6 +294,9 @@ impl Proxy {
             shards: Pool::new(PoolId::Shard, &shards, now),
             links: ShardLinks::new(shard_entries, settings.connect_retry, now),
             reservations: Reservations::default(),
+            addrs: AddrTable::new(settings.addr_limits),
+            handshakes: TokenBucket::full(settings.handshakes, now),
+            n_playing: 0,
             keys,
             // `proxy.listen`, the one listener: players, from the handshake
             // on, or from a forwarder's PROXY protocol header.
@@ -331,6 +380,7 @@ impl Server for Proxy {
     /// then a line per class of refusal and the statistics.
     fn on_tick(&mut self, now: Instant) {
         self.expire_handshakes(now);
+        self.addrs.prune(now);
         if now >= self.next_refusal_summary {
             for line in self.stats.refusals.take_summary() {
                 info!("{line}");

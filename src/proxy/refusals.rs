@@ -1,4 +1,4 @@
-//! Connections the proxy refused, counted by class. Under attack a refusal
+//! Connections the proxy refused or cut off, counted by class. Under attack a refusal
 //! happens thousands of times a second, so each is a `debug` line at most;
 //! what an operator reads is one summary line per class per
 //! [`SUMMARY_EVERY`] (port decision: the thesis's proxy logs nothing of
@@ -10,7 +10,8 @@ use std::time::Duration;
 /// How often the classes refused since the last summary are logged.
 pub const SUMMARY_EVERY: Duration = Duration::from_secs(10);
 
-/// Why a connection was refused before it played.
+/// Why the proxy refused or cut off a connection: every class of
+/// `make attack` has one (`docs/attack.md`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refusal {
     /// No shard announced its effective address
@@ -24,15 +25,54 @@ pub enum Refusal {
     /// No complete PROXY protocol header within
     /// `client.proxy_header_timeout_ms`.
     ProxyHeaderTimeout,
+    /// Connections not yet authenticated held their share of the slots
+    /// (`client.unauthenticated_max_pct`) and its address was not announced.
+    UnauthenticatedFull,
+    /// Its address had `client.max_conns_per_addr` connections open.
+    AddrConns,
+    /// Its address opened new connections faster than
+    /// `client.new_conns_per_addr_per_s` allows.
+    AddrRate,
+    /// The per-address table was full (`client.addr_table_max`).
+    AddrTableFull,
+    /// More handshakes than `client.handshakes_per_s` allows, all clients
+    /// together.
+    HandshakeRate,
+    /// The handshake or the auth proof did not finish by
+    /// `client.handshake_timeout_ms`.
+    HandshakeTimeout,
+    /// Bytes that are not the handshake, or a frame that failed before the
+    /// proof (a bad first byte, a bad MAC, an oversized length).
+    BadHandshake,
+    /// An auth proof that did not match a reservation.
+    AuthFailed,
+    /// An authenticated player's frame that failed its MAC or the filter.
+    Filtered,
+    /// An authenticated player over its message or byte budget
+    /// (`client.player_msgs_per_s`, `client.player_bytes_per_s`).
+    OverBudget,
+    /// An authenticated player whose shard link's output was backed up.
+    LinkBacklogged,
 }
 
 impl Refusal {
     /// Every class, in the order of the summary.
-    pub const ALL: [Refusal; 4] = [
+    pub const ALL: [Refusal; 15] = [
         Refusal::NotAnnounced,
         Refusal::UntrustedForwarder,
         Refusal::BadProxyHeader,
         Refusal::ProxyHeaderTimeout,
+        Refusal::UnauthenticatedFull,
+        Refusal::AddrConns,
+        Refusal::AddrRate,
+        Refusal::AddrTableFull,
+        Refusal::HandshakeRate,
+        Refusal::HandshakeTimeout,
+        Refusal::BadHandshake,
+        Refusal::AuthFailed,
+        Refusal::Filtered,
+        Refusal::OverBudget,
+        Refusal::LinkBacklogged,
     ];
 
     /// The class's name in logs and metrics.
@@ -42,18 +82,42 @@ impl Refusal {
             Refusal::UntrustedForwarder => "untrusted_forwarder",
             Refusal::BadProxyHeader => "bad_proxy_header",
             Refusal::ProxyHeaderTimeout => "proxy_header_timeout",
+            Refusal::UnauthenticatedFull => "unauthenticated_full",
+            Refusal::AddrConns => "addr_conns",
+            Refusal::AddrRate => "addr_rate",
+            Refusal::AddrTableFull => "addr_table_full",
+            Refusal::HandshakeRate => "handshake_rate",
+            Refusal::HandshakeTimeout => "handshake_timeout",
+            Refusal::BadHandshake => "bad_handshake",
+            Refusal::AuthFailed => "auth_failed",
+            Refusal::Filtered => "filtered",
+            Refusal::OverBudget => "over_budget",
+            Refusal::LinkBacklogged => "link_backlogged",
         }
     }
 
     /// What the summary line says of connections of this class.
     fn summary(self) -> &'static str {
         match self {
-            Refusal::NotAnnounced => "from addresses no shard announced",
+            Refusal::NotAnnounced => "refused: from addresses no shard announced",
             Refusal::UntrustedForwarder => {
-                "from outside client.trusted_forwarders (PROXY protocol required)"
+                "refused: from outside client.trusted_forwarders (PROXY protocol required)"
             }
-            Refusal::BadProxyHeader => "with a malformed or refused PROXY protocol header",
-            Refusal::ProxyHeaderTimeout => "without a PROXY protocol header in time",
+            Refusal::BadProxyHeader => "refused: a malformed or refused PROXY protocol header",
+            Refusal::ProxyHeaderTimeout => "cut off: no PROXY protocol header in time",
+            Refusal::UnauthenticatedFull => {
+                "refused: unauthenticated connections held their share of the slots"
+            }
+            Refusal::AddrConns => "refused: client.max_conns_per_addr reached",
+            Refusal::AddrRate => "refused: new connections too fast from one address",
+            Refusal::AddrTableFull => "refused: the per-address table was full",
+            Refusal::HandshakeRate => "refused: client.handshakes_per_s reached",
+            Refusal::HandshakeTimeout => "cut off: no valid auth proof before the deadline",
+            Refusal::BadHandshake => "cut off: bytes that are not the handshake",
+            Refusal::AuthFailed => "cut off: an auth proof that matched no reservation",
+            Refusal::Filtered => "cut off: a frame that failed its MAC or the filter",
+            Refusal::OverBudget => "cut off: a player over its message or byte budget",
+            Refusal::LinkBacklogged => "cut off: a player whose shard link was backed up",
         }
     }
 
@@ -94,8 +158,9 @@ impl Refusals {
             let n = since[class.index()];
             (n > 0).then(|| {
                 format!(
-                    "refused {n} connection(s) {} in the last {} s",
+                    "{n} connection(s) {} ({}) in the last {} s",
                     class.summary(),
+                    class.as_str(),
                     SUMMARY_EVERY.as_secs()
                 )
             })
@@ -115,8 +180,9 @@ mod tests {
         r.count(Refusal::NotAnnounced);
         let lines: Vec<String> = r.take_summary().collect();
         assert_eq!(lines.len(), 2);
-        assert!(lines[0].starts_with("refused 1 connection(s) from addresses"));
-        assert!(lines[1].starts_with("refused 2 connection(s) with a malformed"));
+        assert!(lines[0].starts_with("1 connection(s) refused: from addresses"));
+        assert!(lines[1].starts_with("2 connection(s) refused: a malformed"));
+        assert!(lines[1].contains("(bad_proxy_header)"));
         assert_eq!(r.take_summary().count(), 0);
         assert_eq!(r.total(Refusal::BadProxyHeader), 2);
         assert_eq!(r.sum(), 3);

@@ -10,11 +10,16 @@ use std::time::{Duration, Instant};
 use muta_proxy::config::{Config, Secret};
 use muta_proxy::secpool::{Secpool, SecpoolConfig};
 
-/// Defaults, except: listen on a kernel-chosen loopback port, a test password.
+/// Defaults, except: listen on a kernel-chosen loopback port, a test
+/// password, and per-address limits that let every test's players share
+/// 127.0.0.1 (the limits have tests of their own, which set them).
 pub fn test_config() -> Config {
     let mut cfg = Config::default();
     cfg.proxy.listen = "127.0.0.1:0".parse().unwrap();
     cfg.shard.password = Secret::new("test-password");
+    cfg.client.max_conns_per_addr = 100_000;
+    cfg.client.new_conns_per_addr_per_s = 100_000;
+    cfg.client.new_conns_per_addr_burst = 100_000;
     cfg
 }
 

@@ -13,7 +13,7 @@
 //! clock, running the tick once a simulated second and the timers when due.
 //! The same rules are checked through real sockets in `tests/proxy_rules.rs`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -91,6 +91,11 @@ pub struct Harness {
     peers: HashMap<ConnRef, Peer>,
     /// Close confirmations for the next step.
     closing: Vec<ConnRef>,
+    /// Connections whose far end reads nothing (a stalled shard): writes to
+    /// them would block.
+    stalled: HashSet<ConnRef>,
+    /// Connections waiting for a writable event (`PoolCmd::WantWrite`).
+    want_write: Vec<ConnRef>,
     next_socket_id: u32,
 }
 
@@ -135,6 +140,8 @@ impl Harness {
             unanswered: Vec::new(),
             peers: HashMap::new(),
             closing: Vec::new(),
+            stalled: HashSet::new(),
+            want_write: Vec::new(),
             next_socket_id: 100,
         }
     }
@@ -218,9 +225,13 @@ impl Harness {
     fn flush_pool(&mut self, id: PoolId) -> bool {
         let mut wrote: Vec<(ConnRef, Vec<u8>)> = Vec::new();
         let mut commands = Vec::new();
+        let stalled = self.stalled.clone();
         {
             let pool = self.pool(id);
             pool.flush_to(&mut |conn, bytes| {
+                if stalled.contains(&conn) {
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
                 wrote.push((conn, bytes.to_vec()));
                 Ok::<usize, io::Error>(bytes.len())
             });
@@ -260,7 +271,7 @@ impl Harness {
                     }
                 }
             }
-            PoolCmd::WantWrite { .. } => unreachable!("the harness takes every byte"),
+            PoolCmd::WantWrite { conn } => self.want_write.push(conn),
             PoolCmd::Close { conn } => {
                 if let Some(peer) = self.peers.get_mut(&conn) {
                     peer.closed = true;
@@ -350,6 +361,21 @@ impl Harness {
             moved = true;
         }
         moved
+    }
+
+    /// Shard `i` stops reading its link (`true`), or reads again (`false`):
+    /// what waited is written then.
+    pub fn stall_shard(&mut self, i: usize, stalled: bool) {
+        let link = self.link(i).expect("shard link up");
+        if stalled {
+            self.stalled.insert(link);
+            return;
+        }
+        self.stalled.remove(&link);
+        for conn in std::mem::take(&mut self.want_write) {
+            self.pool(conn.pool).writable(conn);
+        }
+        self.drive();
     }
 
     /// The link to shard `i`, if one is up.
@@ -591,5 +617,6 @@ pub fn msg(bytes: &[u8]) -> FProxyMsg<'_> {
     FProxyMsg::decode(bytes).unwrap().unwrap().0
 }
 
+mod attacks;
 mod forwarders;
 mod tests;
