@@ -43,6 +43,7 @@ use crate::proto::{ProtoError, messages};
 
 use super::Proxy;
 use super::cl::Binding;
+use super::refusals::Refusal;
 use super::reservations::Reservation;
 
 /// Where a shard link is.
@@ -375,6 +376,11 @@ impl Proxy {
         } else if self.reservations.len() + self.clients.in_use()
             >= self.settings.max_clients as usize
         {
+            OPENED_SOCKET_FULL
+        } else if self.reservations.announced_count(r.ip) >= self.settings.addr_limits.conns_max {
+            // One address's logins hold no more slots than its connections
+            // may (reservation squatting from one address).
+            self.stats.refusals.count(Refusal::ReservationsPerAddr);
             OPENED_SOCKET_FULL
         } else {
             if let Some(old) = self.reservations.reserve(shard, socket_id, r) {

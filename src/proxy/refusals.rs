@@ -53,11 +53,14 @@ pub enum Refusal {
     OverBudget,
     /// An authenticated player whose shard link's output was backed up.
     LinkBacklogged,
+    /// A reservation refused: its address already had
+    /// `client.max_conns_per_addr` reservations (squatting).
+    ReservationsPerAddr,
 }
 
 impl Refusal {
     /// Every class, in the order of the summary.
-    pub const ALL: [Refusal; 15] = [
+    pub const ALL: [Refusal; 16] = [
         Refusal::NotAnnounced,
         Refusal::UntrustedForwarder,
         Refusal::BadProxyHeader,
@@ -73,6 +76,7 @@ impl Refusal {
         Refusal::Filtered,
         Refusal::OverBudget,
         Refusal::LinkBacklogged,
+        Refusal::ReservationsPerAddr,
     ];
 
     /// The class's name in logs and metrics.
@@ -93,6 +97,7 @@ impl Refusal {
             Refusal::Filtered => "filtered",
             Refusal::OverBudget => "over_budget",
             Refusal::LinkBacklogged => "link_backlogged",
+            Refusal::ReservationsPerAddr => "reservations_per_addr",
         }
     }
 
@@ -118,6 +123,9 @@ impl Refusal {
             Refusal::Filtered => "cut off: a frame that failed its MAC or the filter",
             Refusal::OverBudget => "cut off: a player over its message or byte budget",
             Refusal::LinkBacklogged => "cut off: a player whose shard link was backed up",
+            Refusal::ReservationsPerAddr => {
+                "refused (reservations): client.max_conns_per_addr reached by one address's logins"
+            }
         }
     }
 

@@ -133,6 +133,11 @@ impl Reservations {
         self.announced.contains_key(&ip.to_canonical())
     }
 
+    /// How many reservations announce `ip`.
+    pub fn announced_count(&self, ip: IpAddr) -> u32 {
+        self.announced.get(&ip.to_canonical()).copied().unwrap_or(0)
+    }
+
     /// Reserves `socket_id` on `link`. A reservation of the same account
     /// on that link is replaced: its socket id is returned, for the shard to
     /// be told. The caller has checked capacity and that the socket id is

@@ -259,3 +259,32 @@ fn a_backed_up_shard_link_cuts_off_the_player_who_fills_it_never_the_link() {
     );
     assert!(h.player_recv(bystander).is_some());
 }
+
+#[test]
+fn one_address_holds_no_more_reservations_than_connections() {
+    let mut h = Harness::new(|cfg| cfg.client.max_conns_per_addr = 2);
+    h.reserve("squat-0", player_addr(40));
+    h.reserve("squat-1", player_addr(40));
+    // The third login from the address: refused as full, for that address.
+    h.shard_send(
+        0,
+        &TProxyMsg::OpenedSocket {
+            socket_id: 999,
+            account_id: 999,
+            login_session_id: 1,
+            ip: player_addr(40).ip(),
+            account_name: "squat-2",
+            token: &[0; crate::cryptchan::TOKEN_BYTES],
+        },
+    );
+    assert_eq!(
+        msg(&h.shard_recv(0)),
+        FProxyMsg::OpenedSocketResult {
+            socket_id: 999,
+            result: crate::proto::proxy_shard::OPENED_SOCKET_FULL
+        }
+    );
+    assert_eq!(refused(&h, Refusal::ReservationsPerAddr), 1);
+    // Another address still reserves.
+    h.reserve("other", player_addr(41));
+}
