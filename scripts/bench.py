@@ -46,14 +46,14 @@ PERF_CLIENTS clients under `perf record -g` (see docs/profiling.md).
 
 import json
 import os
-import resource
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
+
+from procs import (Lines, cpu_seconds, ensure_haproxy, finish, free_port, port_open,
+                   raise_fd_limit, rss_kib, say, wait_for)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, os.environ.get("BENCH_OUT", os.path.join("target", "bench")))
@@ -73,45 +73,6 @@ REPEAT = int(os.environ.get("BENCH_REPEAT", "1"))
 # its figures are medians: these machines are noisy.
 FOCUS = int(os.environ.get("BENCH_FOCUS", "1000"))
 FOCUS_REPEAT = int(os.environ.get("BENCH_FOCUS_REPEAT", "3"))
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def say(text):
-    print(text, flush=True)
-
-
-def ephemeral_start():
-    try:
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-            return int(f.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768
-
-
-def free_port():
-    """A port free now, below the ephemeral range: the kernel gives ports in
-    that range to outgoing connections (thousands of bots), and one may take
-    a port picked there before our listener binds it."""
-    import random
-    top = ephemeral_start() - 1
-    for _ in range(200):
-        port = random.randint(max(1024, top - 20000), top)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-                return port
-            except OSError:
-                continue
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def cpu_seconds(pid):
-    """utime + stime of a process (all its threads), in seconds."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def thread_stats(pid):
@@ -150,50 +111,6 @@ def thread_delta(before, after, window):
     sleeps = {t: round((a[0] - before.get(t, (0, 0))[0]) / window) for t, a in after.items()}
     waits = {t: round((a[1] - before.get(t, (0, 0))[1]) / 1e6 / window, 1) for t, a in after.items()}
     return sleeps, waits
-
-
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-
-class Lines(threading.Thread):
-    """Collects a child's JSON output lines, with the time each arrived."""
-
-    def __init__(self, stream, log_path):
-        super().__init__(daemon=True)
-        self.stream = stream
-        self.log = open(log_path, "w")
-        self.lines = []
-        self.start()
-
-    def run(self):
-        for raw in self.stream:
-            line = raw.decode(errors="replace").rstrip("\n")
-            self.log.write(line + "\n")
-            self.log.flush()
-            if line.startswith("{"):
-                try:
-                    self.lines.append((time.time(), json.loads(line)))
-                except ValueError:
-                    pass
-
-    def last(self):
-        return self.lines[-1][1] if self.lines else None
-
-
-def ensure_haproxy():
-    if shutil.which("haproxy"):
-        return True
-    say("== haproxy is not installed: installing Debian's package")
-    sudo = [] if os.geteuid() == 0 else ["sudo"]
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    for cmd in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "haproxy"]):
-        subprocess.run(sudo + cmd, env=env, stdout=subprocess.DEVNULL)
-    return shutil.which("haproxy") is not None
 
 
 class System:
@@ -338,33 +255,6 @@ backend shard
         if proc is not None:
             self.procs.append((name, proc))
         return proc
-
-
-def port_open(port):
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
-
-
-def wait_for(cond, seconds, what):
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"timed out waiting for {what}")
-
-
-def finish(proc, seconds, what):
-    """Waits for a process we have asked to end; kills it if it does not."""
-    try:
-        proc.wait(timeout=seconds)
-    except subprocess.TimeoutExpired:
-        say(f"   {what} did not finish in {seconds} s; killed")
-        proc.kill()
-        proc.wait()
 
 
 def bot_report(proc, tag):
@@ -691,23 +581,6 @@ def plot(results):
     fig.tight_layout()
     fig.savefig(os.path.join(DOCS, "bench-latency.png"), dpi=100)
     say(f"== wrote {os.path.relpath(os.path.join(DOCS, 'bench-latency.png'), ROOT)}")
-
-
-def raise_fd_limit():
-    """Raises the open-file limit the processes of a run inherit, as far as
-    this process may; returns the soft limit in force."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = 65536
-    inf = resource.RLIM_INFINITY
-    if soft != inf and soft < want:
-        for new in ((want, hard if hard == inf or hard >= want else want), (min(want, hard), hard)):
-            try:
-                resource.setrlimit(resource.RLIMIT_NOFILE, new)
-                break
-            except (ValueError, OSError):
-                continue
-    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    return 1 << 30 if soft == inf else soft
 
 
 def main_bench():

@@ -67,6 +67,22 @@ impl FlagArgs {
     }
 }
 
+/// `FIRST-LAST`, an inclusive range of IPv4 addresses (at most 65,536), or
+/// one address: the local addresses of `muta-bot --bind-ips` and
+/// `muta-attack --bind-ips`.
+pub fn parse_ip_range(flag: &str, text: &str) -> Result<Vec<std::net::IpAddr>, String> {
+    use std::net::{IpAddr, Ipv4Addr};
+    let bad = || format!("{flag}: expected FIRST-LAST (IPv4), found `{text}`");
+    let (first, last) = text.split_once('-').unwrap_or((text, text));
+    let first: Ipv4Addr = first.parse().map_err(|_| bad())?;
+    let last: Ipv4Addr = last.parse().map_err(|_| bad())?;
+    let (a, b) = (u32::from(first), u32::from(last));
+    if b < a || b - a >= 65_536 {
+        return Err(bad());
+    }
+    Ok((a..=b).map(|n| IpAddr::from(Ipv4Addr::from(n))).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,5 +111,22 @@ mod tests {
         let mut a = args(&["--n", "many"]);
         a.next_flag().unwrap();
         assert!(a.parse::<u32>("--n").unwrap_err().starts_with("--n many: "));
+    }
+
+    #[test]
+    fn ip_ranges() {
+        let r = parse_ip_range("--bind-ips", "127.0.0.2-127.0.1.1").unwrap();
+        assert_eq!(r.len(), 256);
+        assert_eq!(r[0].to_string(), "127.0.0.2");
+        assert_eq!(r[255].to_string(), "127.0.1.1");
+        assert_eq!(parse_ip_range("--x", "10.0.0.1").unwrap().len(), 1);
+        for bad in [
+            "127.0.0.5-127.0.0.1",
+            "x-y",
+            "127.0.0.0-127.1.0.0",
+            "::1-::2",
+        ] {
+            assert!(parse_ip_range("--x", bad).is_err(), "{bad}");
+        }
     }
 }

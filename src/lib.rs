@@ -26,6 +26,7 @@
 //! | [`proxy`] | §3.8 | the proxy's behaviour: stages, auth, reservations, routing, filtering |
 //! | [`process`] | §3.4 | what the programs share around the main thread: logging, signals, exit codes |
 //! | [`daemon`] | — | `muta-proxy`'s command line and `--check-config` |
+//! | [`attack`] | §2.1.1 | `muta-attack`: the attacks `make attack` runs against the proxy |
 //!
 //! `ARCHITECTURE.md` describes the data flow, who owns what, what may block
 //! where and every bound; `docs/thesis-map.md` maps each thesis section to the
@@ -34,6 +35,7 @@
 #[cfg(not(target_pointer_width = "64"))]
 compile_error!("netpoll stores a 64-bit data word in mio's usize token: 64-bit targets only");
 
+pub mod attack;
 pub mod bot;
 pub mod cli;
 pub mod com;

@@ -221,6 +221,14 @@ impl Runtime {
                 shard.tick(now);
             }
             server.on_tick(now);
+            // Blocks a burst left idle go back to the system.
+            let released = self.secpool.trim_idle();
+            if released > 0 {
+                log::debug!(
+                    "secpool: {released} idle blocks released; {} bytes held",
+                    self.secpool.bytes_held()
+                );
+            }
             self.next_tick = now + MAIN_TICK;
         }
         server.on_timers(now);
@@ -256,7 +264,13 @@ impl Runtime {
                     server.on_connected(conn, now);
                 }
             }
-            Event::Read { conn, mut data } => server.on_read(conn, data.as_mut_slice(), now),
+            Event::Read { conn, mut data } => {
+                let n = data.len();
+                server.on_read(conn, data.as_mut_slice(), now);
+                if let Some(io) = self.io(conn.pool) {
+                    io.read_done(conn.index, n);
+                }
+            }
             Event::Writable { conn } => {
                 if let Some(pool) = pool_of(server, conn.pool) {
                     pool.writable(conn);

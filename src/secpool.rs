@@ -102,7 +102,12 @@ struct SizeClass {
     failures: AtomicU64,
     blocks_created: AtomicU64,
     blocks_released: AtomicU64,
+    /// Free blocks at the last [`Secpool::trim_idle`].
+    free_at_last_trim: AtomicUsize,
 }
+
+/// Free blocks per class that [`Secpool::trim_idle`] always keeps.
+pub const SECPOOL_IDLE_FLOOR: usize = 32;
 
 /// Counters of one size class, read by [`Secpool::stats`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -187,6 +192,7 @@ impl Secpool {
                     failures: AtomicU64::new(0),
                     blocks_created: AtomicU64::new(0),
                     blocks_released: AtomicU64::new(0),
+                    free_at_last_trim: AtomicUsize::new(0),
                 }
             })
             .collect();
@@ -270,6 +276,58 @@ impl Secpool {
             // disconnected while `self` is alive.
             Err(TrySendError::Disconnected(_)) => unreachable!("secpool free list disconnected"),
         }
+    }
+
+    /// Gives back to the system the free blocks that have been idle since the
+    /// last call, above [`SECPOOL_IDLE_FLOOR`] per class: called once a
+    /// second by the main loop, so that after a burst (a flood of reads
+    /// waiting in the event buffer) the pool shrinks back within two seconds,
+    /// while a steady load keeps the blocks it cycles. Off the per-packet
+    /// path: it only looks at the free lists' lengths. Returns the blocks
+    /// released.
+    pub fn trim_idle(&self) -> usize {
+        let mut released = 0;
+        for class in self.classes.iter() {
+            let now = class.free_rx.len();
+            let before = class.free_at_last_trim.swap(now, Relaxed);
+            // At least this many stayed on the list the whole second.
+            let idle = now.min(before).saturating_sub(SECPOOL_IDLE_FLOOR);
+            if idle == 0 {
+                class.free_at_last_trim.store(now, Relaxed);
+                continue;
+            }
+            // The list is first in, first out: the floor kept is its front
+            // (the blocks longest there, made first, lowest in the heap),
+            // and the rest, the burst's, go, so that the allocator can give
+            // the top of its heap back to the system.
+            let mut keep = Vec::with_capacity(SECPOOL_IDLE_FLOOR);
+            for _ in 0..SECPOOL_IDLE_FLOOR + idle {
+                let Ok(block) = class.free_rx.try_recv() else {
+                    break;
+                };
+                if keep.len() < SECPOOL_IDLE_FLOOR {
+                    keep.push(block);
+                    continue;
+                }
+                let size = block.len();
+                drop(block);
+                class.blocks_released.fetch_add(1, Relaxed);
+                self.bytes_held.fetch_sub(size, Relaxed);
+                released += 1;
+            }
+            for block in keep {
+                if let Err(TrySendError::Full(block) | TrySendError::Disconnected(block)) =
+                    class.free_tx.try_send(block)
+                {
+                    let size = block.len();
+                    drop(block);
+                    class.blocks_released.fetch_add(1, Relaxed);
+                    self.bytes_held.fetch_sub(size, Relaxed);
+                }
+            }
+            class.free_at_last_trim.store(class.free_rx.len(), Relaxed);
+        }
+        released
     }
 
     /// Gives one free block back to the system, largest class first (the most

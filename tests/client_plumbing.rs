@@ -84,6 +84,8 @@ impl Main {
                 accepts_per_wakeup: cfg.client.accepts_per_wakeup,
                 netpoll_events_max: cfg.runtime.netpoll_events_max,
                 io_batch_max: cfg.runtime.io_batch_max,
+                read_ahead_max: cfg.client.read_ahead_max,
+                send_buffer: cfg.client.socket_send_buffer,
             },
             shard: None,
         };
@@ -252,6 +254,54 @@ fn a_full_event_buffer_blocks_the_client_thread_and_loses_nothing() {
     }
     writer.join().unwrap();
     assert_eq!(received.len(), sent.len());
+    assert!(received == sent, "bytes lost, duplicated or reordered");
+    main.stop();
+}
+
+#[test]
+fn one_fast_sender_holds_at_most_its_read_ahead_of_the_event_buffer_and_loses_nothing() {
+    let mut cfg = test_config();
+    cfg.client.read_size = 4096;
+    cfg.client.read_ahead_max = 16 * 1024;
+    let mut main = Main::start(&cfg);
+    let client = TcpStream::connect(main.addr).unwrap();
+    let sent = pseudo_random_bytes(2 << 20, 5);
+    let writer = {
+        let sent = sent.clone();
+        let mut client = client.try_clone().unwrap();
+        thread::spawn(move || client.write_all(&sent).unwrap())
+    };
+    // Accept, then stop draining: the client thread reads that client's
+    // read-ahead, and then no more, though the event buffer has room.
+    main.turn(5000);
+    thread::sleep(Duration::from_millis(300));
+    let queued = main.evbuf.len();
+    assert!(queued > 0, "nothing was read");
+    main.turn(0);
+    let mut received = Vec::new();
+    for (_, bytes) in main.take_reads() {
+        received.extend_from_slice(&bytes);
+    }
+    assert!(
+        received.len() <= 16 * 1024 + 4096,
+        "{} bytes in flight for one client (read_ahead_max 16 KiB)",
+        received.len()
+    );
+    // Handling them wakes the client thread, which reads on: all of it
+    // arrives, in order.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while received.len() < sent.len() {
+        assert!(
+            Instant::now() < deadline,
+            "only {} bytes arrived",
+            received.len()
+        );
+        main.turn(10);
+        for (_, bytes) in main.take_reads() {
+            received.extend_from_slice(&bytes);
+        }
+    }
+    writer.join().unwrap();
     assert!(received == sent, "bytes lost, duplicated or reordered");
     main.stop();
 }

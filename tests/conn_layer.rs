@@ -74,6 +74,8 @@ fn opener(n: u32, connect_timeout: Duration) -> (Runtime, Opener) {
         accepts_per_wakeup: 1,
         netpoll_events_max: 1024,
         io_batch_max: 64,
+        read_ahead_max: 0,
+        send_buffer: 0,
     };
     let cfg = RuntimeCfg {
         secpool: SecpoolConfig {

@@ -95,6 +95,8 @@ impl Main {
             accepts_per_wakeup: 1,
             netpoll_events_max: 64,
             io_batch_max: cfg.runtime.io_batch_max,
+            read_ahead_max: 0,
+            send_buffer: 0,
         };
         let runtime_cfg = RuntimeCfg {
             secpool: SecpoolConfig {

@@ -118,13 +118,25 @@ impl Conn {
         expected: Option<PublicKey>,
         timeout: Duration,
     ) -> Result<Conn, ClientError> {
+        Conn::connect_after(from, addr, &[], expected, timeout)
+    }
+
+    /// As [`Conn::connect_from`], writing `preamble` (a PROXY protocol header,
+    /// as a forwarder would) before the handshake.
+    pub fn connect_after(
+        from: Option<IpAddr>,
+        addr: &str,
+        preamble: &[u8],
+        expected: Option<PublicKey>,
+        timeout: Duration,
+    ) -> Result<Conn, ClientError> {
         let addr: SocketAddr = addr
             .to_socket_addrs()?
             .next()
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address"))?;
         let stream = tcp_connect(from, addr, timeout)?;
         stream.set_nodelay(true)?;
-        let mut out = Vec::new();
+        let mut out = preamble.to_vec();
         let chan = Channel::initiator(Arc::new(KeyPair::generate()), expected, &mut out);
         let mut conn = Conn {
             stream,
@@ -252,6 +264,37 @@ impl Conn {
     /// The acceptor's key, as presented in the handshake.
     pub fn peer_key(&self) -> Option<PublicKey> {
         self.chan.peer_key()
+    }
+
+    /// Bounds each write (a peer that stops reading makes a write fail
+    /// with `TimedOut` instead of blocking for ever).
+    pub fn set_write_timeout(&self, timeout: Option<Duration>) {
+        let _ = self.stream.set_write_timeout(timeout);
+    }
+
+    /// Shrinks the kernel's receive buffer to about `bytes` (a client that
+    /// reads slowly, in tests and `muta-attack`).
+    pub fn shrink_recv_buffer(&self, bytes: usize) {
+        let _ = socket2::SockRef::from(&self.stream).set_recv_buffer_size(bytes);
+    }
+
+    /// True if the peer has closed the connection (or reset it); what it
+    /// sent meanwhile is read and dropped. Does not wait.
+    pub fn peer_closed(&mut self) -> bool {
+        if self.stream.set_nonblocking(true).is_err() {
+            return true;
+        }
+        let mut buf = [0u8; 16 * 1024];
+        let closed = loop {
+            match self.stream.read(&mut buf) {
+                Ok(0) => break true,
+                Ok(_) => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => break true,
+            }
+        };
+        closed || self.stream.set_nonblocking(false).is_err()
     }
 
     /// The connection's local address: where the peer sees it come from.
@@ -391,6 +434,22 @@ pub fn enter_at(
     enter_from(None, addr, ticket, account_name, shard_name, timeout)
 }
 
+/// As [`enter_from`], writing `preamble` first (a PROXY protocol header, as
+/// a forwarder would).
+pub fn enter_after(
+    from: Option<IpAddr>,
+    addr: &str,
+    preamble: &[u8],
+    ticket: &Ticket,
+    account_name: &str,
+    shard_name: &str,
+    timeout: Duration,
+) -> Result<Conn, ClientError> {
+    let mut conn = Conn::connect_after(from, addr, preamble, Some(ticket.proxy_key), timeout)?;
+    send_proof(&mut conn, ticket, account_name, shard_name)?;
+    Ok(conn)
+}
+
 /// As [`enter_at`], from the local address `from` when given (through a
 /// forwarder, which then names that address in its PROXY protocol header).
 pub fn enter_from(
@@ -402,6 +461,17 @@ pub fn enter_from(
     timeout: Duration,
 ) -> Result<Conn, ClientError> {
     let mut conn = Conn::connect_from(from, addr, Some(ticket.proxy_key), timeout)?;
+    send_proof(&mut conn, ticket, account_name, shard_name)?;
+    Ok(conn)
+}
+
+/// The auth proof of `ticket`, as the connection's first frame.
+fn send_proof(
+    conn: &mut Conn,
+    ticket: &Ticket,
+    account_name: &str,
+    shard_name: &str,
+) -> Result<(), ClientError> {
     let mut proof = Vec::new();
     AuthProof {
         account_name,
@@ -409,6 +479,5 @@ pub fn enter_from(
         token: &ticket.token,
     }
     .encode(&mut proof);
-    conn.send_frame(&proof)?;
-    Ok(conn)
+    conn.send_frame(&proof)
 }

@@ -1286,7 +1286,7 @@ fn parse_args<I: IntoIterator<Item = OsString>>(args: I) -> Result<Option<(BotCf
             "--threads" => cfg.threads = args.parse(&flag)?,
             "--progress" => cfg.progress = true,
             "--storm" => cfg.storm = true,
-            "--bind-ips" => cfg.bind_ips = parse_ip_range(&args.value(&flag)?)?,
+            "--bind-ips" => cfg.bind_ips = crate::cli::parse_ip_range(&flag, &args.value(&flag)?)?,
             "--json" => json = true,
             "-h" | "--help" => return Ok(None),
             other => return Err(format!("unknown argument `{other}`")),
@@ -1302,22 +1302,6 @@ fn parse_args<I: IntoIterator<Item = OsString>>(args: I) -> Result<Option<(BotCf
         ));
     }
     Ok(Some((cfg, json)))
-}
-
-/// `FIRST-LAST`, an inclusive range of IPv4 addresses (at most 65,536), or
-/// one address.
-fn parse_ip_range(text: &str) -> Result<Vec<IpAddr>, String> {
-    let bad = || format!("--bind-ips: expected FIRST-LAST (IPv4), found `{text}`");
-    let (first, last) = text.split_once('-').unwrap_or((text, text));
-    let first: std::net::Ipv4Addr = first.parse().map_err(|_| bad())?;
-    let last: std::net::Ipv4Addr = last.parse().map_err(|_| bad())?;
-    let (a, b) = (u32::from(first), u32::from(last));
-    if b < a || b - a >= 65_536 {
-        return Err(bad());
-    }
-    Ok((a..=b)
-        .map(|n| IpAddr::from(std::net::Ipv4Addr::from(n)))
-        .collect())
 }
 
 /// `muta-bot`'s `main`.
@@ -1398,22 +1382,5 @@ mod tests {
         let p99 = quantile(&counts, 0.99);
         assert!((990..=1054).contains(&p99), "{p99}");
         assert_eq!(quantile(&vec![0; BUCKETS], 0.5), 0);
-    }
-
-    #[test]
-    fn ip_ranges() {
-        let r = parse_ip_range("127.0.0.2-127.0.1.1").unwrap();
-        assert_eq!(r.len(), 256);
-        assert_eq!(r[0].to_string(), "127.0.0.2");
-        assert_eq!(r[255].to_string(), "127.0.1.1");
-        assert_eq!(parse_ip_range("10.0.0.1").unwrap().len(), 1);
-        for bad in [
-            "127.0.0.5-127.0.0.1",
-            "x-y",
-            "127.0.0.0-127.1.0.0",
-            "::1-::2",
-        ] {
-            assert!(parse_ip_range(bad).is_err(), "{bad}");
-        }
     }
 }

@@ -96,6 +96,10 @@ pub struct ClientCfg {
     pub accepts_per_wakeup: u32,
     /// Kernel listen backlog.
     pub listen_backlog: u32,
+    /// Bytes of one client's reads in flight before its reading pauses.
+    pub read_ahead_max: usize,
+    /// `SO_SNDBUF` of client sockets (0: the kernel's).
+    pub socket_send_buffer: usize,
     /// Idle timeout.
     pub idle_timeout_ms: u64,
     /// Deadline from accept to a valid auth proof.
@@ -213,6 +217,8 @@ impl Default for Config {
                 reads_per_wakeup: DEFAULT_CLIENT_READS_PER_WAKEUP,
                 accepts_per_wakeup: DEFAULT_CLIENT_ACCEPTS_PER_WAKEUP,
                 listen_backlog: DEFAULT_CLIENT_LISTEN_BACKLOG,
+                read_ahead_max: DEFAULT_CLIENT_READ_AHEAD_MAX,
+                socket_send_buffer: DEFAULT_CLIENT_SOCKET_SEND_BUFFER,
                 idle_timeout_ms: DEFAULT_CLIENT_IDLE_TIMEOUT_MS,
                 handshake_timeout_ms: DEFAULT_CLIENT_HANDSHAKE_TIMEOUT_MS,
                 reservation_timeout_ms: DEFAULT_CLIENT_RESERVATION_TIMEOUT_MS,

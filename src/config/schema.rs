@@ -225,6 +225,8 @@ pub static KEYS: &[Key] = &[
     CLIENT_READS_PER_WAKEUP,
     CLIENT_ACCEPTS_PER_WAKEUP,
     CLIENT_LISTEN_BACKLOG,
+    CLIENT_READ_AHEAD_MAX,
+    CLIENT_SOCKET_SEND_BUFFER,
     CLIENT_IDLE_TIMEOUT_MS,
     CLIENT_HANDSHAKE_TIMEOUT_MS,
     CLIENT_RESERVATION_TIMEOUT_MS,
@@ -442,6 +444,44 @@ const CLIENT_LISTEN_BACKLOG: Key = Key {
         min: 1,
         max: 65_535,
         store: |c, n| c.client.listen_backlog = n as u32,
+    },
+};
+
+/// `client.read_ahead_max`: bytes of one client's reads waiting for the main
+/// thread (in the event buffer) before the client thread stops reading that
+/// client, until the main thread has caught up: one fast sender holds at most
+/// this much of the event buffer (4 reads of the default size).
+pub const DEFAULT_CLIENT_READ_AHEAD_MAX: usize = 64 * 1024;
+const CLIENT_READ_AHEAD_MAX: Key = Key {
+    name: "client.read_ahead_max",
+    unit: Unit::Bytes,
+    reload: Reload::Restart,
+    doc: "Bytes of one client's reads waiting for the main thread before its reading pauses.",
+    value: Value::Int {
+        default: DEFAULT_CLIENT_READ_AHEAD_MAX as u64,
+        min: KIB,
+        max: 1024 * MIB,
+        store: |c, n| c.client.read_ahead_max = n as usize,
+    },
+};
+
+/// `client.socket_send_buffer`: the kernel send buffer (`SO_SNDBUF`) of each
+/// client socket. Left to the kernel, it grows up to `net.ipv4.tcp_wmem`'s
+/// maximum (4 MiB on Debian) for a client that does not read, which both
+/// pins that much kernel memory per client and hides the slow reader from
+/// `client.out_buf_size` for as long as it takes to fill (HAProxy's
+/// `tune.sndbuf.client`). 0 leaves it to the kernel.
+pub const DEFAULT_CLIENT_SOCKET_SEND_BUFFER: usize = 64 * 1024;
+const CLIENT_SOCKET_SEND_BUFFER: Key = Key {
+    name: "client.socket_send_buffer",
+    unit: Unit::Bytes,
+    reload: Reload::Restart,
+    doc: "The kernel send buffer of each client socket (SO_SNDBUF); 0 leaves it to the kernel.",
+    value: Value::Int {
+        default: DEFAULT_CLIENT_SOCKET_SEND_BUFFER as u64,
+        min: 0,
+        max: 64 * MIB,
+        store: |c, n| c.client.socket_send_buffer = n as usize,
     },
 };
 
@@ -714,8 +754,9 @@ const CLIENT_PLAYER_MSGS_PER_S: Key = Key {
 };
 
 /// `client.player_msgs_burst`: the size of a player's bucket of messages:
-/// 7 s at the default rate, as Gate's window.
-pub const DEFAULT_CLIENT_PLAYER_MSGS_BURST: u64 = 3_500;
+/// 2 s at the default rate (Gate's window is 7 s; a smaller burst bounds
+/// what a flooder pushes through before it is cut off).
+pub const DEFAULT_CLIENT_PLAYER_MSGS_BURST: u64 = 1_000;
 const CLIENT_PLAYER_MSGS_BURST: Key = Key {
     name: "client.player_msgs_burst",
     unit: Unit::Count,
@@ -746,7 +787,7 @@ const CLIENT_PLAYER_BYTES_PER_S: Key = Key {
 };
 
 /// `client.player_bytes_burst`: the size of a player's bucket of bytes.
-pub const DEFAULT_CLIENT_PLAYER_BYTES_BURST: u64 = 1_048_576;
+pub const DEFAULT_CLIENT_PLAYER_BYTES_BURST: u64 = 262_144;
 const CLIENT_PLAYER_BYTES_BURST: Key = Key {
     name: "client.player_bytes_burst",
     unit: Unit::Bytes,

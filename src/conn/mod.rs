@@ -61,6 +61,12 @@ pub const DISCONNECT_LOG_LINES_PER_TICK: u32 = 20;
 /// backs it up (a lost command must not hold a slot forever).
 pub const CONNECT_BACKSTOP: Duration = Duration::from_secs(2);
 
+/// Bytes of capacity an empty buffer of an open slot keeps at the tick;
+/// beyond, it is given back ([`Pool::tick`]).
+pub const BUF_KEEP: usize = 64 * 1024;
+/// The same for a free slot.
+pub const FREE_BUF_KEEP: usize = 4 * 1024;
+
 /// The protocol state a slot carries. `Default` is the state of a fresh
 /// connection; it is dropped (and its keys wiped) when the connection goes.
 pub trait Session: Default {
@@ -240,6 +246,25 @@ impl<S> Slot<S> {
     /// Bytes queued and not yet written.
     pub fn out_len(&self) -> usize {
         self.out_buf.len() - self.out_pos
+    }
+
+    /// Gives back what a burst made the buffers grow to, once they are
+    /// empty (a slot keeps its capacity between reads and flushes, so
+    /// without this a flood's high-water mark would stay for good).
+    fn shrink_idle_buffers(&mut self) {
+        // A free slot keeps what an ordinary connection needs; an open one
+        // more, as its traffic may need it again at once.
+        let keep = if self.state == SlotState::Free {
+            FREE_BUF_KEEP
+        } else {
+            BUF_KEEP
+        };
+        if self.out_buf.is_empty() && self.out_buf.capacity() > keep {
+            self.out_buf.shrink_to(keep);
+        }
+        if self.in_buf.is_empty() && self.in_buf.capacity() > keep {
+            self.in_buf.shrink_to(keep);
+        }
     }
 
     /// The connection's effective address (see [`Pool::set_addr`]).
@@ -810,6 +835,8 @@ impl<S: Session> Pool<S> {
         self.log_budget = DISCONNECT_LOG_LINES_PER_TICK;
         let connect_max = self.cfg.connect_timeout + CONNECT_BACKSTOP;
         for index in 0..self.slots.len() {
+            let slot = &mut self.slots[index];
+            slot.shrink_idle_buffers();
             let slot = &self.slots[index];
             // `last_read_at` is the time of the accept or the connect, then of
             // the last read.

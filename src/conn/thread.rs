@@ -47,6 +47,14 @@
 //! size (thesis §3.4.4). Events are collected and pushed in batches of up to
 //! `runtime.io_batch_max`, one lock round trip per batch.
 //!
+//! A connection's reads waiting for the main thread are bounded too
+//! ([`ReadAhead`], `client.read_ahead_max`): past the bound the thread stops
+//! reading that one connection, which lets TCP push back on that one peer,
+//! until the main thread has handled enough of its reads and wakes the
+//! thread. So one sender as fast as the network (a flooder) holds at most
+//! that much of the event buffer, and the others' reads are not queued
+//! behind a backlog of its.
+//!
 //! The thread blocks in two places only: `netpoll_wait` and `event_push`
 //! (**invariant**). When the main thread falls behind, the full event buffer
 //! stops this thread, which stops reading, which lets TCP push back on peers.
@@ -56,6 +64,7 @@ use std::collections::{BinaryHeap, HashMap};
 use std::io::{self, Read};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -152,6 +161,79 @@ pub struct IoCfg {
     pub netpoll_events_max: usize,
     /// Events collected before pushing.
     pub io_batch_max: usize,
+    /// Bytes of one connection's reads waiting for the main thread before
+    /// the thread stops reading it (0: no bound).
+    pub read_ahead_max: usize,
+    /// The kernel send buffer (`SO_SNDBUF`) of accepted sockets (0: the
+    /// kernel's, which grows it up to `net.ipv4.tcp_wmem`).
+    pub send_buffer: usize,
+}
+
+/// The bit of a [`ReadAhead`] count that says the I/O thread stopped
+/// reading the connection and waits to be woken.
+const THROTTLED: u32 = 1 << 31;
+
+/// Bytes of each connection's reads pushed by its I/O thread and not yet
+/// handled by the main thread, by slot (see the module docs). Shared by the
+/// two threads; two atomic operations per read, no lock.
+#[derive(Debug)]
+pub struct ReadAhead {
+    bytes: Box<[AtomicU32]>,
+    /// Most bytes in flight per connection before the thread stops reading
+    /// it.
+    max: u32,
+}
+
+impl ReadAhead {
+    /// For `slots` slots, at most `max` bytes each (0: no bound).
+    pub fn new(slots: usize, max: usize) -> ReadAhead {
+        let max = match max {
+            0 => THROTTLED - 1,
+            max => max.min(1 << 30) as u32,
+        };
+        ReadAhead {
+            bytes: (0..slots).map(|_| AtomicU32::new(0)).collect(),
+            max,
+        }
+    }
+
+    /// I/O thread: may slot `index` be read now? If not, it is marked, and
+    /// the main thread wakes the I/O thread once it has caught up.
+    fn may_read(&self, index: u32) -> bool {
+        let Some(count) = self.bytes.get(index as usize) else {
+            return true;
+        };
+        if count.load(Ordering::Acquire) & !THROTTLED < self.max {
+            return true;
+        }
+        count.fetch_or(THROTTLED, Ordering::AcqRel);
+        // The main thread may have caught up before the mark: look again.
+        if count.load(Ordering::Acquire) & !THROTTLED < self.max {
+            count.fetch_and(!THROTTLED, Ordering::AcqRel);
+            return true;
+        }
+        false
+    }
+
+    /// I/O thread: `n` bytes of slot `index` pushed.
+    fn pushed(&self, index: u32, n: usize) {
+        if let Some(count) = self.bytes.get(index as usize) {
+            count.fetch_add(n as u32, Ordering::AcqRel);
+        }
+    }
+
+    /// Main thread: `n` bytes of slot `index` handled. True if the I/O
+    /// thread stopped reading it and may read it again: wake the thread.
+    pub fn consumed(&self, index: u32, n: usize) -> bool {
+        let Some(count) = self.bytes.get(index as usize) else {
+            return false;
+        };
+        let before = count.fetch_sub(n as u32, Ordering::AcqRel);
+        let after = (before & !THROTTLED).wrapping_sub(n as u32);
+        before & THROTTLED != 0
+            && after < self.max
+            && count.fetch_and(!THROTTLED, Ordering::AcqRel) & THROTTLED != 0
+    }
 }
 
 /// The main thread's handle on an I/O thread.
@@ -162,9 +244,18 @@ pub struct IoThread {
     wake_pending: bool,
     thread: Option<JoinHandle<()>>,
     local_addrs: Vec<SocketAddr>,
+    ahead: Arc<ReadAhead>,
 }
 
 impl IoThread {
+    /// The main thread handled `n` bytes read on slot `index`; wakes the
+    /// thread (at the end of the iteration) if it waits for that slot.
+    pub fn read_done(&mut self, index: u32, n: usize) {
+        if self.ahead.consumed(index, n) {
+            self.wake_pending = true;
+        }
+    }
+
     /// Queues a command without blocking; the thread is woken by
     /// [`IoThread::wake_if_pending`] at the end of the main loop iteration, so
     /// a burst of commands costs one wake-up.
@@ -239,6 +330,7 @@ pub fn io_start(
     }
     let max_conns = cfg.max_conns as usize;
     let cmds = Arc::new(EventBuf::new(3 * max_conns + RESOLVERS_MAX + 1));
+    let ahead = Arc::new(ReadAhead::new(max_conns, cfg.read_ahead_max));
     let waker = np.waker();
     let thread = Thread {
         pool_id: cfg.pool,
@@ -251,6 +343,8 @@ pub fn io_start(
         conns: (0..max_conns).map(|_| None).collect(),
         ready: Vec::new(),
         ready_spare: Vec::new(),
+        throttled: Vec::new(),
+        ahead: ahead.clone(),
         deadlines: BinaryHeap::new(),
         lookups: HashMap::new(),
         cmds: cmds.clone(),
@@ -261,6 +355,7 @@ pub fn io_start(
         scratch: vec![0; cfg.read_size].into_boxed_slice(),
         reads_per_wakeup: cfg.reads_per_wakeup,
         accepts_per_wakeup: cfg.accepts_per_wakeup,
+        send_buffer: cfg.send_buffer,
         pool_log: LogLimit::default(),
     };
     let handle = thread::Builder::new()
@@ -272,6 +367,7 @@ pub fn io_start(
         wake_pending: false,
         thread: Some(handle),
         local_addrs,
+        ahead,
     })
 }
 
@@ -305,6 +401,16 @@ impl Outbox {
     fn flush(&mut self) -> Result<(), Closed> {
         self.evbuf.event_push(self.events.drain(..))
     }
+}
+
+/// What a connection has left after [`Thread::read_conn`].
+enum Left {
+    /// Nothing to read until its next edge (drained, closed, stopped).
+    Nothing,
+    /// Data, probably: the per-wake-up budget was spent.
+    More,
+    /// Its reads in flight passed the bound: it waits for the main thread.
+    Throttled,
 }
 
 /// Where a connection is, on the I/O thread.
@@ -349,6 +455,10 @@ struct Thread {
     /// Slots with unread data; `ready_spare` is swapped in while it is walked.
     ready: Vec<u32>,
     ready_spare: Vec<u32>,
+    /// Ready slots not read because their reads in flight passed
+    /// `read_ahead_max`; back on `ready` once the main thread caught up.
+    throttled: Vec<u32>,
+    ahead: Arc<ReadAhead>,
     /// Connect deadlines, earliest first; entries of connections that have
     /// since connected or gone are skipped when they come up, and pruned
     /// when there are many.
@@ -364,6 +474,7 @@ struct Thread {
     scratch: Box<[u8]>,
     reads_per_wakeup: u32,
     accepts_per_wakeup: u32,
+    send_buffer: usize,
     pool_log: LogLimit,
 }
 
@@ -411,6 +522,7 @@ impl Thread {
             }
             self.expire_connects()?;
             self.accept_some()?;
+            self.retry_throttled();
             self.read_ready()?;
             self.outbox.flush()?;
         }
@@ -636,6 +748,12 @@ impl Thread {
                     if let Err(err) = stream.set_nodelay(true) {
                         debug!("{}: TCP_NODELAY on {addr}: {err}", self.pool_id.name());
                     }
+                    if self.send_buffer > 0
+                        && let Err(err) =
+                            socket2::SockRef::from(&stream).set_send_buffer_size(self.send_buffer)
+                    {
+                        debug!("{}: SO_SNDBUF on {addr}: {err}", self.pool_id.name());
+                    }
                     trace!(
                         "{}: accepted {addr} on listener {listener}",
                         self.pool_id.name()
@@ -668,18 +786,40 @@ impl Thread {
         Ok(()) // budget spent; the listener stays ready for the next turn
     }
 
-    /// Reads every connection on the ready list, keeping those with data left.
+    /// Puts back on the ready list the throttled slots the main thread has
+    /// caught up with.
+    fn retry_throttled(&mut self) {
+        if self.throttled.is_empty() {
+            return;
+        }
+        let ahead = &self.ahead;
+        let ready = &mut self.ready;
+        self.throttled.retain(|&index| {
+            let again = ahead.may_read(index);
+            if again {
+                ready.push(index);
+            }
+            !again
+        });
+    }
+
+    /// Reads every connection on the ready list, keeping those with data
+    /// left; one whose reads in flight passed the bound waits aside.
     fn read_ready(&mut self) -> Result<(), Closed> {
         let mut walking = std::mem::replace(&mut self.ready, std::mem::take(&mut self.ready_spare));
         for &index in &walking {
-            if self.read_conn(index)? {
-                self.ready.push(index);
-            } else if let Some(Some(Conn {
-                state: ConnState::Open { in_ready, .. },
-                ..
-            })) = self.conns.get_mut(index as usize)
-            {
-                *in_ready = false;
+            match self.read_conn(index)? {
+                Left::More => self.ready.push(index),
+                Left::Throttled => self.throttled.push(index),
+                Left::Nothing => {
+                    if let Some(Some(Conn {
+                        state: ConnState::Open { in_ready, .. },
+                        ..
+                    })) = self.conns.get_mut(index as usize)
+                    {
+                        *in_ready = false;
+                    }
+                }
             }
         }
         walking.clear();
@@ -687,14 +827,14 @@ impl Thread {
         Ok(())
     }
 
-    /// Reads one connection up to the per-wake-up budget. Returns true if
-    /// data may be left (budget spent).
-    fn read_conn(&mut self, index: u32) -> Result<bool, Closed> {
+    /// Reads one connection up to the per-wake-up budget, or until its reads
+    /// in flight pass the bound. Returns what is left.
+    fn read_conn(&mut self, index: u32) -> Result<Left, Closed> {
         let Some(Some(c)) = self.conns.get_mut(index as usize) else {
-            return Ok(false);
+            return Ok(Left::Nothing);
         };
         let (ConnState::Open { read_closed, .. }, Some(stream)) = (&c.state, &c.stream) else {
-            return Ok(false);
+            return Ok(Left::Nothing);
         };
         let read_closed = *read_closed;
         let conn = ConnRef {
@@ -703,10 +843,14 @@ impl Thread {
             id: c.id,
         };
         for _ in 0..self.reads_per_wakeup {
+            if !self.ahead.may_read(index) {
+                return Ok(Left::Throttled);
+            }
             let reason = match (&**stream).read(&mut self.scratch) {
                 Ok(0) => HupReason::Eof,
                 Ok(n) => match self.pool.secpool_copy(&self.scratch[..n]) {
                     Ok(data) => {
+                        self.ahead.pushed(index, n);
                         self.outbox.emit(Event::Read { conn, data })?;
                         if n < self.scratch.len() && !read_closed {
                             // A short read drained the socket: with
@@ -714,7 +858,7 @@ impl Thread {
                             // edge, so the read that would only say
                             // `WouldBlock` is saved (as tokio does). Not once
                             // the peer closed: its EOF must still be read.
-                            return Ok(false);
+                            return Ok(Left::Nothing);
                         }
                         continue;
                     }
@@ -729,7 +873,7 @@ impl Thread {
                         HupReason::PoolExhausted
                     }
                 },
-                Err(err) if would_block(&err) => return Ok(false),
+                Err(err) if would_block(&err) => return Ok(Left::Nothing),
                 Err(err) if interrupted(&err) => continue,
                 Err(err) => HupReason::Error(err.kind()),
             };
@@ -739,9 +883,9 @@ impl Thread {
             }
             c.state = ConnState::Stopped;
             self.outbox.emit(Event::Hup { conn, reason })?;
-            return Ok(false);
+            return Ok(Left::Nothing);
         }
-        Ok(true)
+        Ok(Left::More)
     }
 
     /// Runs queued commands, at most [`COMMANDS_PER_WAKEUP`]; if more are
@@ -963,6 +1107,7 @@ impl Thread {
     }
 
     fn del(&mut self, conn: ConnRef) -> Result<(), Closed> {
+        self.throttled.retain(|&index| index != conn.index);
         let slot = &mut self.conns[conn.index as usize];
         if slot.as_ref().is_some_and(|c| c.id == conn.id) {
             let c = slot.take().expect("checked above");

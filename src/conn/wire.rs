@@ -87,6 +87,12 @@ impl PoolIo {
         }
     }
 
+    /// The main thread handled `n` bytes read on slot `index` (see
+    /// `thread::ReadAhead`).
+    pub fn read_done(&mut self, index: u32, n: usize) {
+        self.thread.read_done(index, n);
+    }
+
     /// Wakes the I/O thread if it was given commands since the last wake-up.
     pub fn wake_if_pending(&mut self) {
         self.thread.wake_if_pending();

@@ -204,6 +204,9 @@ fn runtime_cfg(cfg: &LoginServerCfg) -> RuntimeCfg {
             accepts_per_wakeup: 64,
             netpoll_events_max: 256,
             io_batch_max: 64,
+            // Its peers are few, or trusted: no bound on a connection's reads in flight.
+            read_ahead_max: 0,
+            send_buffer: 0,
         },
         shard: Some(IoCfg {
             pool: PoolId::Shard,
@@ -213,6 +216,9 @@ fn runtime_cfg(cfg: &LoginServerCfg) -> RuntimeCfg {
             accepts_per_wakeup: 0,
             netpoll_events_max: 64,
             io_batch_max: 64,
+            // Its peers are few, or trusted: no bound on a connection's reads in flight.
+            read_ahead_max: 0,
+            send_buffer: 0,
         }),
     }
 }

@@ -202,6 +202,8 @@ fn client_io_cfg(cfg: &Config) -> IoCfg {
         accepts_per_wakeup: cfg.client.accepts_per_wakeup,
         netpoll_events_max: cfg.runtime.netpoll_events_max,
         io_batch_max: cfg.runtime.io_batch_max,
+        read_ahead_max: cfg.client.read_ahead_max,
+        send_buffer: cfg.client.socket_send_buffer,
     }
 }
 
@@ -216,6 +218,9 @@ fn shard_io_cfg(cfg: &Config, n_shards: usize) -> IoCfg {
         accepts_per_wakeup: 0,
         netpoll_events_max: cfg.runtime.netpoll_events_max,
         io_batch_max: cfg.runtime.io_batch_max,
+        // The shards' links carry every player's traffic: not bounded.
+        read_ahead_max: 0,
+        send_buffer: 0,
     }
 }
 

@@ -271,6 +271,9 @@ pub fn runtime_cfg(cfg: &ShardServerCfg) -> RuntimeCfg {
             accepts_per_wakeup: 16,
             netpoll_events_max: 256,
             io_batch_max: 64,
+            // Its peers are few, or trusted: no bound on a connection's reads in flight.
+            read_ahead_max: 0,
+            send_buffer: 0,
         },
         shard: None,
     }

@@ -1,0 +1,359 @@
+#!/usr/bin/env python3
+"""`make attack`: the proxy under each class of attack, beside honest players.
+
+The system on loopback, as seed 002 deploys it: `muta-shard`, `muta-login`,
+`muta-proxy` with `client.proxy_protocol = "required"` behind a real HAProxy
+forwarder (`mode tcp`, `send-proxy-v2`), and ATTACK_HONEST honest `muta-bot`
+players (echo 10/s and a chat line a second, broadcast to all), each from its
+own address in 127.0.0.0/8 (`--bind-ips`), playing through HAProxy for the
+whole run. First a baseline window, then each class of `muta-attack` alone
+for ATTACK_SECONDS, each attacker from its own address too.
+
+For each class: attacking connections made, how many the proxy cut off and
+how fast (from `muta-attack`), the honest players' echo p50/p99 during the
+attack (a window line of `muta-bot`, SIGUSR2) against the baseline, honest
+echoes lost and players failed, the proxy's RSS before and after (VmRSS, after
+a settle), whether the proxy stayed up and whether its shard link dropped
+(its log). Written to target/attack/results.json and docs/attack.md.
+
+It passes when, for every class: no honest echo lost and no honest player
+failed, honest p99 at most 2x the baseline, the proxy up, its shard link never
+dropped, RSS within 10 % of its start once the attack ends, and every attacker
+cut off. Exit status 0 if so, 1 otherwise.
+
+The proxy runs with `client.require_announced_ip = false`, so that every
+attacker reaches the stage its class attacks (with it on, an address no shard
+announced is refused before the key exchange, and most classes would test
+only that), and `client.reservation_timeout_ms = 5000`, so squatted
+reservations expire within the run (the default is 30 s).
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from procs import (Lines, ensure_haproxy, finish, free_port, port_open, raise_fd_limit,
+                   rss_kib, say, wait_for)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, os.environ.get("ATTACK_BIN", os.path.join("target", "release")))
+OUT = os.path.join(ROOT, os.environ.get("ATTACK_OUT", os.path.join("target", "attack")))
+DOCS = os.path.join(ROOT, os.environ.get("ATTACK_DOCS", "docs"))
+HONEST = int(os.environ.get("ATTACK_HONEST", "100"))
+SECONDS = float(os.environ.get("ATTACK_SECONDS", "8"))
+BASELINE = float(os.environ.get("ATTACK_BASELINE", "12"))
+SETTLE = float(os.environ.get("ATTACK_SETTLE", "3"))
+LINGER = float(os.environ.get("ATTACK_LINGER", "7"))
+ONLY = [c for c in os.environ.get("ATTACK_CLASSES", "").split(",") if c]
+RESERVATION_TIMEOUT_MS = 5000
+
+# class: (new attackers a second, most at once, their addresses)
+CLASSES = [
+    ("conn-flood", 1000, 1500, "127.0.1.1-127.0.1.250"),
+    ("one-addr-flood", 1000, 1500, "127.0.2.1"),
+    ("slowloris", 100, 1000, "127.0.3.1-127.0.3.200"),
+    ("idle", 200, 1000, "127.0.4.1-127.0.4.100"),
+    ("garbage", 500, 1000, "127.0.5.1-127.0.5.250"),
+    ("bad-first-byte", 500, 1000, "127.0.6.1-127.0.6.250"),
+    ("oversized-frame", 200, 1000, "127.0.7.1-127.0.7.250"),
+    ("bad-mac", 200, 1000, "127.0.8.1-127.0.8.250"),
+    ("guessed-proof", 200, 1000, "127.0.9.1-127.0.9.250"),
+    ("untrusted-proxy-header", 500, 1000, "127.0.10.1-127.0.10.250"),
+    # From the forwarder's own address: a trusted one.
+    ("malformed-proxy-header", 500, 1000, "127.0.0.1"),
+    # One at a time, a new one each second.
+    ("auth-flooder", 1, 1, "127.0.11.1-127.0.11.8"),
+    ("slow-reader", 1, 4, "127.0.12.1-127.0.12.8"),
+    # Four addresses' logins: each holds at most client.max_conns_per_addr.
+    ("squatting", 40, 1, "127.0.13.1-127.0.13.4"),
+]
+
+
+class Run:
+    def __init__(self):
+        self.procs = []
+        self.logdir = os.path.join(OUT, "logs")
+        os.makedirs(self.logdir, exist_ok=True)
+        self.env = dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "info"))
+
+    def spawn(self, name, args, stdout=subprocess.DEVNULL, stderr=None):
+        log = open(os.path.join(self.logdir, f"{name}.log"), "w")
+        p = subprocess.Popen(args, cwd=ROOT, env=self.env, stdout=stdout,
+                             stderr=stderr if stderr is not None else log,
+                             start_new_session=True)
+        self.procs.append((name, p))
+        return p
+
+    def start(self):
+        shard_proxy, shard_login = free_port(), free_port()
+        self.login_port, self.proxy_port, self.front = free_port(), free_port(), free_port()
+        self.shard = self.spawn("shard", [
+            os.path.join(BIN, "muta-shard"),
+            "--proxy-listen", f"127.0.0.1:{shard_proxy}",
+            "--login-listen", f"127.0.0.1:{shard_login}",
+            "--stats-json"], stdout=subprocess.PIPE)
+        self.shard_stats = Lines(self.shard.stdout, os.path.join(self.logdir, "shard-stats.log"))
+        wait_for(lambda: self.shard_stats.last() is not None, 10, "the shard's first stats line")
+        self.spawn("login", [os.path.join(BIN, "muta-login"),
+                             "--listen", f"127.0.0.1:{self.login_port}",
+                             "--shard", f"127.0.0.1:{shard_login}",
+                             "--create-accounts", "--pwhash-cost", "min",
+                             "--max-clients", "4096"])
+        wait_for(lambda: port_open(self.login_port), 10, "the login server to listen")
+        self.start_proxy(shard_proxy)
+        self.start_haproxy()
+        wait_for(lambda: len((self.shard_stats.last() or {}).get("proxies", [])) >= 1, 10,
+                 "muta-proxy to log in to the shard")
+
+    def start_proxy(self, shard_proxy):
+        with open(os.path.join(ROOT, "proxy.cfg")) as f:
+            cfg = f.read()
+        for old, new in [
+                ('listen = "0.0.0.0:7702"', f'listen = "127.0.0.1:{self.proxy_port}"'),
+                ('public_address = "127.0.0.1:7702"', f'public_address = "127.0.0.1:{self.front}"'),
+                ('proxy_protocol = "off"', 'proxy_protocol = "required"'),
+                ('trusted_forwarders = []', 'trusted_forwarders = ["127.0.0.1/32"]'),
+                ("require_announced_ip = true", "require_announced_ip = false"),
+                ("reservation_timeout_ms = 30000",
+                 f"reservation_timeout_ms = {RESERVATION_TIMEOUT_MS}")]:
+            if old not in cfg:
+                raise RuntimeError(f"proxy.cfg no longer has `{old}`: update scripts/attack.py")
+            cfg = cfg.replace(old, new)
+        cfg_path = os.path.join(OUT, "proxy.cfg")
+        shards_path = os.path.join(OUT, "shards.cfg")
+        with open(cfg_path, "w") as f:
+            f.write(cfg)
+        with open(shards_path, "w") as f:
+            f.write(f"shard = 127.0.0.1:{shard_proxy}\n")
+        self.proxy_log = os.path.join(self.logdir, "proxy.log")
+        self.proxy = self.spawn("proxy", [os.path.join(BIN, "muta-proxy"),
+                                          "--config", cfg_path, "--shards", shards_path])
+        wait_for(lambda: port_open(self.proxy_port), 10, "muta-proxy to listen")
+
+    def start_haproxy(self):
+        # The socket buffers HAProxy gives each leg, as an operator bounds
+        # them (tune.rcvbuf.server, tune.sndbuf.client): without, the kernel
+        # grows them to MBs and a reader that never reads is seen late.
+        cfg = (f"global\n  maxconn 8000\n  tune.rcvbuf.server 65536\n  tune.sndbuf.client 65536\n"
+               f"defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n"
+               f"  timeout server 60s\n"
+               f"frontend players\n  bind 127.0.0.1:{self.front}\n  default_backend proxy\n"
+               f"backend proxy\n  server muta 127.0.0.1:{self.proxy_port} send-proxy-v2\n")
+        path = os.path.join(OUT, "haproxy.cfg")
+        with open(path, "w") as f:
+            f.write(cfg)
+        self.haproxy = self.spawn("haproxy", ["haproxy", "-db", "-f", path])
+        wait_for(lambda: port_open(self.front), 10, "HAProxy to listen")
+
+    def start_honest(self):
+        self.bots = self.spawn("bots", [
+            os.path.join(BIN, "muta-bot"),
+            "--login", f"127.0.0.1:{self.login_port}",
+            "--clients", str(HONEST), "--rate", "10", "--chat-rate", "1",
+            "--duration", "3600", "--ramp", "2", "--drain", "5", "--json", "--progress",
+            "--bind-ips", f"127.0.0.2-127.0.0.{1 + HONEST}"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.bot_lines = Lines(self.bots.stderr, os.path.join(self.logdir, "bots.log"))
+        self.bot_report = Lines(self.bots.stdout, os.path.join(self.logdir, "bots-report.log"))
+
+    def window(self):
+        """Ends the honest players' current window; returns its line."""
+        seen = sum(1 for _, l in self.bot_lines.lines if "window" in l)
+        self.bots.send_signal(signal.SIGUSR2)
+        wait_for(lambda: sum(1 for _, l in self.bot_lines.lines if "window" in l) > seen, 5,
+                 "muta-bot's window line")
+        return [l for _, l in self.bot_lines.lines if "window" in l][-1]
+
+    def link_events(self):
+        """Lines of the proxy's log saying its shard link was lost."""
+        with open(self.proxy_log, errors="replace") as f:
+            return sum(1 for line in f if "lost:" in line and "shard" in line)
+
+    def stop(self):
+        for name, p in reversed(self.procs):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for name, p in reversed(self.procs):
+            finish(p, 10, name)
+
+
+def attack(run, index, name, rate, max_open, ips):
+    args = [os.path.join(BIN, "muta-attack"), "--class", name,
+            "--front", f"127.0.0.1:{run.front}",
+            "--proxy", f"127.0.0.1:{run.proxy_port}",
+            "--login", f"127.0.0.1:{run.login_port}",
+            "--duration", str(SECONDS), "--rate", str(rate), "--max-open", str(max_open),
+            "--bind-ips", ips, "--linger", str(LINGER),
+            "--first-account", str(100000 * (index + 1)),
+            "--reservation-timeout-ms", str(RESERVATION_TIMEOUT_MS)]
+    log = open(os.path.join(run.logdir, f"attack-{name}.log"), "w")
+    p = subprocess.run(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=log,
+                       timeout=SECONDS + LINGER + 60)
+    return json.loads(p.stdout.decode().strip().splitlines()[-1])
+
+
+def smaps(run, name, when):
+    """Keeps the proxy's memory map, to see what grew (logs/smaps-*.txt)."""
+    try:
+        with open(f"/proc/{run.proxy.pid}/smaps") as f, \
+                open(os.path.join(run.logdir, f"smaps-{name}-{when}.txt"), "w") as out:
+            out.write(f.read())
+    except OSError:
+        pass
+
+
+def one_class(run, index, spec, baseline):
+    name, rate, max_open, ips = spec
+    rss_before = rss_kib(run.proxy.pid)
+    smaps(run, name, "before")
+    drops_before = run.link_events()
+    run.window()  # the quiet time before: not counted
+    say(f"== {name}: {rate}/s, at most {max_open} at once, from {ips}")
+    started = time.time()
+    result = attack(run, index, name, rate, max_open, ips)
+    during = run.window()
+    time.sleep(SETTLE)
+    alive = run.proxy.poll() is None
+    if alive:
+        smaps(run, name, "after")
+    row = {
+        "class": name,
+        "attackers": result["attackers"],
+        "cut_off": result["cut_off"],
+        "cut_off_p50_ms": result["cut_off_p50_ms"],
+        "cut_off_max_ms": result["cut_off_max_ms"],
+        "still_open": result["still_open"],
+        "attack_errors": result["errors"],
+        "seconds": round(time.time() - started, 1),
+        "honest_p50_us": during["p50_us"],
+        "honest_p99_us": during["p99_us"],
+        "honest_echoes": during["echoes"],
+        "baseline_p99_us": baseline["p99_us"],
+        "honest_lost": during["lost"],
+        "honest_failed": during["errors"],
+        "rss_kib_before": rss_before,
+        "rss_kib_after": rss_kib(run.proxy.pid) if alive else 0,
+        "proxy_alive": alive,
+        "shard_link_dropped": run.link_events() > drops_before,
+    }
+    say(f"   {json.dumps(row)}")
+    return row
+
+
+def verdict(row):
+    """The criteria a class failed (empty: passed)."""
+    failed = []
+    if row["honest_lost"] or row["honest_failed"]:
+        failed.append("honest players lost echoes")
+    if row["honest_p99_us"] > 2 * row["baseline_p99_us"]:
+        failed.append("honest p99 over 2x the baseline")
+    if not row["proxy_alive"]:
+        failed.append("the proxy died")
+    if row["shard_link_dropped"]:
+        failed.append("the shard link dropped")
+    if row["rss_kib_after"] > 1.1 * row["rss_kib_before"]:
+        failed.append("RSS grew over 10 %")
+    if row["still_open"] or row["cut_off"] < row["attackers"]:
+        failed.append("attackers left standing")
+    if row["honest_echoes"] == 0:
+        failed.append("no honest echo measured")
+    return failed
+
+
+def write_docs(results, started, elapsed):
+    b = results["baseline"]
+    lines = [
+        "# The proxy under attack (`make attack`)",
+        "",
+        f"Written by `make attack` (`scripts/attack.py`) on {started}, in {elapsed:.0f} s, "
+        f"on {os.cpu_count()} CPUs. {HONEST} honest `muta-bot` players (echo 10/s, a chat "
+        "line a second broadcast to all) play throughout through HAProxy (`send-proxy-v2`) "
+        "into `muta-proxy` (`client.proxy_protocol = \"required\"`, "
+        "`client.require_announced_ip = false`), each from its own 127.0.0.x; each class "
+        f"of `muta-attack` runs alone for {SECONDS:.0f} s beside them, its attackers from "
+        "addresses of their own, and is then given "
+        f"{LINGER:.0f} s to be cut off. The classes, and what each attacker does, are in "
+        "`src/attack/mod.rs`; the limits that answer them in `docs/configuration.md`.",
+        "",
+        f"Baseline (before any attack, {BASELINE:.0f} s): honest echo p50 {b['p50_us']} µs, "
+        f"p99 {b['p99_us']} µs.",
+        "",
+        "| class | attackers | cut off | cut off after (p50 / max) | honest p50 | honest p99 "
+        "(baseline) | honest lost | proxy RSS before → after | proxy up | shard link dropped | "
+        "verdict |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results["attacks"]:
+        failed = verdict(r)
+        lines.append(
+            f"| {r['class']} | {r['attackers']} | {r['cut_off']} | {r['cut_off_p50_ms']} ms / "
+            f"{r['cut_off_max_ms']} ms | {r['honest_p50_us']} µs | {r['honest_p99_us']} µs "
+            f"({r['baseline_p99_us']}) | {r['honest_lost']} | {r['rss_kib_before']} → "
+            f"{r['rss_kib_after']} KiB | {'yes' if r['proxy_alive'] else 'no'} | "
+            f"{'yes' if r['shard_link_dropped'] else 'no'} | "
+            f"{'pass' if not failed else 'FAIL: ' + '; '.join(failed)} |")
+    lines += [
+        "",
+        "Columns: *attackers*, connections (or logins) the class made; *cut off*, those "
+        "the proxy closed or refused, and how long after each attacker's start (a squatted "
+        "login counts when its ticket was found refused, probed once its reservation "
+        "should have expired); *honest p50/p99*, the echo round trips of the honest "
+        "players during the attack (from `muta-bot`'s live histogram, within 6 %), against "
+        "the baseline; *honest lost*, echoes that never came back; *RSS*, the proxy's "
+        "`VmRSS` before the attack and "
+        f"{SETTLE:.0f} s after it ended. `target/attack/results.json` has the same and more; "
+        "`target/attack/logs/` every process's log.",
+        "",
+    ]
+    with open(os.path.join(DOCS, "attack.md"), "w") as f:
+        f.write("\n".join(lines))
+    say(f"== wrote {os.path.relpath(os.path.join(DOCS, 'attack.md'), ROOT)}")
+
+
+def main():
+    os.makedirs(OUT, exist_ok=True)
+    if not ensure_haproxy():
+        say("haproxy is not installed and could not be installed")
+        return 1
+    raise_fd_limit()
+    started, t0 = time.strftime("%Y-%m-%d %H:%M"), time.time()
+    run = Run()
+    results = {"baseline": {}, "attacks": [], "honest": HONEST, "seconds_per_class": SECONDS}
+    try:
+        run.start()
+        run.start_honest()
+        wait_for(lambda: any(l.get("authenticated") == HONEST
+                             for _, l in run.bot_lines.lines if "progress" in l)
+                 or run.bots.poll() is not None, 30, "the honest players")
+        time.sleep(3)  # every bot welcomed and playing (ramp 2 s)
+        run.window()
+        time.sleep(BASELINE)
+        base = run.window()
+        results["baseline"] = {"p50_us": base["p50_us"], "p99_us": base["p99_us"],
+                               "echoes": base["echoes"], "lost": base["lost"]}
+        say(f"== baseline: {json.dumps(results['baseline'])}")
+        for index, spec in enumerate(CLASSES):
+            if ONLY and spec[0] not in ONLY:
+                continue
+            results["attacks"].append(one_class(run, index, spec, results["baseline"]))
+    finally:
+        run.stop()
+    if run.bot_report.last():
+        results["honest_report"] = run.bot_report.last()
+    elapsed = time.time() - t0
+    results["elapsed_s"] = round(elapsed, 1)
+    with open(os.path.join(OUT, "results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    say(f"== wrote {os.path.relpath(os.path.join(OUT, 'results.json'), ROOT)} ({elapsed:.0f} s)")
+    write_docs(results, started, elapsed)
+    failed = [(r["class"], verdict(r)) for r in results["attacks"] if verdict(r)]
+    for name, why in failed:
+        say(f"FAIL {name}: {'; '.join(why)}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,9 @@
+//! The `muta-attack` binary: one class of attack against a proxy (thesis
+//! §2.1.1; `make attack`). All of it lives in the library
+//! (`muta_proxy::attack`).
+
+fn main() {
+    std::process::exit(muta_proxy::attack::main_with_args(
+        std::env::args_os().skip(1),
+    ));
+}
