@@ -719,8 +719,9 @@ const CLIENT_UNAUTHENTICATED_MAX_PCT: Key = Key {
     },
 };
 
-/// `client.addr_table_max`: entries of the per-address table (about 64 bytes
-/// each: 4 MiB at the default). Full, a new address is refused until
+/// `client.addr_table_max`: entries of the per-address table (55 to 110 bytes
+/// each, `proxy::limits::ADDR_ENTRY_BYTES`: at most about 7 MiB at the
+/// default). Full, a new address is refused until
 /// entries expire (an address's entry lives while it has a connection, then
 /// until its bucket is full again).
 pub const DEFAULT_CLIENT_ADDR_TABLE_MAX: u64 = 65_536;

@@ -136,9 +136,11 @@ pub enum AddrRefusal {
     TableFull,
 }
 
-/// Bytes one entry of the table takes, hash table overhead included (an
-/// estimate for the docs: key 16, entry 32, control byte and load factor).
-pub const ADDR_ENTRY_BYTES: usize = 64;
+/// Bytes of one slot of the table's hash map: the key and the entry (a test
+/// checks it). With hashbrown's control byte, a map at most 7/8 full that
+/// doubles when it is, an entry costs 55 to 110 bytes: at most about 7 MiB
+/// at the default `client.addr_table_max` of 65,536.
+pub const ADDR_ENTRY_BYTES: usize = 48;
 
 /// Connections and new-connection rates by client address, bounded by
 /// `entries_max`. An entry lives while the address has a connection, and
@@ -226,6 +228,14 @@ mod tests {
     use super::*;
 
     const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn an_entry_is_as_large_as_the_docs_say() {
+        assert_eq!(
+            std::mem::size_of::<(AddrKey, AddrEntry)>(),
+            ADDR_ENTRY_BYTES
+        );
+    }
 
     #[test]
     fn a_bucket_gives_its_burst_then_its_rate() {
