@@ -19,7 +19,8 @@ a settle), whether the proxy stayed up and whether its shard link dropped
 It passes when, for every class: no honest echo lost and no honest player
 failed, honest p99 at most 2x the baseline, the proxy up, its shard link never
 dropped, RSS within 10 % of its start once the attack ends, and every attacker
-cut off. Exit status 0 if so, 1 otherwise.
+cut off; and when the honest players' own report over the whole run has no
+player failed and no echo lost. Exit status 0 if so, 1 otherwise.
 
 The proxy runs with `client.require_announced_ip = false`, so that every
 attacker reaches the stage its class attacks (with it on, an address no shard
@@ -173,6 +174,13 @@ class Run:
             return sum(1 for line in f if "lost:" in line and "shard" in line)
 
     def stop(self):
+        # The honest players first: they drain their last echoes and report
+        # while the system still runs; then the rest.
+        bots = [(n, p) for n, p in self.procs if n == "bots"]
+        for name, p in bots:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+            finish(p, 15, name)
         for name, p in reversed(self.procs):
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
@@ -263,6 +271,25 @@ def verdict(row):
     return failed
 
 
+def whole_run(results):
+    """The honest players' own report, over the whole run, in words."""
+    h = results.get("honest_report")
+    if not h:
+        return "The honest players' report is missing."
+    return (f"Over the whole run the {h['clients']} honest players sent {h['sent']} echoes and "
+            f"got {h['received']} back, {h.get('lost', 0)} lost; {h['errors']} of them failed.")
+
+
+def run_failures(results):
+    """What failed over the whole run rather than in one class."""
+    h = results.get("honest_report")
+    if not h:
+        return ["no report from the honest players"]
+    if h["errors"] or h["received"] != h["sent"] or h.get("lost", 0):
+        return ["honest players failed or lost echoes over the run"]
+    return []
+
+
 def write_docs(results, started, elapsed):
     b = results["baseline"]
     lines = [
@@ -279,7 +306,7 @@ def write_docs(results, started, elapsed):
         "`src/attack/mod.rs`; the limits that answer them in `docs/configuration.md`.",
         "",
         f"Baseline (before any attack, {BASELINE:.0f} s): honest echo p50 {b['p50_us']} µs, "
-        f"p99 {b['p99_us']} µs.",
+        f"p99 {b['p99_us']} µs. {whole_run(results)}",
         "",
         "| class | attackers | cut off | cut off after (p50 / max) | honest p50 | honest p99 "
         "(baseline) | honest lost | proxy RSS before → after | proxy up | shard link dropped | "
@@ -350,6 +377,7 @@ def main():
     say(f"== wrote {os.path.relpath(os.path.join(OUT, 'results.json'), ROOT)} ({elapsed:.0f} s)")
     write_docs(results, started, elapsed)
     failed = [(r["class"], verdict(r)) for r in results["attacks"] if verdict(r)]
+    failed += [("the whole run", run_failures(results))] if run_failures(results) else []
     for name, why in failed:
         say(f"FAIL {name}: {'; '.join(why)}")
     return 1 if failed else 0

@@ -278,56 +278,57 @@ impl Secpool {
         }
     }
 
-    /// Gives back to the system the free blocks that have been idle since the
-    /// last call, above [`SECPOOL_IDLE_FLOOR`] per class: called once a
-    /// second by the main loop, so that after a burst (a flood of reads
-    /// waiting in the event buffer) the pool shrinks back within two seconds,
-    /// while a steady load keeps the blocks it cycles. Off the per-packet
-    /// path: it only looks at the free lists' lengths. Returns the blocks
-    /// released.
+    /// Gives back to the system free blocks beyond [`SECPOOL_IDLE_FLOOR`]
+    /// per class that look idle: at least that many were on the free list at
+    /// this call and at the last one (a second before: the main loop calls
+    /// it at its tick). After a burst (a flood of reads waiting in the event
+    /// buffer) the pool shrinks back within two seconds; a steady load that
+    /// cycles more blocks than the floor may see the extra ones released and
+    /// made again, at most once a second each. Off the per-packet path: it
+    /// only looks at the free lists' lengths. Returns the blocks released.
     pub fn trim_idle(&self) -> usize {
         let mut released = 0;
         for class in self.classes.iter() {
             let now = class.free_rx.len();
             let before = class.free_at_last_trim.swap(now, Relaxed);
-            // At least this many stayed on the list the whole second.
             let idle = now.min(before).saturating_sub(SECPOOL_IDLE_FLOOR);
             if idle == 0 {
-                class.free_at_last_trim.store(now, Relaxed);
                 continue;
             }
             // The list is first in, first out: the floor kept is its front
             // (the blocks longest there, made first, lowest in the heap),
-            // and the rest, the burst's, go, so that the allocator can give
-            // the top of its heap back to the system.
-            let mut keep = Vec::with_capacity(SECPOOL_IDLE_FLOOR);
-            for _ in 0..SECPOOL_IDLE_FLOOR + idle {
+            // moved to the back one at a time, so that no more than one
+            // block is ever off the list; then the burst's, now in front,
+            // go, and the allocator can give the top of its heap back.
+            for _ in 0..SECPOOL_IDLE_FLOOR {
                 let Ok(block) = class.free_rx.try_recv() else {
                     break;
                 };
-                if keep.len() < SECPOOL_IDLE_FLOOR {
-                    keep.push(block);
-                    continue;
-                }
-                let size = block.len();
-                drop(block);
-                class.blocks_released.fetch_add(1, Relaxed);
-                self.bytes_held.fetch_sub(size, Relaxed);
-                released += 1;
-            }
-            for block in keep {
                 if let Err(TrySendError::Full(block) | TrySendError::Disconnected(block)) =
                     class.free_tx.try_send(block)
                 {
-                    let size = block.len();
-                    drop(block);
-                    class.blocks_released.fetch_add(1, Relaxed);
-                    self.bytes_held.fetch_sub(size, Relaxed);
+                    self.release_block(class, block);
+                    released += 1;
                 }
+            }
+            for _ in 0..idle {
+                let Ok(block) = class.free_rx.try_recv() else {
+                    break;
+                };
+                self.release_block(class, block);
+                released += 1;
             }
             class.free_at_last_trim.store(class.free_rx.len(), Relaxed);
         }
         released
+    }
+
+    /// Drops a block of `class` that was counted in `bytes_held`.
+    fn release_block(&self, class: &SizeClass, block: Box<[u8]>) {
+        let size = block.len();
+        drop(block);
+        class.blocks_released.fetch_add(1, Relaxed);
+        self.bytes_held.fetch_sub(size, Relaxed);
     }
 
     /// Gives one free block back to the system, largest class first (the most

@@ -170,3 +170,31 @@ fn blocks_allocated_on_one_thread_are_freed_on_another() {
         "{created} blocks created for 10,000 allocations"
     );
 }
+
+#[test]
+fn blocks_idle_for_a_whole_trim_interval_go_back_above_the_floor() {
+    use muta_proxy::secpool::SECPOOL_IDLE_FLOOR;
+    let pool = pool(1 << 24, 1 << 12);
+    // A burst: 60 blocks of 1 KiB at once, then all freed.
+    let burst: Vec<_> = (0..60)
+        .map(|_| pool.secpool_malloc(1024).unwrap())
+        .collect();
+    drop(burst);
+    let class = |p: &Secpool| {
+        p.stats()
+            .into_iter()
+            .find(|c| c.block_size == 1024)
+            .unwrap()
+    };
+    assert_eq!(class(pool).blocks_free, 60);
+    // The first look only notes the list; idle at two looks, they go.
+    assert_eq!(pool.trim_idle(), 0);
+    assert_eq!(pool.trim_idle(), 60 - SECPOOL_IDLE_FLOOR);
+    assert_eq!(class(pool).blocks_free, SECPOOL_IDLE_FLOOR as u64);
+    assert_eq!(pool.bytes_held(), SECPOOL_IDLE_FLOOR * 1024);
+    // The floor stays, and still serves.
+    assert_eq!(pool.trim_idle(), 0);
+    let again = pool.secpool_malloc(1000).unwrap();
+    assert_eq!(class(pool).blocks_created, 60, "reused, not made");
+    drop(again);
+}

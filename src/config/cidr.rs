@@ -81,7 +81,8 @@ fn mask(width: u8, prefix: u8) -> u128 {
     } else {
         u128::MAX
     };
-    all & !(all >> prefix)
+    // A shift by the full width (an IPv6 /128) would overflow: no bits left.
+    all & !all.checked_shr(u32::from(prefix)).unwrap_or(0)
 }
 
 impl fmt::Display for Cidr {
@@ -150,6 +151,15 @@ mod tests {
         assert!(!v6.contains(ip("2001:db9::1")));
         assert!(Cidr::parse("0.0.0.0/0").unwrap().contains(ip("8.8.8.8")));
         assert!(Cidr::parse("::/0").unwrap().contains(ip("::2")));
+        // A single IPv6 address, bare or as /128, and the /32 of IPv4.
+        for one in ["2001:db8::1", "2001:db8::1/128"] {
+            let net = Cidr::parse(one).unwrap();
+            assert!(net.contains(ip("2001:db8::1")), "{one}");
+            assert!(!net.contains(ip("2001:db8::2")), "{one}");
+        }
+        let zero = Cidr::parse("::/128").unwrap();
+        assert!(zero.contains(ip("::")) && !zero.contains(ip("::1")));
+        assert!(Cidr::parse("10.0.0.1/32").unwrap().contains(ip("10.0.0.1")));
         let nets = Networks(vec![lo, v6]);
         assert!(nets.contains(ip("127.0.0.2")) && nets.contains(ip("2001:db8::9")));
         assert!(!nets.contains(ip("10.0.0.7")) && !Networks::default().contains(ip("::1")));

@@ -259,7 +259,21 @@ impl Default for Config {
     }
 }
 
+/// Bytes of a shard link's own messages one player can cause while the link
+/// is backed up: `FPROXY_MSG_OPENED_SOCKET_RESULT` (6),
+/// `FPROXY_MSG_PLAYER_CRYPTCHAN` with an IPv6 address (76),
+/// `FPROXY_MSG_CLOSE_SOCKET` (6), rounded up.
+pub const LINK_RESERVE_PER_PLAYER: usize = 96;
+
 impl Config {
+    /// The part of a shard link's output kept for the link's own messages:
+    /// player data may fill the rest (`proxy::link`). An eighth of
+    /// `shard.out_buf_size`, or what every client's closing messages need.
+    pub fn shard_out_reserve(&self) -> usize {
+        (self.shard.out_buf_size / 8)
+            .max(self.client.max_clients as usize * LINK_RESERVE_PER_PLAYER)
+    }
+
     /// Parses and validates the text of a `proxy.cfg`; `file` is only used in
     /// error messages. The error holds every problem found, in file order.
     pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
@@ -284,26 +298,7 @@ impl Config {
                 ),
             ));
         }
-        if (self.client.player_bytes_burst as usize) < self.client.in_buf_size {
-            problems.push((
-                "client.player_bytes_burst",
-                format!(
-                    "client.player_bytes_burst = {} is less than one frame of client.in_buf_size = {}: \
-                     a player sending one full frame would always be over budget",
-                    self.client.player_bytes_burst, self.client.in_buf_size
-                ),
-            ));
-        }
-        if self.client.proxy_protocol == ProxyProtocol::Required
-            && self.client.trusted_forwarders.is_empty()
-        {
-            problems.push((
-                "client.proxy_protocol",
-                "client.proxy_protocol = \"required\" needs client.trusted_forwarders: the \
-                 networks of the forwarders allowed to send the header"
-                    .to_string(),
-            ));
-        }
+        self.limit_problems(&mut problems);
         if self.shard.in_buf_size < SHARD_IN_BUF_MIN {
             problems.push((
                 "shard.in_buf_size",
@@ -330,6 +325,43 @@ impl Config {
             Ok(())
         } else {
             Err(problems)
+        }
+    }
+
+    /// The checks between the limits "Under attack" added.
+    fn limit_problems(&self, problems: &mut Vec<(&'static str, String)>) {
+        if self.shard_out_reserve() > self.shard.out_buf_size / 2 {
+            problems.push((
+                "shard.out_buf_size",
+                format!(
+                    "shard.out_buf_size = {} cannot keep room for the link's own messages to \
+                     client.max_clients = {} players ({LINK_RESERVE_PER_PLAYER} bytes each) in half \
+                     of it; at least {}",
+                    self.shard.out_buf_size,
+                    self.client.max_clients,
+                    2 * self.client.max_clients as usize * LINK_RESERVE_PER_PLAYER
+                ),
+            ));
+        }
+        if (self.client.player_bytes_burst as usize) < self.client.in_buf_size {
+            problems.push((
+                "client.player_bytes_burst",
+                format!(
+                    "client.player_bytes_burst = {} is less than one frame of client.in_buf_size = {}: \
+                     a player sending one full frame would always be over budget",
+                    self.client.player_bytes_burst, self.client.in_buf_size
+                ),
+            ));
+        }
+        if self.client.proxy_protocol == ProxyProtocol::Required
+            && self.client.trusted_forwarders.is_empty()
+        {
+            problems.push((
+                "client.proxy_protocol",
+                "client.proxy_protocol = \"required\" needs client.trusted_forwarders: the \
+                 networks of the forwarders allowed to send the header"
+                    .to_string(),
+            ));
         }
     }
 
@@ -485,17 +517,26 @@ mod tests {
         let mut cfg = Config::default();
         cfg.client.in_buf_size = 1024;
         cfg.runtime.secpool_bytes_max = 1;
+        cfg.client.max_clients = 100_000; // 19 MB of room, 4 MiB of output
+        cfg.client.player_bytes_burst = 512;
+        cfg.client.proxy_protocol = ProxyProtocol::Required;
         let keys: Vec<&str> = cfg.validate().unwrap_err().iter().map(|p| p.0).collect();
         assert_eq!(
             keys,
             [
                 "shard.password",
                 "client.in_buf_size",
+                "shard.out_buf_size",
+                "client.player_bytes_burst",
+                "client.proxy_protocol",
                 "runtime.secpool_bytes_max"
             ]
         );
         cfg.shard.password = Secret::new("pw");
         cfg.client.in_buf_size = CLIENT_IN_BUF_MIN;
+        cfg.shard.out_buf_size = 2 * 100_000 * LINK_RESERVE_PER_PLAYER;
+        cfg.client.player_bytes_burst = DEFAULT_CLIENT_PLAYER_BYTES_BURST;
+        cfg.client.trusted_forwarders = Networks(vec![Cidr::parse("10.0.0.0/8").unwrap()]);
         cfg.runtime.secpool_bytes_max = cfg.secpool_bytes_needed();
         assert_eq!(cfg.validate(), Ok(()));
     }

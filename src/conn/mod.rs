@@ -350,6 +350,8 @@ pub struct Pool<S: Session> {
     slots: Vec<Slot<S>>,
     /// Free slot indices; a stack, so recently used slots are reused first.
     free: Vec<u32>,
+    /// Slots disconnected whose close the I/O thread has not confirmed.
+    n_closing: usize,
     next_id: u32,
     /// Connections with output to write this iteration (thesis flush list).
     flush_list: Vec<u32>,
@@ -396,6 +398,7 @@ impl<S: Session> Pool<S> {
                 })
                 .collect(),
             free: (0..n).rev().collect(),
+            n_closing: 0,
             next_id: 1,
             flush_list: Vec::with_capacity(n as usize),
             flush_spare: Vec::with_capacity(n as usize),
@@ -443,6 +446,11 @@ impl<S: Session> Pool<S> {
     /// Slots taken (connecting, open or closing).
     pub fn in_use(&self) -> usize {
         self.slots.len() - self.free.len()
+    }
+
+    /// Slots held by live connections: in use, less those closing.
+    pub fn n_live(&self) -> usize {
+        self.in_use() - self.n_closing
     }
 
     /// Slots free for new connections.
@@ -748,6 +756,7 @@ impl<S: Session> Pool<S> {
             slot.state == SlotState::Open && !matches!(reason, DisconnectReason::Hup(_));
         slot.session.before_flush(&mut slot.out_buf);
         slot.state = SlotState::Closing { write_last };
+        self.n_closing += 1;
         slot.want_write = false;
         slot.in_buf.clear();
         let session = std::mem::take(&mut slot.session);
@@ -785,6 +794,8 @@ impl<S: Session> Pool<S> {
             warn!("{conn}: unexpected close confirmation for id {}", conn.id);
             return;
         }
+        debug_assert!(self.n_closing > 0, "a close confirmed with none pending");
+        self.n_closing = self.n_closing.saturating_sub(1);
         slot.state = SlotState::Free;
         slot.peer = NO_ADDR;
         slot.addr = NO_ADDR;

@@ -169,6 +169,11 @@ pub struct IoCfg {
     pub send_buffer: usize,
 }
 
+/// The least a read counts for in a [`ReadAhead`]: with the default
+/// `client.read_ahead_max` of 64 KiB, one connection has at most 64 reads in
+/// the event buffer, however small.
+pub const READ_AHEAD_CHARGE_MIN: usize = 1024;
+
 /// The bit of a [`ReadAhead`] count that says the I/O thread stopped
 /// reading the connection and waits to be woken.
 const THROTTLED: u32 = 1 << 31;
@@ -215,10 +220,17 @@ impl ReadAhead {
         false
     }
 
-    /// I/O thread: `n` bytes of slot `index` pushed.
+    /// What a read of `n` bytes counts for: at least
+    /// [`READ_AHEAD_CHARGE_MIN`], so that a sender of tiny reads is bounded
+    /// in events as well as bytes.
+    fn charge(n: usize) -> u32 {
+        n.max(READ_AHEAD_CHARGE_MIN) as u32
+    }
+
+    /// I/O thread: a read of `n` bytes of slot `index` pushed.
     fn pushed(&self, index: u32, n: usize) {
         if let Some(count) = self.bytes.get(index as usize) {
-            count.fetch_add(n as u32, Ordering::AcqRel);
+            count.fetch_add(Self::charge(n), Ordering::AcqRel);
         }
     }
 
@@ -228,8 +240,9 @@ impl ReadAhead {
         let Some(count) = self.bytes.get(index as usize) else {
             return false;
         };
-        let before = count.fetch_sub(n as u32, Ordering::AcqRel);
-        let after = (before & !THROTTLED).wrapping_sub(n as u32);
+        let n = Self::charge(n);
+        let before = count.fetch_sub(n, Ordering::AcqRel);
+        let after = (before & !THROTTLED).wrapping_sub(n);
         before & THROTTLED != 0
             && after < self.max
             && count.fetch_and(!THROTTLED, Ordering::AcqRel) & THROTTLED != 0

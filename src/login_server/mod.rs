@@ -204,8 +204,9 @@ fn runtime_cfg(cfg: &LoginServerCfg) -> RuntimeCfg {
             accepts_per_wakeup: 64,
             netpoll_events_max: 256,
             io_batch_max: 64,
-            // Its peers are few, or trusted: no bound on a connection's reads in flight.
-            read_ahead_max: 0,
+            // Players, who send two small messages each: a few reads in
+            // flight per connection are plenty.
+            read_ahead_max: 16 * 1024,
             send_buffer: 0,
         },
         shard: Some(IoCfg {
@@ -216,7 +217,7 @@ fn runtime_cfg(cfg: &LoginServerCfg) -> RuntimeCfg {
             accepts_per_wakeup: 0,
             netpoll_events_max: 64,
             io_batch_max: 64,
-            // Its peers are few, or trusted: no bound on a connection's reads in flight.
+            // The shards' links: few, trusted, busy; not bounded.
             read_ahead_max: 0,
             send_buffer: 0,
         }),

@@ -184,8 +184,13 @@ impl Proxy {
         if self.settings.require_announced_ip && !announced {
             return Err(Refusal::NotAnnounced);
         }
-        let unauthenticated =
-            (self.clients.in_use() - usize::from(in_pool)).saturating_sub(self.n_playing);
+        // Live connections only: a slot closing (a lost shard's players, for
+        // one turn) holds no one's room.
+        let unauthenticated = self
+            .clients
+            .n_live()
+            .saturating_sub(usize::from(in_pool))
+            .saturating_sub(self.n_playing);
         if unauthenticated >= self.settings.unauthenticated_max && !announced {
             return Err(Refusal::UnauthenticatedFull);
         }
@@ -491,8 +496,8 @@ impl Proxy {
                 bytes: TokenBucket::full(self.settings.player_bytes, now),
             });
             debug!("{client} ({}): authenticated", slot.addr());
+            self.n_playing += 1;
         }
-        self.n_playing += 1;
         self.stats.authenticated += 1;
         Ok(())
     }

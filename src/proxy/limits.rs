@@ -36,14 +36,6 @@ pub struct Rate {
     pub burst: u64,
 }
 
-impl Rate {
-    /// How long an empty bucket takes to fill: after that it is the same as
-    /// a new one.
-    pub fn refill_time(&self) -> Duration {
-        Duration::from_millis(self.burst.saturating_mul(1000) / self.per_s.max(1) + 1)
-    }
-}
-
 impl TokenBucket {
     /// A full bucket.
     pub fn full(rate: Rate, now: Instant) -> TokenBucket {
@@ -53,17 +45,24 @@ impl TokenBucket {
         }
     }
 
+    /// Credits the time since the last refill. Only the time the credited
+    /// milli-tokens stand for is used up: the rest carries over, so calls
+    /// closer together than a milli-token's worth of time still add up.
     fn refill(&mut self, rate: Rate, now: Instant) {
-        let elapsed_ms = now.saturating_duration_since(self.at).as_millis();
-        // rate.per_s tokens a second = rate.per_s milli-tokens a millisecond.
-        let add = u64::try_from(elapsed_ms)
-            .unwrap_or(u64::MAX)
-            .saturating_mul(rate.per_s);
-        self.level = self
-            .level
-            .saturating_add(add)
-            .min(rate.burst.saturating_mul(MILLI));
-        self.at = self.at.max(now);
+        let per_s = u128::from(rate.per_s.max(1));
+        let elapsed_ns = now.saturating_duration_since(self.at).as_nanos();
+        // per_s tokens a second = per_s milli-tokens a millisecond.
+        let add = elapsed_ns * per_s / 1_000_000;
+        let cap = rate.burst.saturating_mul(MILLI);
+        let room = u128::from(cap.saturating_sub(self.level));
+        if add >= room {
+            self.level = cap;
+            self.at = self.at.max(now);
+            return;
+        }
+        self.level += add as u64;
+        let used_ns = add * 1_000_000 / per_s;
+        self.at += Duration::from_nanos(u64::try_from(used_ns).unwrap_or(u64::MAX));
     }
 
     /// Takes `n` tokens if there are that many; false (and nothing taken)
@@ -182,11 +181,10 @@ impl AddrTable {
     /// Release it with [`AddrTable::release`].
     pub fn admit(&mut self, key: AddrKey, now: Instant) -> Result<(), AddrRefusal> {
         let limits = self.limits;
+        // Full: refused at once. The table is pruned once a second (the
+        // tick), not here, so a flood of new addresses costs no walk of it.
         if !self.entries.contains_key(&key) && self.entries.len() >= limits.entries_max {
-            self.prune(now);
-            if self.entries.len() >= limits.entries_max {
-                return Err(AddrRefusal::TableFull);
-            }
+            return Err(AddrRefusal::TableFull);
         }
         let entry = self.entries.entry(key).or_insert(AddrEntry {
             conns: 0,
@@ -215,11 +213,6 @@ impl AddrTable {
         let rate = self.limits.new_conns;
         self.entries
             .retain(|_, e| e.conns > 0 || !e.bucket.is_full(rate, now));
-    }
-
-    /// New limits (a reload); entries keep their counts.
-    pub fn set_limits(&mut self, limits: AddrLimits) {
-        self.limits = limits;
     }
 }
 
@@ -253,6 +246,34 @@ mod tests {
         // A clock that steps back takes nothing and gives nothing.
         assert!(!b.take(1, rate, t0));
         assert!(!b.take(4, Rate { per_s: 1, burst: 3 }, t0 + 20_000 * MS));
+    }
+
+    #[test]
+    fn calls_closer_than_a_milli_token_still_refill() {
+        // 2,000 a second: attempts every 250 µs (4,000 a second) for 5 s
+        // must get the burst and then 2,000 a second, 12,000 in all, not
+        // the burst alone (a refill that dropped the time under a
+        // millisecond at each call gave 2,000).
+        let rate = Rate {
+            per_s: 2000,
+            burst: 2000,
+        };
+        let t0 = Instant::now();
+        let mut b = TokenBucket::full(rate, t0);
+        let admitted = (0..20_000u64)
+            .filter(|i| b.take(1, rate, t0 + Duration::from_micros(250 * i)))
+            .count();
+        assert!((11_998..=12_001).contains(&admitted), "{admitted}");
+        // And a slow rate, many calls a millisecond apart from 0.1 ms.
+        let slow = Rate { per_s: 5, burst: 1 };
+        let mut b = TokenBucket::full(slow, t0);
+        let admitted = (0..100_000u64)
+            .filter(|i| b.take(1, slow, t0 + Duration::from_micros(100 * i)))
+            .count();
+        assert!(
+            (50..=51).contains(&admitted),
+            "{admitted} in 10 s at 5 a second"
+        );
     }
 
     #[test]
@@ -302,9 +323,12 @@ mod tests {
         t.admit(k(2), t0).unwrap();
         assert_eq!(t.admit(k(3), t0), Err(AddrRefusal::TableFull));
         // Address 1 leaves; its entry stays until its bucket has refilled
-        // the token it gave (1 s).
+        // the token it gave (1 s), and goes at the next prune after that.
         t.release(k(1));
+        t.prune(t0 + 500 * MS);
         assert_eq!(t.admit(k(3), t0 + 500 * MS), Err(AddrRefusal::TableFull));
+        assert_eq!(t.admit(k(3), t0 + 1000 * MS), Err(AddrRefusal::TableFull));
+        t.prune(t0 + 1000 * MS);
         assert_eq!(t.admit(k(3), t0 + 1000 * MS), Ok(()));
         assert_eq!(t.len(), 2);
         assert_eq!(t.conns(k(1)), 0);

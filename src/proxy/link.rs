@@ -377,9 +377,12 @@ impl Proxy {
             >= self.settings.max_clients as usize
         {
             OPENED_SOCKET_FULL
-        } else if self.reservations.announced_count(r.ip) >= self.settings.addr_limits.conns_max {
+        } else if !self.reservations.holds_account(shard, &r.account_name)
+            && self.reservations.count_for(r.ip) >= self.settings.addr_limits.conns_max
+        {
             // One address's logins hold no more slots than its connections
-            // may (reservation squatting from one address).
+            // may (reservation squatting from one address, or one IPv6 /64);
+            // a login that replaces its account's older one adds none.
             self.stats.refusals.count(Refusal::ReservationsPerAddr);
             OPENED_SOCKET_FULL
         } else {

@@ -139,7 +139,7 @@ impl ProxySettings {
                 per_s: c.player_bytes_per_s,
                 burst: c.player_bytes_burst,
             },
-            shard_out_reserve: cfg.shard.out_buf_size / 8,
+            shard_out_reserve: cfg.shard_out_reserve(),
             client_in_buf_size: cfg.client.in_buf_size,
             shard_in_buf_size: cfg.shard.in_buf_size,
             connect_retry: Duration::from_millis(cfg.shard.connect_retry_ms),

@@ -21,6 +21,8 @@ use std::time::Instant;
 use crate::com::ConnRef;
 use crate::cryptchan::{TOKEN_BYTES, memcmp_ct, memzero};
 
+use super::limits::AddrKey;
+
 /// A player a shard announced (`TPROXY_MSG_OPENED_SOCKET`): what the auth
 /// proof is checked against. The token is wiped when the reservation goes.
 pub struct Reservation {
@@ -105,6 +107,8 @@ pub struct Reservations {
     /// Announced addresses (IPv4-mapped IPv6 as IPv4), with how many
     /// reservations name each.
     announced: HashMap<IpAddr, u32>,
+    /// The same counts by the key the per-address limits use (IPv6 by /64).
+    by_addr_key: HashMap<AddrKey, u32>,
     /// Reservations held, all links together.
     len: usize,
 }
@@ -133,9 +137,18 @@ impl Reservations {
         self.announced.contains_key(&ip.to_canonical())
     }
 
-    /// How many reservations announce `ip`.
-    pub fn announced_count(&self, ip: IpAddr) -> u32 {
-        self.announced.get(&ip.to_canonical()).copied().unwrap_or(0)
+    /// How many reservations announce an address counted as `ip` is by the
+    /// per-address limits (the same IPv4 address, the same IPv6 /64).
+    pub fn count_for(&self, ip: IpAddr) -> u32 {
+        self.by_addr_key.get(&AddrKey::of(ip)).copied().unwrap_or(0)
+    }
+
+    /// True if `link` holds a reservation of `account_name` (a new one
+    /// would replace it).
+    pub fn holds_account(&self, link: ConnRef, account_name: &str) -> bool {
+        self.links
+            .get(&link)
+            .is_some_and(|t| t.by_account.contains_key(account_name))
     }
 
     /// Reserves `socket_id` on `link`. A reservation of the same account
@@ -156,6 +169,8 @@ impl Reservations {
         }
         let before = self.len;
         let count = self.announced.entry(r.ip.to_canonical()).or_insert(0);
+        *count = count.saturating_add(1);
+        let count = self.by_addr_key.entry(AddrKey::of(r.ip)).or_insert(0);
         *count = count.saturating_add(1);
         let table = self.links.entry(link).or_default();
         table.by_account.insert(r.account_name.clone(), socket_id);
@@ -274,6 +289,15 @@ impl Reservations {
         if *n == 0 {
             self.announced.remove(&ip);
         }
+        let key = AddrKey::of(ip);
+        let Some(n) = self.by_addr_key.get_mut(&key) else {
+            debug_assert!(false, "an announced address without a count by key");
+            return;
+        };
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            self.by_addr_key.remove(&key);
+        }
     }
 
     /// The whole table agrees with the counts (debug builds check it after
@@ -285,9 +309,11 @@ impl Reservations {
         }
         let held: usize = self.links.values().map(|t| t.by_socket.len()).sum();
         let mut ips: HashMap<IpAddr, u32> = HashMap::new();
+        let mut keys: HashMap<AddrKey, u32> = HashMap::new();
         for t in self.links.values() {
             for (&socket_id, r) in &t.by_socket {
                 *ips.entry(r.ip.to_canonical()).or_insert(0) += 1;
+                *keys.entry(AddrKey::of(r.ip)).or_insert(0) += 1;
                 if t.by_account.get(&r.account_name) != Some(&socket_id) {
                     return false;
                 }
@@ -296,7 +322,7 @@ impl Reservations {
                 return false;
             }
         }
-        held == self.len && ips == self.announced
+        held == self.len && ips == self.announced && keys == self.by_addr_key
     }
 }
 

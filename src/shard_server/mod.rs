@@ -271,7 +271,9 @@ pub fn runtime_cfg(cfg: &ShardServerCfg) -> RuntimeCfg {
             accepts_per_wakeup: 16,
             netpoll_events_max: 256,
             io_batch_max: 64,
-            // Its peers are few, or trusted: no bound on a connection's reads in flight.
+            // Proxies' links, each carrying many players' traffic, and the
+            // benchmark's direct players: not bounded (the reference shard
+            // trusts its proxies; the proxy bounds its players).
             read_ahead_max: 0,
             send_buffer: 0,
         },

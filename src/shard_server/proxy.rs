@@ -412,7 +412,10 @@ impl ProxyModule {
         ip: IpAddr,
         token: &[u8; TOKEN_BYTES],
     ) -> Result<u32, NewSocketError> {
-        if self.n_sockets() >= self.cfg.max_sockets.min(MAX_SOCKETS) {
+        // A login that replaces its account's older socket takes no more
+        // (one slot of the handles' range stays free for that moment).
+        let replacing = usize::from(self.by_account.contains_key(&account_id));
+        if self.n_sockets() - replacing >= self.cfg.max_sockets.min(MAX_SOCKETS - 1) {
             return Err(NewSocketError::TooManySockets);
         }
         if self.cfg.direct.is_some() {
@@ -428,7 +431,6 @@ impl ProxyModule {
         let proxy = self
             .least_loaded_proxy(pool)
             .ok_or(NewSocketError::NoProxy)?;
-        self.replace_older_socket(pool, account_id);
         let index = self.take_slot();
         let msg = TProxyMsg::OpenedSocket {
             socket_id: self.handle(index),
@@ -442,6 +444,8 @@ impl ProxyModule {
             self.free.push(index);
             return Err(NewSocketError::NoProxy);
         }
+        // Only now that the new login has its socket does the older go.
+        self.replace_older_socket(pool, account_id);
         let login = (account_id, login_session_id);
         self.occupy(index, SocketState::Opening, Carrier::Proxy(proxy), login);
         Ok(self.handle(index))

@@ -211,6 +211,8 @@ fn a_player_over_its_byte_budget_is_cut_off() {
 fn a_backed_up_shard_link_cuts_off_the_player_who_fills_it_never_the_link() {
     let mut h = Harness::new(|cfg| {
         cfg.shard.out_buf_size = 64 * 1024;
+        // The link's own reserve: an eighth of it (16 players need less).
+        cfg.client.max_clients = 16;
         cfg.client.player_bytes_per_s = 1 << 30;
         cfg.client.player_bytes_burst = 1 << 30;
     });
@@ -260,31 +262,76 @@ fn a_backed_up_shard_link_cuts_off_the_player_who_fills_it_never_the_link() {
     assert!(h.player_recv(bystander).is_some());
 }
 
-#[test]
-fn one_address_holds_no_more_reservations_than_connections() {
-    let mut h = Harness::new(|cfg| cfg.client.max_conns_per_addr = 2);
-    h.reserve("squat-0", player_addr(40));
-    h.reserve("squat-1", player_addr(40));
-    // The third login from the address: refused as full, for that address.
+/// Shard 0 asks for a reservation of `account` from `ip`: the proxy's
+/// answer (after a `FPROXY_MSG_CLOSE_SOCKET` for a replaced one, if any).
+fn opened(h: &mut Harness, socket_id: u32, account: &str, ip: &str) -> u8 {
     h.shard_send(
         0,
         &TProxyMsg::OpenedSocket {
-            socket_id: 999,
-            account_id: 999,
-            login_session_id: 1,
-            ip: player_addr(40).ip(),
-            account_name: "squat-2",
+            socket_id,
+            account_id: u64::from(socket_id),
+            login_session_id: socket_id,
+            ip: ip.parse().unwrap(),
+            account_name: account,
             token: &[0; crate::cryptchan::TOKEN_BYTES],
         },
     );
-    assert_eq!(
-        msg(&h.shard_recv(0)),
-        FProxyMsg::OpenedSocketResult {
-            socket_id: 999,
-            result: crate::proto::proxy_shard::OPENED_SOCKET_FULL
+    loop {
+        match msg(&h.shard_recv(0)) {
+            FProxyMsg::OpenedSocketResult {
+                socket_id: s,
+                result,
+            } if s == socket_id => {
+                return result;
+            }
+            FProxyMsg::CloseSocket { .. } => continue,
+            other => panic!("unexpected {other:?}"),
         }
+    }
+}
+
+#[test]
+fn one_address_holds_no_more_reservations_than_connections() {
+    use crate::proto::proxy_shard::{OPENED_SOCKET_FULL, OPENED_SOCKET_OK};
+    let mut h = Harness::new(|cfg| cfg.client.max_conns_per_addr = 2);
+    assert_eq!(
+        opened(&mut h, 900, "squat-0", "192.168.0.40"),
+        OPENED_SOCKET_OK
+    );
+    assert_eq!(
+        opened(&mut h, 901, "squat-1", "192.168.0.40"),
+        OPENED_SOCKET_OK
+    );
+    // The third login from the address: refused as full, for that address.
+    assert_eq!(
+        opened(&mut h, 902, "squat-2", "192.168.0.40"),
+        OPENED_SOCKET_FULL
     );
     assert_eq!(refused(&h, Refusal::ReservationsPerAddr), 1);
-    // Another address still reserves.
-    h.reserve("other", player_addr(41));
+    // A newer login of an account already reserved replaces it: no more.
+    assert_eq!(
+        opened(&mut h, 903, "squat-0", "192.168.0.40"),
+        OPENED_SOCKET_OK
+    );
+    // Another address still reserves; an IPv6 /64 counts as one address.
+    assert_eq!(
+        opened(&mut h, 904, "other", "192.168.0.41"),
+        OPENED_SOCKET_OK
+    );
+    assert_eq!(
+        opened(&mut h, 905, "v6-a", "2001:db8:5:5::1"),
+        OPENED_SOCKET_OK
+    );
+    assert_eq!(
+        opened(&mut h, 906, "v6-b", "2001:db8:5:5::2"),
+        OPENED_SOCKET_OK
+    );
+    assert_eq!(
+        opened(&mut h, 907, "v6-c", "2001:db8:5:5::3"),
+        OPENED_SOCKET_FULL
+    );
+    assert_eq!(
+        opened(&mut h, 908, "v6-d", "2001:db8:5:6::1"),
+        OPENED_SOCKET_OK
+    );
 }
