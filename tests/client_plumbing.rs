@@ -132,6 +132,23 @@ impl Main {
         self.srv.echo = false;
     }
 
+    /// Runs turns, appending what is read to `received`, until it holds
+    /// `len` bytes (20 s at most: a failure).
+    fn read_until(&mut self, received: &mut Vec<u8>, len: usize) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while received.len() < len {
+            assert!(
+                Instant::now() < deadline,
+                "only {} bytes arrived",
+                received.len()
+            );
+            self.turn(10);
+            for (_, bytes) in self.take_reads() {
+                received.extend_from_slice(&bytes);
+            }
+        }
+    }
+
     fn stop(mut self) {
         self.rt.shutdown(&mut self.srv);
     }
@@ -240,18 +257,7 @@ fn a_full_event_buffer_blocks_the_client_thread_and_loses_nothing() {
     // socket buffers, up to tcp_rmem's maximum.)
     assert_eq!(main.evbuf.len(), 4, "the event buffer is not exactly full");
     let mut received = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while received.len() < sent.len() {
-        assert!(
-            Instant::now() < deadline,
-            "only {} bytes arrived",
-            received.len()
-        );
-        main.turn(10);
-        for (_, bytes) in main.take_reads() {
-            received.extend_from_slice(&bytes);
-        }
-    }
+    main.read_until(&mut received, sent.len());
     writer.join().unwrap();
     assert_eq!(received.len(), sent.len());
     assert!(received == sent, "bytes lost, duplicated or reordered");
@@ -289,18 +295,7 @@ fn one_fast_sender_holds_at_most_its_read_ahead_of_the_event_buffer_and_loses_no
     );
     // Handling them wakes the client thread, which reads on: all of it
     // arrives, in order.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while received.len() < sent.len() {
-        assert!(
-            Instant::now() < deadline,
-            "only {} bytes arrived",
-            received.len()
-        );
-        main.turn(10);
-        for (_, bytes) in main.take_reads() {
-            received.extend_from_slice(&bytes);
-        }
-    }
+    main.read_until(&mut received, sent.len());
     writer.join().unwrap();
     assert!(received == sent, "bytes lost, duplicated or reordered");
     main.stop();
