@@ -91,7 +91,7 @@ perf:
 # and cargo-fuzz (`cargo install cargo-fuzz`); CI runs the seeded stand-in
 # (tests/proto_fuzz.rs) instead.
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS = proxy_shard_decode client_filter login_decode channel cryptchan_pull config_files proxy_protocol
+FUZZ_TARGETS = proxy_shard_decode client_filter login_decode channel cryptchan_pull config_files proxy_protocol otc
 fuzz:
 	@command -v cargo-fuzz >/dev/null || { echo "make fuzz needs cargo-fuzz (cargo install cargo-fuzz) and a nightly toolchain"; exit 1; }
 	cd fuzz && for t in $(FUZZ_TARGETS); do cargo +nightly fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS) || exit 1; done

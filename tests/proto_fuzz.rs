@@ -18,6 +18,7 @@ use muta_proxy::proto::client::{
 };
 use muta_proxy::proto::frame::{Channel, Frames, Step, Unit};
 use muta_proxy::proto::login::{FromLogin, FromShard, ProxyTicket, ToLogin, ToShard};
+use muta_proxy::proto::otc::OtcFrame;
 use muta_proxy::proto::proxy_protocol::{self, ProxyHeader, encode_v2};
 use muta_proxy::proto::proxy_shard::{FProxyMsg, TProxyMsg};
 
@@ -303,6 +304,39 @@ fn valid_messages(rng: &mut Rng) -> Vec<Vec<u8>> {
         });
     }
     push(&|b| encode_v2(&ProxyHeader::Local, &tlvs, b));
+    // OTC frames (seed 002's client): a ping, a pong, an open, an end, and
+    // a data frame with a whole Tibia packet.
+    let mut packet = (data.len() as u16).max(1).to_le_bytes().to_vec();
+    packet.extend_from_slice(&data);
+    packet.resize(
+        2 + usize::from(u16::from_le_bytes([packet[0], packet[1]])),
+        0,
+    );
+    let session = n32.max(1);
+    let frames = [
+        OtcFrame::Ping {
+            uid: n32,
+            last_ping_ms: Some(n32 >> 3),
+        },
+        OtcFrame::Ping {
+            uid: 0,
+            last_ping_ms: None,
+        },
+        OtcFrame::Open {
+            session,
+            port: n32 as u16,
+        },
+        OtcFrame::End { session },
+        OtcFrame::Data {
+            session,
+            packet_id: (n32 >> 1).clamp(1, u32::MAX - 1),
+            ack: n32,
+            packet: &packet,
+        },
+    ];
+    for frame in frames {
+        push(&|b| frame.encode(b));
+    }
     out
 }
 
@@ -390,8 +424,9 @@ fn every_decoder_survives_hostile_bytes_and_accepts_only_what_it_can_re_encode()
         "filter_client_frame",
         "AuthProof",
         "proxy_protocol",
+        "OtcFrame",
     ];
-    let mut seen = [[0u64; 3]; 12];
+    let mut seen = [[0u64; 3]; 13];
     for _ in 0..rounds() {
         let valid = valid_messages(&mut rng);
         let input = hostile(&mut rng, &valid);
@@ -447,6 +482,7 @@ fn every_decoder_survives_hostile_bytes_and_accepts_only_what_it_can_re_encode()
             Ok(None) => seen[11][1] += 1,
             Err(_) => seen[11][2] += 1,
         }
+        check!(seen[12], &input, OtcFrame::decode, OtcFrame::encode);
     }
     let total: u64 = seen.iter().flatten().sum();
     eprintln!("{total} decoder inputs");
@@ -484,6 +520,7 @@ fn random_valid_messages_round_trip() {
                 ClientMsg::decode(&msg).map(|o| o.map(|(_, n)| n)),
                 ServerMsg::decode(&msg).map(|o| o.map(|(_, n)| n)),
                 proxy_protocol::decode(&msg).map(|o| o.map(|(_, n)| n)),
+                OtcFrame::decode(&msg).map(|o| o.map(|(_, n)| n)),
             ];
             let whole =
                 decoded.contains(&Ok(Some(msg.len()))) || AuthProof::decode_frame(&msg).is_ok();

@@ -1,5 +1,5 @@
 //! Fuzz target: the PROXY protocol decoder (v1 and v2; port decision,
-//! `docs/protocol.md` §6). No input may panic it; a header it accepts lies
+//! `docs/protocol.md` §8). No input may panic it; a header it accepts lies
 //! within the bound, decodes the same alone, and its proper prefixes ask for
 //! more bytes.
 #![no_main]

@@ -21,6 +21,7 @@
 pub mod client;
 pub mod frame;
 pub mod login;
+pub mod otc;
 pub mod proxy_protocol;
 pub mod proxy_shard;
 

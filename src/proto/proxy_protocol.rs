@@ -2,7 +2,7 @@
 //! defines it: the header a forwarder writes before a client's bytes to say
 //! which address the client connected from. Port decision (seed 002's
 //! deployment: players reach the proxy through HAProxy forwarders with
-//! `send-proxy-v2`; the thesis has no forwarders); `docs/protocol.md` §6.
+//! `send-proxy-v2`; the thesis has no forwarders); `docs/protocol.md` §8.
 //!
 //! Free of I/O, as every decoder here: [`decode`] returns `Ok(None)` while the
 //! bytes so far can still become a valid header, and refuses anything else at
