@@ -37,6 +37,7 @@
 //! per second.
 
 pub mod client;
+pub mod otc;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -240,9 +241,9 @@ const IN_BUF_MAX: usize = 70 * 1024;
 const SUB_BITS: usize = 4;
 const SUBS: usize = 1 << SUB_BITS;
 /// Buckets of the live histogram, up to 2^40 µs.
-const BUCKETS: usize = SUBS * 40;
+pub(crate) const BUCKETS: usize = SUBS * 40;
 
-fn bucket_of(us: u64) -> usize {
+pub(crate) fn bucket_of(us: u64) -> usize {
     let us = us.max(1);
     let e = 63 - us.leading_zeros() as usize;
     // The SUB_BITS bits below the leading one (fewer for small values).
@@ -266,7 +267,7 @@ fn bucket_top(i: usize) -> u64 {
 
 /// The `q` quantile of a histogram's counts, as its bucket's top (0 if
 /// empty).
-fn quantile(counts: &[u64], q: f64) -> u64 {
+pub(crate) fn quantile(counts: &[u64], q: f64) -> u64 {
     let total: u64 = counts.iter().sum();
     if total == 0 {
         return 0;
@@ -1250,6 +1251,9 @@ prints a window line on stderr (echoes since the last one, their p50 and p99,
 errors and lost echoes) and starts the next window.
 
 Exit status: 0 if every bot was welcomed and got every echo back, 1 otherwise.
+
+With --otc or --otc-direct, the bots are OTClient multi-path clients
+instead (see `muta-bot --otc x --help`).
 ";
 
 /// Parses `muta-bot`'s flags: the run's shape and whether to print JSON,
@@ -1306,6 +1310,16 @@ fn parse_args<I: IntoIterator<Item = OsString>>(args: I) -> Result<Option<(BotCf
 
 /// `muta-bot`'s `main`.
 pub fn main_with_args<I: IntoIterator<Item = OsString>>(args: I) -> i32 {
+    let args: Vec<OsString> = args.into_iter().collect();
+    let otc_flag = |a: &OsString| {
+        let a = a.to_string_lossy();
+        a.split('=')
+            .next()
+            .is_some_and(|f| f == "--otc" || f == "--otc-direct")
+    };
+    if args.iter().any(otc_flag) {
+        return otc::main_with_args(args);
+    }
     let (cfg, json) = match parse_args(args) {
         Ok(Some(parsed)) => parsed,
         Ok(None) => {

@@ -18,6 +18,7 @@
 //! Nothing here does I/O except [`load`], which reads the two files.
 
 mod cidr;
+mod otc;
 mod reader;
 mod schema;
 mod shards;
@@ -31,8 +32,9 @@ use log::LevelFilter;
 // The table, its types and every `DEFAULT_*`, at `config::` where the rest of
 // the crate has always found them.
 pub use cidr::{Cidr, Networks};
+pub use otc::*;
 pub use schema::*;
-pub use shards::{ShardEntry, parse_shards_cfg};
+pub use shards::{NO_SHARDS, ShardEntry, parse_shard_lines, parse_shards_cfg};
 
 /// Upper bound on `client.max_clients`; also keeps client indices clear of the
 /// reserved netpoll data words.
@@ -197,6 +199,8 @@ pub struct Config {
     pub shard: ShardCfg,
     /// `[runtime]`
     pub runtime: RuntimeCfg,
+    /// `[otc]`
+    pub otc: OtcCfg,
 }
 
 impl Default for Config {
@@ -255,6 +259,7 @@ impl Default for Config {
                 secpool_bytes_max: DEFAULT_SECPOOL_BYTES_MAX,
                 secpool_free_blocks_max: DEFAULT_SECPOOL_FREE_BLOCKS_MAX,
             },
+            otc: OtcCfg::default(),
         }
     }
 }
@@ -283,7 +288,9 @@ impl Config {
     /// Checks that hold between keys. Each problem names the key to change.
     pub fn validate(&self) -> Result<(), Vec<(&'static str, String)>> {
         let mut problems = Vec::new();
-        if self.shard.password.expose().is_empty() {
+        // An OTC-only proxy has no shard to log in to (`load` checks the
+        // password once it knows the shards).
+        if self.shard.password.expose().is_empty() && self.otc.listen.is_none() {
             problems.push((
                 "shard.password",
                 "shard.password is empty; set the password the shards expect".to_string(),
@@ -353,6 +360,25 @@ impl Config {
                 ),
             ));
         }
+        if self.otc.proxy_protocol == ProxyProtocol::Required
+            && self.otc.trusted_forwarders.is_empty()
+        {
+            problems.push((
+                "otc.proxy_protocol",
+                "otc.proxy_protocol = \"required\" needs otc.trusted_forwarders: the networks \
+                 of the forwarders allowed to send the header"
+                    .to_string(),
+            ));
+        }
+        if self.otc.listen.is_some() && self.otc.listen == Some(self.proxy.listen) {
+            problems.push((
+                "otc.listen",
+                format!(
+                    "otc.listen = {} is proxy.listen too; give each front end its own port",
+                    self.proxy.listen
+                ),
+            ));
+        }
         if self.client.proxy_protocol == ProxyProtocol::Required
             && self.client.trusted_forwarders.is_empty()
         {
@@ -396,15 +422,26 @@ pub fn load(
             .map_err(|err| ConfigError::new(path, None, format!("cannot read: {err}")).into())
     };
     let config = read(config_path).and_then(|text| Config::parse(config_path, &text));
-    let shards = read(shards_path).and_then(|text| parse_shards_cfg(shards_path, &text));
-    match (config, shards) {
-        (Ok(config), Ok(shards)) => Ok((config, shards)),
-        (Err(errors), Ok(_)) | (Ok(_), Err(errors)) => Err(errors),
+    let shards = read(shards_path).and_then(|text| parse_shard_lines(shards_path, &text));
+    let (config, shards) = match (config, shards) {
+        (Ok(config), Ok(shards)) => (config, shards),
+        (Err(errors), Ok(_)) | (Ok(_), Err(errors)) => return Err(errors),
         (Err(ConfigErrors(mut first)), Err(ConfigErrors(second))) => {
             first.extend(second);
-            Err(ConfigErrors(first))
+            return Err(ConfigErrors(first));
         }
+    };
+    // Shards are needed unless the OTC front end is on; with shards, their
+    // password is.
+    if shards.is_empty() && config.otc.listen.is_none() {
+        let hint = format!("{NO_SHARDS} (or set otc.listen for an OTC-only proxy)");
+        return Err(ConfigError::new(shards_path, None, hint).into());
     }
+    if !shards.is_empty() && config.shard.password.expose().is_empty() {
+        let message = "shard.password is empty; set the password the shards expect".to_string();
+        return Err(ConfigError::new(config_path, None, message).into());
+    }
+    Ok((config, shards))
 }
 
 /// A configuration problem: which file, which line (when there is one), what.
@@ -510,6 +547,56 @@ mod tests {
         assert_eq!(lines.len(), 2, "{errors}");
         assert!(lines[0].starts_with("/nonexistent/muta-proxy/proxy.cfg: cannot read"));
         assert!(lines[1].starts_with("/nonexistent/muta-proxy/shards.cfg: cannot read"));
+    }
+
+    #[test]
+    fn an_otc_only_proxy_needs_no_shard_and_no_password_and_a_muta_one_both() {
+        let dir = std::env::temp_dir().join(format!("muta-cfg-otc-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cfg, shards) = (dir.join("proxy.cfg"), dir.join("shards.cfg"));
+        let write = |path: &Path, text: &str| std::fs::write(path, text).unwrap();
+        write(
+            &cfg,
+            "[otc]\nlisten = \"127.0.0.1:7162\"\nallowed_ports = [7172]\n",
+        );
+        write(&shards, "# no shards\n");
+        let (loaded, entries) = load(&cfg, &shards).unwrap();
+        assert!(entries.is_empty());
+        assert_eq!(loaded.otc.allowed_ports, [7172]);
+        // A shard needs the password.
+        write(&shards, "shard = 127.0.0.1\n");
+        assert!(
+            load(&cfg, &shards)
+                .unwrap_err()
+                .to_string()
+                .contains("shard.password")
+        );
+        // Without [otc], a shard is needed.
+        write(&cfg, "[shard]\npassword = \"pw\"\n");
+        write(&shards, "");
+        assert!(
+            load(&cfg, &shards)
+                .unwrap_err()
+                .to_string()
+                .contains("no shards")
+        );
+        // A port out of range, and an integer list given as strings.
+        write(
+            &cfg,
+            "[otc]\nlisten = \"127.0.0.1:1\"\nallowed_ports = [70000]\n",
+        );
+        assert!(
+            load(&cfg, &shards)
+                .unwrap_err()
+                .to_string()
+                .contains("otc.allowed_ports")
+        );
+        write(
+            &cfg,
+            "[otc]\nlisten = \"127.0.0.1:1\"\nallowed_ports = [\"7172\"]\n",
+        );
+        assert!(load(&cfg, &shards).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -85,14 +85,16 @@ fn check_section<'t, 'i>(
         return Err(doc.error(
             section.span(),
             format!(
-                "`{name}` is not a section; every key belongs in [proxy], [client], [shard] or [runtime]"
+                "`{name}` is not a section; every key belongs in [proxy], [client], [shard], [runtime] or [otc]"
             ),
         ));
     };
     if !SECTIONS.contains(&name.as_ref()) {
         return Err(doc.error(
             section.span(),
-            format!("unknown section [{name}]; expected [proxy], [client], [shard] or [runtime]"),
+            format!(
+                "unknown section [{name}]; expected [proxy], [client], [shard], [runtime] or [otc]"
+            ),
         ));
     }
     Ok(table)
@@ -152,7 +154,42 @@ fn store(
             }
             store(cfg, &texts).map_err(|problem| format!("{name}: {problem}"))
         }
+        Value::IntList {
+            min, max, store, ..
+        } => {
+            let ints = int_list(name, value, text, (min, max))?;
+            store(cfg, &ints);
+            Ok(())
+        }
     }
+}
+
+/// An array of integers, each from `min` to `max`.
+fn int_list(
+    name: &str,
+    value: &Spanned<DeValue<'_>>,
+    text: &str,
+    (min, max): (u64, u64),
+) -> Result<Vec<u64>, String> {
+    let expected = format!("{name}: expected an array of integers from {min} to {max}");
+    let DeValue::Array(items) = value.get_ref() else {
+        return Err(format!("{expected}, found {}", kind(value.get_ref())));
+    };
+    let mut ints = Vec::with_capacity(items.len());
+    for item in items.iter() {
+        let n = match item.get_ref() {
+            DeValue::Integer(int) => u64::from_str_radix(int.as_str(), int.radix()).ok(),
+            _ => None,
+        };
+        match n {
+            Some(n) if (min..=max).contains(&n) => ints.push(n),
+            _ => {
+                let what = text.get(item.span()).unwrap_or(kind(item.get_ref()));
+                return Err(format!("{expected}, found {what} in it"));
+            }
+        }
+    }
+    Ok(ints)
 }
 
 /// A value's type, as an error message names it.

@@ -9,12 +9,13 @@
 
 use log::LevelFilter;
 
+use super::otc::OTC_KEYS;
 use super::shards::{format_host_port, parse_host_port};
 use super::{Config, MAX_CLIENTS_LIMIT, Secret};
 use crate::proto::PASSWORD_MAX;
 
 /// The sections of `proxy.cfg`, in the order the docs list them.
-pub const SECTIONS: [&str; 4] = ["proxy", "client", "shard", "runtime"];
+pub const SECTIONS: [&str; 5] = ["proxy", "client", "shard", "runtime", "otc"];
 
 /// One key of `proxy.cfg`.
 #[derive(Clone, Copy, Debug)]
@@ -52,6 +53,8 @@ pub enum Unit {
     Choice,
     /// A list of networks (`ADDR/PREFIX`).
     Networks,
+    /// A list of TCP ports.
+    Ports,
 }
 
 impl Unit {
@@ -67,6 +70,7 @@ impl Unit {
             Unit::Boolean => "boolean",
             Unit::Choice => "choice",
             Unit::Networks => "networks",
+            Unit::Ports => "ports",
         }
     }
 }
@@ -123,6 +127,17 @@ pub enum Value {
         /// key's name.
         store: fn(&mut Config, &[&str]) -> Result<(), String>,
     },
+    /// A list of integers, each from `min` to `max`.
+    IntList {
+        /// The value when the key is left out.
+        default: &'static [u64],
+        /// The smallest value accepted.
+        min: u64,
+        /// The largest value accepted.
+        max: u64,
+        /// Sets the field; only sees values in range.
+        store: fn(&mut Config, &[u64]),
+    },
     /// A string, which `store` checks as it converts it.
     Text {
         /// The value when the key is left out; `None` for a required key.
@@ -157,6 +172,10 @@ impl Key {
                 let items: Vec<String> = default.iter().map(|d| format!("\"{d}\"")).collect();
                 Some(format!("[{}]", items.join(", ")))
             }
+            Value::IntList { default, .. } => {
+                let items: Vec<String> = default.iter().map(|d| d.to_string()).collect();
+                Some(format!("[{}]", items.join(", ")))
+            }
         }
     }
 
@@ -166,6 +185,13 @@ impl Key {
         match self.value {
             Value::Int { min, max, .. } => {
                 format!("{} to {}", in_unit(min, self.unit), in_unit(max, self.unit))
+            }
+            Value::IntList { min, max, .. } => {
+                format!(
+                    "a list of {} to {}",
+                    in_unit(min, self.unit),
+                    in_unit(max, self.unit)
+                )
             }
             Value::Bool { .. } => "true, false".to_string(),
             Value::Text { allowed, .. } | Value::List { allowed, .. } => allowed.to_string(),
@@ -214,7 +240,32 @@ const KIB: u64 = 1024;
 const MIB: u64 = 1024 * 1024;
 
 /// Every key of `proxy.cfg`, section by section.
-pub static KEYS: &[Key] = &[
+pub static KEYS: &[Key] = &ALL_KEYS;
+
+const ALL_KEYS: [Key; CORE_KEYS.len() + OTC_KEYS.len()] = concat_keys(CORE_KEYS, OTC_KEYS);
+
+/// Two tables of keys as one, in order (a `const fn`: `KEYS` is built at
+/// compile time).
+const fn concat_keys<const A: usize, const B: usize, const N: usize>(
+    a: [Key; A],
+    b: [Key; B],
+) -> [Key; N] {
+    assert!(A + B == N && A > 0);
+    let mut out = [a[0]; N];
+    let mut i = 0;
+    while i < A {
+        out[i] = a[i];
+        i += 1;
+    }
+    while i < N {
+        out[i] = b[i - A];
+        i += 1;
+    }
+    out
+}
+
+/// The keys of the MUTA front end, the shard links and the runtime.
+const CORE_KEYS: [Key; 43] = [
     PROXY_LISTEN,
     PROXY_PUBLIC_ADDRESS,
     PROXY_LOG_LEVEL,
@@ -565,15 +616,7 @@ const CLIENT_PROXY_PROTOCOL: Key = Key {
         default: Some(DEFAULT_CLIENT_PROXY_PROTOCOL),
         allowed: "off, required",
         store: |c, text| {
-            c.client.proxy_protocol = match text {
-                "off" => super::ProxyProtocol::Off,
-                "required" => super::ProxyProtocol::Required,
-                _ => {
-                    return Err(format!(
-                        "expected \"off\" or \"required\", found \"{text}\""
-                    ));
-                }
-            };
+            c.client.proxy_protocol = parse_proxy_protocol(text)?;
             Ok(())
         },
     },
@@ -591,16 +634,32 @@ const CLIENT_TRUSTED_FORWARDERS: Key = Key {
         default: &[],
         allowed: "networks, \"ADDR/PREFIX\" (IPv4, IPv6)",
         store: |c, items| {
-            c.client.trusted_forwarders = super::Networks(
-                items
-                    .iter()
-                    .map(|item| super::Cidr::parse(item))
-                    .collect::<Result<_, _>>()?,
-            );
+            c.client.trusted_forwarders = parse_networks(items)?;
             Ok(())
         },
     },
 };
+
+/// `"off"` or `"required"`, the value of a `proxy_protocol` key.
+pub(super) fn parse_proxy_protocol(text: &str) -> Result<super::ProxyProtocol, String> {
+    match text {
+        "off" => Ok(super::ProxyProtocol::Off),
+        "required" => Ok(super::ProxyProtocol::Required),
+        _ => Err(format!(
+            "expected \"off\" or \"required\", found \"{text}\""
+        )),
+    }
+}
+
+/// The value of a `trusted_forwarders` key.
+pub(super) fn parse_networks(items: &[&str]) -> Result<super::Networks, String> {
+    Ok(super::Networks(
+        items
+            .iter()
+            .map(|item| super::Cidr::parse(item))
+            .collect::<Result<_, _>>()?,
+    ))
+}
 
 /// `client.proxy_header_timeout_ms`: the deadline from accept to a complete
 /// PROXY protocol header; the specification asks for at least 3 s, one TCP
@@ -1069,6 +1128,9 @@ mod tests {
                     )
                 }
                 Value::List { .. } => key.unit == Unit::Networks,
+                Value::IntList {
+                    default, min, max, ..
+                } => key.unit == Unit::Ports && default.iter().all(|d| (min..=max).contains(d)),
             };
             assert!(ok, "{}: unit or default out of place", key.name);
             assert!(!key.doc.is_empty(), "{} has no doc", key.name);
@@ -1121,7 +1183,9 @@ mod tests {
                 let text = match key.name {
                     "proxy.listen" => "127.0.0.1:1",
                     "proxy.log_level" => "trace",
-                    "client.proxy_protocol" => "required",
+                    "client.proxy_protocol" | "otc.proxy_protocol" => "required",
+                    "otc.listen" => "127.0.0.1:2",
+                    "otc.game_host" => "game.example.org",
                     _ => "game.example.org:1",
                 };
                 store(cfg, text).unwrap();
@@ -1130,6 +1194,10 @@ mod tests {
             Value::List { store, .. } => {
                 store(cfg, &["10.1.2.0/24"]).unwrap();
                 "10.1.2.0/24".to_string()
+            }
+            Value::IntList { store, max, .. } => {
+                store(cfg, &[max]);
+                max.to_string()
             }
         }
     }
@@ -1144,17 +1212,41 @@ mod tests {
             let mut cfg = Config::default();
             let value = other_value(key, &mut cfg);
             let after = format!("{cfg:#?}");
-            let changed: Vec<(usize, &str)> = after
-                .lines()
-                .zip(before.lines())
-                .enumerate()
-                .filter(|(_, (a, b))| a != b)
-                .map(|(i, (a, _))| (i, a.trim()))
-                .collect();
-            assert_eq!(changed.len(), 1, "{}: {changed:?}", key.name);
-            let (line, text) = changed[0];
+            // The lines that differ, a value printed over several lines
+            // (a list) as one: the common head and tail of both prints cut off.
+            let (a, b): (Vec<&str>, Vec<&str>) =
+                (after.lines().collect(), before.lines().collect());
+            let head = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+            let tail = a[head..]
+                .iter()
+                .rev()
+                .zip(b[head..].iter().rev())
+                .take_while(|(x, y)| x == y)
+                .count();
+            let changed: Vec<&str> = a[head..a.len() - tail].iter().map(|l| l.trim()).collect();
+            assert!(!changed.is_empty(), "{}: nothing changed", key.name);
+            // The field the change is in: the last line at a section's field
+            // depth (eight spaces) at or before it.
+            let line = (0..=head)
+                .rev()
+                .find(|&i| a[i].starts_with("        ") && !a[i].starts_with("         "))
+                .unwrap();
+            let rest_at_depth = a[head..a.len() - tail]
+                .iter()
+                .skip(usize::from(line == head))
+                .any(|l| {
+                    l.starts_with("        ")
+                        && !l.starts_with("         ")
+                        && !l.trim_start().starts_with([')', ']', '}'])
+                });
+            let text = if line == head {
+                changed.concat()
+            } else {
+                format!("{} {}", a[line].trim(), changed.concat())
+            };
             assert!(
-                text.starts_with(&format!("{}: ", key.key()))
+                !rest_at_depth
+                    && text.starts_with(&format!("{}: ", key.key()))
                     && text.to_ascii_lowercase().contains(value.as_str()),
                 "{} changed {text:?}",
                 key.name

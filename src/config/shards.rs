@@ -44,8 +44,22 @@ impl ShardEntry {
 }
 
 /// Parses the text of a `shards.cfg`; `file` is only used in error messages.
-/// The error holds one problem per bad line, in order.
+/// The error holds one problem per bad line, in order; a file without a
+/// shard is one too (see [`parse_shard_lines`] for one that may be empty).
 pub fn parse_shards_cfg(file: &Path, text: &str) -> Result<Vec<ShardEntry>, ConfigErrors> {
+    let shards = parse_shard_lines(file, text)?;
+    if shards.is_empty() {
+        return Err(ConfigError::new(file, None, NO_SHARDS.to_string()).into());
+    }
+    Ok(shards)
+}
+
+/// The problem of a `shards.cfg` without a shard when one is needed.
+pub const NO_SHARDS: &str = "no shards: add a line `shard = HOST[:PORT]`";
+
+/// Parses the text of a `shards.cfg` that may list no shard (a proxy that
+/// serves only the `[otc]` front end).
+pub fn parse_shard_lines(file: &Path, text: &str) -> Result<Vec<ShardEntry>, ConfigErrors> {
     let mut shards: Vec<ShardEntry> = Vec::new();
     let mut errors = Vec::new();
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
@@ -56,15 +70,6 @@ pub fn parse_shards_cfg(file: &Path, text: &str) -> Result<Vec<ShardEntry>, Conf
             Ok(None) => {}
             Err(message) => errors.push(ConfigError::new(file, Some(line), message)),
         }
-    }
-    // A file whose every line is bad has no shards either; saying so as well
-    // would only repeat it.
-    if errors.is_empty() && shards.is_empty() {
-        errors.push(ConfigError::new(
-            file,
-            None,
-            "no shards: add a line `shard = HOST[:PORT]`".to_string(),
-        ));
     }
     if errors.is_empty() {
         Ok(shards)

@@ -236,7 +236,18 @@ pub struct Slot<S> {
     /// Output waits for a writable event (port decision).
     want_write: bool,
     last_read_at: Instant,
+    /// How long the unit of output at the front of some bytes is, for a
+    /// protocol whose output may take a unit ahead of what is queued
+    /// ([`Pool::set_units`]); `None`: output is a plain byte stream.
+    unit_len: Option<UnitLen>,
+    /// With `unit_len`: where in `out_buf` the first unit not yet begun to
+    /// be written starts (at or after `out_pos`).
+    out_boundary: usize,
 }
+
+/// The length of the unit of output at the front of `bytes` (an OTC frame),
+/// `None` if they do not hold a whole one.
+pub type UnitLen = fn(&[u8]) -> Option<usize>;
 
 impl<S> Slot<S> {
     fn is_live(&self, id: u32) -> bool {
@@ -264,6 +275,23 @@ impl<S> Slot<S> {
         }
         if self.in_buf.is_empty() && self.in_buf.capacity() > keep {
             self.in_buf.shrink_to(keep);
+        }
+    }
+
+    /// After a partial write: moves the unit boundary past every unit whose
+    /// writing has begun. Without units the boundary stays at `out_pos`.
+    fn pass_written_units(&mut self) {
+        let Some(unit_len) = self.unit_len else {
+            self.out_boundary = self.out_pos;
+            return;
+        };
+        while self.out_boundary < self.out_pos {
+            match unit_len(&self.out_buf[self.out_boundary..]) {
+                Some(n) if n > 0 => self.out_boundary += n,
+                // Not units after all (a bug of the protocol layer): nothing
+                // may go ahead of the rest.
+                _ => self.out_boundary = self.out_buf.len(),
+            }
         }
     }
 
@@ -395,6 +423,8 @@ impl<S: Session> Pool<S> {
                     will_flush: false,
                     want_write: false,
                     last_read_at: now,
+                    unit_len: None,
+                    out_boundary: 0,
                 })
                 .collect(),
             free: (0..n).rev().collect(),
@@ -481,6 +511,8 @@ impl<S: Session> Pool<S> {
         slot.addr = peer;
         slot.out_max = out_max;
         slot.last_read_at = now;
+        slot.unit_len = None;
+        slot.out_boundary = 0;
         slot.session = S::default();
         Some(ConnRef {
             pool: self.id,
@@ -520,6 +552,17 @@ impl<S: Session> Pool<S> {
     /// refused or the connect timeout passed. Output queued meanwhile is
     /// written once it is connected.
     pub fn connect(&mut self, target: Target, now: Instant) -> Option<ConnRef> {
+        self.connect_within(target, self.cfg.connect_timeout, now)
+    }
+
+    /// [`Pool::connect`] with a deadline of its own (a game server's, not
+    /// the pool's shard links').
+    pub fn connect_within(
+        &mut self,
+        target: Target,
+        timeout: Duration,
+        now: Instant,
+    ) -> Option<ConnRef> {
         // Until it connects, a connection is known by its target's address
         // (a name's is learned then).
         let peer = match &target {
@@ -531,7 +574,7 @@ impl<S: Session> Pool<S> {
         self.commands.push(PoolCmd::Connect {
             conn,
             target,
-            deadline: now + self.cfg.connect_timeout,
+            deadline: now + timeout,
         });
         Some(conn)
     }
@@ -691,6 +734,45 @@ impl<S: Session> Pool<S> {
         true
     }
 
+    /// Says that the connection's output is a sequence of units `unit_len`
+    /// can measure, so [`Pool::send_ahead`] can put one in front of the
+    /// queue without splitting another.
+    pub fn set_units(&mut self, conn: ConnRef, unit_len: UnitLen) {
+        if let Some(slot) = self.get_mut(conn) {
+            slot.unit_len = Some(unit_len);
+        }
+    }
+
+    /// Gives a connection its own limit of queued output (an outbound one:
+    /// the listeners' limits are for accepted ones).
+    pub fn set_out_max(&mut self, conn: ConnRef, out_max: usize) {
+        if let Some(slot) = self.get_mut(conn) {
+            slot.out_max = out_max;
+        }
+    }
+
+    /// Queues one unit ahead of every unit not yet begun to be written (a
+    /// pong ahead of queued data, so a backed-up path still answers pings
+    /// in time), or at the end if the connection has no units. Returns false
+    /// as [`Pool::send`] does.
+    pub fn send_ahead(&mut self, conn: ConnRef, unit: &[u8]) -> bool {
+        let Some(slot) = self.get_mut(conn) else {
+            return false;
+        };
+        if slot.unit_len.is_none() || slot.out_len() == 0 {
+            return self.send(conn, unit);
+        }
+        if slot.out_len() + unit.len() > slot.out_max {
+            self.stats.slow_readers += 1;
+            self.disconnect(conn, DisconnectReason::SlowReader);
+            return false;
+        }
+        let at = slot.out_boundary.max(slot.out_pos);
+        slot.out_buf.splice(at..at, unit.iter().copied());
+        self.schedule_flush(conn.index);
+        true
+    }
+
     /// Puts an open connection with output on the flush list, once.
     fn schedule_flush(&mut self, index: u32) {
         let slot = &mut self.slots[index as usize];
@@ -802,6 +884,7 @@ impl<S: Session> Pool<S> {
         slot.in_buf.clear();
         slot.out_buf.clear();
         slot.out_pos = 0;
+        slot.out_boundary = 0;
         slot.will_flush = false;
         // A buffer that once grew past its limit (one write may overshoot it
         // before the check) is not kept that large for the next occupant.
@@ -941,10 +1024,14 @@ impl<S: Session> Pool<S> {
                 if n == slot.out_len() {
                     slot.out_buf.clear();
                     slot.out_pos = 0;
+                    slot.out_boundary = 0;
                     return;
                 }
                 slot.out_pos += n;
+                slot.pass_written_units();
+                let before = slot.out_pos;
                 compact(&mut slot.out_buf, &mut slot.out_pos);
+                slot.out_boundary -= before - slot.out_pos;
             }
             Err(err) if would_block(&err) => {}
             Err(err) => {
@@ -1094,6 +1181,44 @@ mod tests {
             Ok(bytes.len())
         });
         assert_eq!(p.get(a).unwrap().out_len(), 0);
+    }
+
+    /// Units of a one-byte length and that many bytes, as a test protocol.
+    fn unit_len(bytes: &[u8]) -> Option<usize> {
+        let n = 1 + usize::from(*bytes.first()?);
+        (bytes.len() >= n).then_some(n)
+    }
+
+    #[test]
+    fn a_unit_sent_ahead_goes_before_every_unit_not_yet_begun_and_splits_none() {
+        let mut p = pool(1);
+        let a = p.accept(0, peer(), Instant::now()).unwrap();
+        p.set_units(a, unit_len);
+        assert!(p.send(a, &[3, b'a', b'b', b'c', 2, b'd', b'e']));
+        // Two bytes of the first unit go out; the socket is then full.
+        p.flush(|_, _| Ok(2));
+        assert!(p.send(a, &[1, b'f']));
+        assert!(p.send_ahead(a, &[1, b'P']));
+        p.writable(a);
+        let mut written = Vec::new();
+        p.flush(|_, bytes| {
+            written.extend_from_slice(bytes);
+            Ok(3) // the rest of the first unit and the pong's length byte
+        });
+        assert_eq!(written, [b'b', b'c', 1, b'P', 2, b'd', b'e', 1, b'f']);
+        // The next one goes after the unit being written (the pong, begun),
+        // before the two not begun.
+        assert!(p.send_ahead(a, &[1, b'Q']));
+        p.writable(a);
+        let mut rest = Vec::new();
+        p.flush(|_, bytes| {
+            rest.extend_from_slice(bytes);
+            Ok(bytes.len())
+        });
+        assert_eq!(rest, [b'P', 1, b'Q', 2, b'd', b'e', 1, b'f']);
+        // Empty again: at the end, as `send`.
+        assert!(p.send_ahead(a, &[1, b'R']));
+        assert_eq!(p.get(a).unwrap().out_len(), 2);
     }
 
     #[test]

@@ -185,6 +185,33 @@ impl OtcFrame<'_> {
     }
 }
 
+/// Moves bytes from the front of `data` into `in_buf`, which holds the start
+/// of a unit split across reads, until it holds the whole unit (a frame, or
+/// a Tibia packet: both are a little-endian u16 length and that many
+/// bytes); true once it does. Never takes more than the unit: the rest of
+/// `data` is the next units.
+pub fn gather(in_buf: &mut Vec<u8>, data: &mut &[u8]) -> bool {
+    loop {
+        let need = if in_buf.len() < LEN_BYTES {
+            LEN_BYTES
+        } else {
+            LEN_BYTES + usize::from(u16::from_le_bytes([in_buf[0], in_buf[1]]))
+        };
+        let take = need.saturating_sub(in_buf.len()).min(data.len());
+        in_buf.extend_from_slice(&data[..take]);
+        *data = &data[take..];
+        if in_buf.len() < need {
+            return false;
+        }
+        // With the length complete, the second turn knows the whole need.
+        if in_buf.len() >= LEN_BYTES
+            && need == LEN_BYTES + usize::from(u16::from_le_bytes([in_buf[0], in_buf[1]]))
+        {
+            return true;
+        }
+    }
+}
+
 /// Appends a frame's length and header for a body of 12 + `rest` bytes.
 pub fn put_header(out: &mut Vec<u8>, rest: usize, session: u32, packet_id: u32, arg: u32) {
     put::u16(out, (HEADER_BYTES + rest) as u16);
@@ -200,6 +227,27 @@ fn set_len(out: &mut [u8], at: usize, body: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_unit_split_anywhere_is_gathered_whole_and_no_byte_more() {
+        let stream = [3u8, 0, b'a', b'b', b'c', 1, 0, b'd'];
+        for cut in 1..5 {
+            let mut in_buf = stream[..cut].to_vec();
+            let mut rest = &stream[cut..];
+            assert!(gather(&mut in_buf, &mut rest), "cut at {cut}");
+            assert_eq!(in_buf, &stream[..5]);
+            assert_eq!(rest, &stream[5..]);
+        }
+        let mut in_buf = vec![3u8];
+        let mut rest = &[0u8, b'a'][..];
+        assert!(!gather(&mut in_buf, &mut rest));
+        assert_eq!((in_buf.as_slice(), rest), (&[3u8, 0, b'a'][..], &[][..]));
+        // A zero length is a whole (empty) unit; the decoder judges it.
+        let mut in_buf = vec![0u8];
+        let mut rest = &[0u8, 9][..];
+        assert!(gather(&mut in_buf, &mut rest));
+        assert_eq!((in_buf.len(), rest), (2, &[9u8][..]));
+    }
 
     fn bytes(frame: OtcFrame<'_>) -> Vec<u8> {
         let mut out = Vec::new();

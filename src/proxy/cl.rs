@@ -53,6 +53,7 @@ use crate::proto::proxy_shard::{
 use super::Proxy;
 use super::limits::{AddrKey, AddrRefusal, TokenBucket};
 use super::link::Forwarded;
+use super::otc::OtcPath;
 use super::refusals::Refusal;
 
 /// A stage a listener's connections pass through (see the module docs).
@@ -67,6 +68,8 @@ pub enum StageKind {
     Proof,
     /// Frames filtered and forwarded to the player's shard.
     Play,
+    /// An OTClient path (`proxy::otc`): frames of the multi-path protocol.
+    OtcPath,
 }
 
 /// The stages of a player on `proxy.listen`.
@@ -80,6 +83,13 @@ pub const PROXIED_PLAYER_STAGES: &[StageKind] = &[
     StageKind::Proof,
     StageKind::Play,
 ];
+
+/// The stages of an OTC connection on `otc.listen`.
+pub const OTC_PATH_STAGES: &[StageKind] = &[StageKind::OtcPath];
+
+/// The stages of an OTC connection behind forwarders
+/// (`otc.proxy_protocol = "required"`).
+pub const PROXIED_OTC_PATH_STAGES: &[StageKind] = &[StageKind::ProxyHeader, StageKind::OtcPath];
 
 /// Where an authenticated player's messages go: a socket on one shard link.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -102,6 +112,8 @@ pub enum Stage {
     Proof,
     /// Authenticated and bound to a shard socket (thesis `CL_FLAG_AUTHED`).
     Play(Binding),
+    /// An OTC path: its sessions are in `ClSession::otc`.
+    OtcPath,
 }
 
 /// The protocol part of a proxy `client_t`: its cryptchan, its stage and its
@@ -122,6 +134,8 @@ pub struct ClSession {
     pub addr_key: Option<AddrKey>,
     /// What it may still send, from the auth proof on.
     pub budget: Option<Budget>,
+    /// An OTC path's sessions and budget.
+    pub otc: OtcPath,
 }
 
 /// An authenticated player's budgets: messages and bytes (decrypted
@@ -146,6 +160,8 @@ pub(super) enum ClError {
     Proof(&'static str),
     Filter(ProtoError),
     ShardGone,
+    /// An OTC path broke a rule or passed its budget.
+    Otc(Refusal, String),
 }
 
 impl From<FrameError> for ClError {
@@ -190,7 +206,8 @@ impl Proxy {
             .clients
             .n_live()
             .saturating_sub(usize::from(in_pool))
-            .saturating_sub(self.n_playing);
+            .saturating_sub(self.n_playing)
+            .saturating_sub(self.otc.n_paths());
         if unauthenticated >= self.settings.unauthenticated_max && !announced {
             return Err(Refusal::UnauthenticatedFull);
         }
@@ -209,13 +226,46 @@ impl Proxy {
 
     /// On a listener that requires the PROXY protocol, only a trusted
     /// forwarder may connect: anyone else could name any address.
-    fn admit_forwarder(&mut self, peer: SocketAddr) -> bool {
-        if !self.settings.trusted_forwarders.contains(peer.ip()) {
+    fn admit_forwarder(&mut self, listener: u32, peer: SocketAddr) -> bool {
+        let otc = self.is_otc_listener(listener);
+        let trusted = if otc {
+            self.otc.trusted_forwarders()
+        } else {
+            &self.settings.trusted_forwarders
+        };
+        if !trusted.contains(peer.ip()) {
             self.stats.refusals.count(Refusal::UntrustedForwarder);
-            debug!("refused {peer}: not in client.trusted_forwarders");
+            let key = if otc { "otc" } else { "client" };
+            debug!("refused {peer}: not in {key}.trusted_forwarders");
             return false;
         }
         true
+    }
+
+    /// True if `listener` is the OTC front end's.
+    fn is_otc_listener(&self, listener: u32) -> bool {
+        self.listeners
+            .get(listener as usize)
+            .is_some_and(|stages| stages.contains(&StageKind::OtcPath))
+    }
+
+    /// An OTC path's admission: the per-address limits only (no key
+    /// exchange follows, and no shard announces OTC clients).
+    fn admit_path(&mut self, ip: IpAddr, now: Instant) -> Result<AddrKey, Refusal> {
+        let key = AddrKey::of(ip);
+        let result = self.addrs.admit(key, now).map_err(|e| match e {
+            AddrRefusal::TooManyConns => Refusal::AddrConns,
+            AddrRefusal::TooFast => Refusal::AddrRate,
+            AddrRefusal::TableFull => Refusal::AddrTableFull,
+        });
+        match result {
+            Ok(()) => Ok(key),
+            Err(class) => {
+                self.stats.refusals.count(class);
+                debug!("refused OTC path from {ip}: {}", class.as_str());
+                Err(class)
+            }
+        }
     }
 
     /// Handles `EVENT_ACCEPT_CLIENT` (thesis `cl_accept`): a connection is
@@ -232,8 +282,9 @@ impl Proxy {
         let first = *self.listeners.get(listener as usize)?.first()?;
         // Refused: the runtime drops the socket, closing it.
         let key = match first {
-            StageKind::ProxyHeader if self.admit_forwarder(peer) => None,
+            StageKind::ProxyHeader if self.admit_forwarder(listener, peer) => None,
             StageKind::Handshake => Some(self.admit(peer.ip(), now, false).ok()?),
+            StageKind::OtcPath => Some(self.admit_path(peer.ip(), now).ok()?),
             _ => return None, // (no listener starts with the proof or play)
         };
         let Some(client) = self.clients.accept(listener, peer, now) else {
@@ -316,6 +367,20 @@ impl Proxy {
                 }
             },
             StageKind::Handshake => return self.cl_enter_handshake(client),
+            StageKind::OtcPath if !first => match self.admit_path(addr.ip(), now) {
+                Ok(key) => {
+                    if let Some(slot) = self.clients.get_mut(client) {
+                        slot.session.addr_key = Some(key);
+                    }
+                    return self.otc_enter_path(client, now);
+                }
+                Err(class) => {
+                    self.clients
+                        .disconnect(client, DisconnectReason::Limit(class.as_str()));
+                    return;
+                }
+            },
+            StageKind::OtcPath => return self.otc_enter_path(client, now),
             StageKind::Proof => Stage::Proof,
             StageKind::Play => return,
         };
@@ -367,6 +432,9 @@ impl Proxy {
                 Some(used) => data = &mut data[used..],
                 None => return Ok(()), // the header is not complete yet
             }
+        }
+        if self.clients.get(client).map(|s| s.session.stage) == Some(Stage::OtcPath) {
+            return self.otc_path_read(client, in_buf, data, now);
         }
         let mut frames = Frames::new(in_buf, data, self.settings.client_in_buf_size);
         self.cl_units(client, &mut frames, now)
@@ -444,7 +512,7 @@ impl Proxy {
         };
         match slot.session.stage {
             // The channel yields frames only once open; refused, not assumed.
-            Stage::ProxyHeader | Stage::Handshake => {
+            Stage::ProxyHeader | Stage::Handshake | Stage::OtcPath => {
                 Err(ClError::Proof("a frame before the handshake ended"))
             }
             Stage::Proof => self.cl_proof(client, frame, now),
@@ -589,6 +657,11 @@ impl Proxy {
                 DisconnectReason::Limit("its shard link's output is backed up"),
             ),
             ClError::ShardGone => (None, DisconnectReason::Closed("its shard is not connected")),
+            ClError::Otc(Refusal::OtcPathBudget, _) => (
+                Some(Refusal::OtcPathBudget),
+                DisconnectReason::Limit("otc.path_frames_per_s"),
+            ),
+            ClError::Otc(class, why) => (Some(class), DisconnectReason::Protocol(why)),
         };
         if let Some(class) = class {
             self.stats.refusals.count(class);
@@ -631,9 +704,12 @@ impl Proxy {
     /// it, the socket is removed and the shard told with
     /// `FPROXY_MSG_CLOSE_SOCKET`. A socket the shard closed itself is already
     /// gone, so the shard is not told of its own decision.
-    pub(super) fn client_gone(&mut self, gone: Disconnected<ClSession>) {
+    pub(super) fn client_gone(&mut self, gone: Disconnected<ClSession>, now: Instant) {
         if let Some(key) = gone.session.addr_key {
             self.addrs.release(key);
+        }
+        if gone.session.stage == Stage::OtcPath {
+            return self.otc_path_gone(gone.conn, gone.session.otc, now);
         }
         let Stage::Play(binding) = gone.session.stage else {
             return;

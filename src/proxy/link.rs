@@ -32,7 +32,7 @@ use std::time::Instant;
 use log::{debug, error, info};
 
 use crate::com::ConnRef;
-use crate::conn::{DisconnectReason, Disconnected, Session};
+use crate::conn::{DisconnectReason, Session};
 use crate::proto::frame::{Channel, ChannelError, FRAME_OVERHEAD, Frames, PeerError, Unit};
 use crate::proto::proxy_shard::{
     CLOSE_REASON_REPLACED, CLOSE_REASON_TIMEOUT, FPROXY_MSG_PLAYER_PACKET, FProxyMsg,
@@ -41,10 +41,10 @@ use crate::proto::proxy_shard::{
 };
 use crate::proto::{ProtoError, messages};
 
-use super::Proxy;
 use super::cl::Binding;
 use super::refusals::Refusal;
 use super::reservations::Reservation;
+use super::{Outbound, Proxy};
 
 /// Where a shard link is.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -81,6 +81,26 @@ impl Session for ShardLink {
         {
             error!("shard link: cannot seal a frame: {err}");
         }
+    }
+}
+
+impl Outbound {
+    /// Appends a control message to the link's open frame; a connection
+    /// that is not a link has none.
+    pub fn send(&mut self, out: &mut Vec<u8>, msg: &FProxyMsg<'_>) -> Result<(), ChannelError> {
+        self.link_mut().ok_or(ChannelError::NotOpen)?.send(out, msg)
+    }
+
+    /// See [`ShardLink::forward`].
+    pub fn forward(
+        &mut self,
+        out: &mut Vec<u8>,
+        socket_id: u32,
+        data: &[u8],
+    ) -> Result<(), ChannelError> {
+        self.link_mut()
+            .ok_or(ChannelError::NotOpen)?
+            .forward(out, socket_id, data)
     }
 }
 
@@ -128,7 +148,8 @@ impl Proxy {
     pub(super) fn is_ready(&self, shard: ConnRef) -> bool {
         self.shards
             .get(shard)
-            .is_some_and(|s| s.session.state == LinkState::Ready)
+            .and_then(|s| s.session.link())
+            .is_some_and(|l| l.state == LinkState::Ready)
     }
 
     /// The logged-in link to the shard named `name`.
@@ -136,7 +157,8 @@ impl Proxy {
         self.links.up().find(|&shard| {
             self.shards
                 .get(shard)
-                .is_some_and(|s| s.session.state == LinkState::Ready && s.session.name == name)
+                .and_then(|s| s.session.link())
+                .is_some_and(|l| l.state == LinkState::Ready && l.name == name)
         })
     }
 
@@ -180,7 +202,9 @@ impl Proxy {
     /// Records a player on the link of its binding.
     pub(super) fn bind_player(&mut self, binding: Binding, client: ConnRef) {
         if let Some(s) = self.shards.get_mut(binding.shard) {
-            s.session.players.insert(binding.socket_id, client);
+            if let Some(link) = s.session.link_mut() {
+                link.players.insert(binding.socket_id, client);
+            }
         }
     }
 
@@ -190,7 +214,10 @@ impl Proxy {
         let Some(s) = self.shards.get_mut(binding.shard) else {
             return false;
         };
-        let players = &mut s.session.players;
+        let Some(link) = s.session.link_mut() else {
+            return false;
+        };
+        let players = &mut link.players;
         if players.get(&binding.socket_id) != Some(&client) {
             return false;
         }
@@ -206,8 +233,11 @@ impl Proxy {
         };
         let pinned = entry.key;
         let keys = self.keys.clone();
-        self.shards.write(shard, |link, out| {
-            link.chan = Some(Channel::initiator(keys, pinned, out));
+        self.shards.write(shard, |s, out| {
+            *s = Outbound::Link(Box::new(ShardLink {
+                chan: Some(Channel::initiator(keys, pinned, out)),
+                ..ShardLink::default()
+            }));
         });
     }
 
@@ -246,8 +276,8 @@ impl Proxy {
             let Some(slot) = self.shards.get_mut(shard) else {
                 return Ok(()); // dropped meanwhile
             };
-            let (link, out) = slot.session_and_out();
-            let Some(chan) = link.chan.as_mut() else {
+            let (s, out) = slot.session_and_out();
+            let Some(chan) = s.link_mut().and_then(|l| l.chan.as_mut()) else {
                 return Ok(());
             };
             let unit = frames.next(chan, out).map_err(PeerError::from)?;
@@ -274,7 +304,10 @@ impl Proxy {
         let Some(s) = self.shards.get_mut(shard) else {
             return Ok(());
         };
-        let (link, out) = s.session_and_out();
+        let (s, out) = s.session_and_out();
+        let Some(link) = s.link_mut() else {
+            return Ok(());
+        };
         link.send(out, &login)?;
         link.state = LinkState::LoggingIn;
         Ok(())
@@ -288,7 +321,11 @@ impl Proxy {
         msg: TProxyMsg<'_>,
         now: Instant,
     ) -> Result<(), PeerError> {
-        let state = self.shards.get(shard).map(|s| s.session.state);
+        let state = self
+            .shards
+            .get(shard)
+            .and_then(|s| s.session.link())
+            .map(|l| l.state);
         match (msg, state) {
             (TProxyMsg::LoginResult { result, shard_name }, Some(LinkState::LoggingIn)) => {
                 self.on_login_result(shard, result, shard_name)
@@ -348,9 +385,13 @@ impl Proxy {
             );
             return Err(PeerError::Refused("another shard is already named so"));
         }
-        if let Some(s) = self.shards.get_mut(shard) {
-            s.session.name = name.to_string();
-            s.session.state = LinkState::Ready;
+        if let Some(link) = self
+            .shards
+            .get_mut(shard)
+            .and_then(|s| s.session.link_mut())
+        {
+            link.name = name.to_string();
+            link.state = LinkState::Ready;
         }
         let addr = self.links.addr(shard);
         info!("shard {addr}: logged in as {name:?}");
@@ -370,10 +411,11 @@ impl Proxy {
             || self
                 .shards
                 .get(shard)
-                .is_some_and(|s| s.session.players.contains_key(&socket_id));
+                .and_then(|s| s.session.link())
+                .is_some_and(|l| l.players.contains_key(&socket_id));
         let result = if taken {
             OPENED_SOCKET_DUPLICATE
-        } else if self.reservations.len() + self.clients.in_use()
+        } else if self.reservations.len() + self.muta_clients_in_use()
             >= self.settings.max_clients as usize
         {
             OPENED_SOCKET_FULL
@@ -413,7 +455,8 @@ impl Proxy {
         let player = self
             .shards
             .get_mut(shard)
-            .and_then(|s| s.session.players.remove(&socket_id));
+            .and_then(|s| s.session.link_mut())
+            .and_then(|l| l.players.remove(&socket_id));
         if let Some(client) = player {
             self.clients
                 .disconnect(client, DisconnectReason::Closed("closed by the shard"));
@@ -433,7 +476,8 @@ impl Proxy {
         let Some(&client) = self
             .shards
             .get(shard)
-            .and_then(|s| s.session.players.get(&socket_id))
+            .and_then(|s| s.session.link())
+            .and_then(|l| l.players.get(&socket_id))
         else {
             return;
         };
@@ -469,10 +513,15 @@ impl Proxy {
     /// players are disconnected cleanly, its reservations released, and the
     /// shard module schedules the next attempt. The shard is not told (it is
     /// gone).
-    pub(super) fn shard_gone(&mut self, gone: Disconnected<ShardLink>, now: Instant) {
-        self.links.gone(gone.conn, &gone.reason, now);
-        let released = self.reservations.release_link(gone.conn);
-        let link = gone.session;
+    pub(super) fn shard_gone(
+        &mut self,
+        conn: ConnRef,
+        reason: &DisconnectReason,
+        link: ShardLink,
+        now: Instant,
+    ) {
+        self.links.gone(conn, reason, now);
+        let released = self.reservations.release_link(conn);
         let players = link.players.len();
         for (_, client) in link.players {
             self.clients

@@ -31,6 +31,7 @@ pub mod cl;
 mod harness;
 pub mod limits;
 pub mod link;
+pub mod otc;
 pub mod refusals;
 pub mod reservations;
 
@@ -45,7 +46,7 @@ use mio::net::UnixStream;
 use crate::com::{ConnRef, PoolId};
 use crate::config::{Config, Networks, ProxyProtocol, Secret, ShardEntry};
 use crate::conn::thread::IoCfg;
-use crate::conn::{AnyPool, Disconnected, Pool, PoolCfg};
+use crate::conn::{AnyPool, Disconnected, Pool, PoolCfg, Session};
 use crate::cryptchan::{KeyPair, PublicKey};
 use crate::netpoll;
 use crate::runtime::{Node, Runtime, RuntimeCfg, Server};
@@ -54,6 +55,7 @@ use crate::shard::{SLOTS_PER_LINK, ShardLinks};
 use cl::{ClSession, StageKind};
 use limits::{AddrLimits, AddrTable, Rate, TokenBucket};
 use link::ShardLink;
+use otc::{GameConn, Otc, OtcSettings};
 use refusals::Refusals;
 use reservations::Reservations;
 
@@ -164,12 +166,62 @@ pub struct ProxyStats {
     pub packets_to_clients: u64,
 }
 
+/// What a connection of the shard thread's pool is: a link to a MUTA shard,
+/// or an OTC session's connection to its game server.
+#[derive(Debug, Default)]
+pub enum Outbound {
+    /// Opened by `ShardLinks`, not connected yet: a shard link once it is.
+    #[default]
+    Connecting,
+    /// A shard link (boxed: a slot of the pool is as large as its largest
+    /// kind, and there are far more game connections than links).
+    Link(Box<ShardLink>),
+    /// An OTC session's game connection.
+    Game(GameConn),
+}
+
+impl Session for Outbound {
+    fn before_flush(&mut self, out: &mut Vec<u8>) {
+        if let Outbound::Link(link) = self {
+            link.before_flush(out);
+        }
+    }
+}
+
+impl Outbound {
+    /// The shard link, if this is one.
+    pub fn link(&self) -> Option<&ShardLink> {
+        match self {
+            Outbound::Link(link) => Some(link),
+            Outbound::Connecting | Outbound::Game(_) => None,
+        }
+    }
+
+    /// The shard link, if this is one.
+    pub fn link_mut(&mut self) -> Option<&mut ShardLink> {
+        match self {
+            Outbound::Link(link) => Some(link),
+            Outbound::Connecting | Outbound::Game(_) => None,
+        }
+    }
+
+    /// The OTC session of a game connection.
+    fn game_session(&self) -> Option<u32> {
+        match self {
+            Outbound::Game(game) => Some(game.session),
+            Outbound::Connecting | Outbound::Link(_) => None,
+        }
+    }
+}
+
 /// The proxy's main-thread state: every table.
 #[derive(Debug)]
 pub struct Proxy {
     clients: Pool<ClSession>,
-    shards: Pool<ShardLink>,
+    shards: Pool<Outbound>,
     links: ShardLinks,
+    /// The OTC front end's sessions.
+    otc: Otc,
     reservations: Reservations,
     /// Connections and new-connection rates by address.
     addrs: AddrTable,
@@ -187,7 +239,7 @@ pub struct Proxy {
     next_refusal_summary: Instant,
     /// Reused by `settle` and the timers, so they allocate nothing.
     gone_clients: Vec<Disconnected<ClSession>>,
-    gone_shards: Vec<Disconnected<ShardLink>>,
+    gone_shards: Vec<Disconnected<Outbound>>,
     scratch_clients: Vec<ConnRef>,
     scratch_expired: Vec<(ConnRef, u32)>,
 }
@@ -196,7 +248,7 @@ pub struct Proxy {
 fn client_io_cfg(cfg: &Config) -> IoCfg {
     IoCfg {
         pool: PoolId::Client,
-        max_conns: cfg.client.max_clients,
+        max_conns: client_slots(cfg),
         read_size: cfg.client.read_size,
         reads_per_wakeup: cfg.client.reads_per_wakeup,
         accepts_per_wakeup: cfg.client.accepts_per_wakeup,
@@ -207,12 +259,34 @@ fn client_io_cfg(cfg: &Config) -> IoCfg {
     }
 }
 
+/// The client pool's slots: the MUTA players' (`client.max_clients`, if
+/// their listener is open) and the OTC paths' (`otc.max_paths`, if
+/// `otc.listen` is set).
+pub fn client_slots(cfg: &Config) -> u32 {
+    let otc = if cfg.otc.listen.is_some() {
+        cfg.otc.max_paths
+    } else {
+        0
+    };
+    cfg.client.max_clients + otc
+}
+
+/// The shard pool's slots: two per `shards.cfg` line, one per OTC session.
+pub fn shard_slots(cfg: &Config, n_shards: usize) -> u32 {
+    let otc = if cfg.otc.listen.is_some() {
+        cfg.otc.max_sessions
+    } else {
+        0
+    };
+    (n_shards * SLOTS_PER_LINK) as u32 + otc
+}
+
 /// The shard thread's sizes: two connection slots per `shards.cfg` line
 /// (see `shard::SLOTS_PER_LINK`).
 fn shard_io_cfg(cfg: &Config, n_shards: usize) -> IoCfg {
     IoCfg {
         pool: PoolId::Shard,
-        max_conns: (n_shards * SLOTS_PER_LINK) as u32,
+        max_conns: shard_slots(cfg, n_shards),
         read_size: cfg.shard.read_size,
         reads_per_wakeup: cfg.shard.reads_per_wakeup,
         accepts_per_wakeup: 0,
@@ -248,27 +322,63 @@ pub fn start(
     signals: Vec<(i32, UnixStream)>,
 ) -> io::Result<Node<Proxy>> {
     crate::cryptchan::init().map_err(|e| io::Error::other(e.to_string()))?;
-    let listener = netpoll::listen(cfg.proxy.listen, cfg.client.listen_backlog).map_err(|err| {
-        io::Error::new(
-            err.kind(),
-            format!("cannot listen on {}: {err}", cfg.proxy.listen),
-        )
-    })?;
-    let runtime = Runtime::start(
-        &runtime_cfg(&cfg, shard_entries.len()),
-        vec![listener],
-        signals,
-    )?;
+    let bind = |addr: SocketAddr| {
+        netpoll::listen(addr, cfg.client.listen_backlog)
+            .map_err(|err| io::Error::new(err.kind(), format!("cannot listen on {addr}: {err}")))
+    };
+    let mut listeners = Vec::new();
+    if !shard_entries.is_empty() {
+        listeners.push(bind(cfg.proxy.listen)?);
+    }
+    if let Some(addr) = cfg.otc.listen {
+        listeners.push(bind(addr)?);
+    }
+    let runtime = Runtime::start(&runtime_cfg(&cfg, shard_entries.len()), listeners, signals)?;
     let keys = Arc::new(KeyPair::generate());
-    info!(
-        "listening for clients on {} (public address {}), max_clients {}, key {}",
-        runtime.local_addr(0),
-        cfg.proxy.public_address,
-        cfg.client.max_clients,
-        keys.public()
-    );
+    let mut i = 0;
+    if !shard_entries.is_empty() {
+        info!(
+            "listening for clients on {} (public address {}), max_clients {}, key {}",
+            runtime.local_addr(i),
+            cfg.proxy.public_address,
+            cfg.client.max_clients,
+            keys.public()
+        );
+        i += 1;
+    }
+    if cfg.otc.listen.is_some() {
+        info!(
+            "listening for OTC clients on {} (game server {}, ports {:?}), max_paths {}, \
+             max_sessions {}",
+            runtime.local_addr(i),
+            cfg.otc.game_host,
+            cfg.otc.allowed_ports,
+            cfg.otc.max_paths,
+            cfg.otc.max_sessions
+        );
+    }
     let server = Proxy::from_config(&cfg, shard_entries, keys, Instant::now());
     Ok(Node { server, runtime })
+}
+
+/// The stages of each listener's connections, in the order `start` binds
+/// them: the MUTA players' if there are shards, then the OTC paths' if
+/// `otc.listen` is set.
+fn listener_stages(cfg: &Config, n_shards: usize) -> Vec<&'static [StageKind]> {
+    let mut stages = Vec::new();
+    if n_shards > 0 {
+        stages.push(match cfg.client.proxy_protocol {
+            ProxyProtocol::Off => cl::PLAYER_STAGES,
+            ProxyProtocol::Required => cl::PROXIED_PLAYER_STAGES,
+        });
+    }
+    if cfg.otc.listen.is_some() {
+        stages.push(match cfg.otc.proxy_protocol {
+            ProxyProtocol::Off => cl::OTC_PATH_STAGES,
+            ProxyProtocol::Required => cl::PROXIED_OTC_PATH_STAGES,
+        });
+    }
+    stages
 }
 
 impl Proxy {
@@ -283,33 +393,38 @@ impl Proxy {
         let settings = ProxySettings::from_config(cfg);
         let connect_timeout = Duration::from_millis(cfg.shard.connect_timeout_ms);
         let clients = PoolCfg {
-            max_conns: cfg.client.max_clients,
+            max_conns: client_slots(cfg),
             out_buf_size: cfg.client.out_buf_size,
             idle_timeout: Some(Duration::from_millis(cfg.client.idle_timeout_ms)),
             connect_timeout,
         };
         let shards = PoolCfg {
-            max_conns: (shard_entries.len() * SLOTS_PER_LINK) as u32,
+            max_conns: shard_slots(cfg, shard_entries.len()),
             out_buf_size: cfg.shard.out_buf_size,
             idle_timeout: None,
             connect_timeout,
         };
+        let listeners = listener_stages(cfg, shard_entries.len());
+        let mut clients = Pool::new(PoolId::Client, &clients, now);
+        for (i, stages) in listeners.iter().enumerate() {
+            let (out_max, max_conns) = if stages.contains(&StageKind::OtcPath) {
+                (cfg.otc.path_out_buf_size, cfg.otc.max_paths)
+            } else {
+                (cfg.client.out_buf_size, cfg.client.max_clients)
+            };
+            clients.set_listener_limits(i as u32, out_max, max_conns);
+        }
         Proxy {
-            clients: Pool::new(PoolId::Client, &clients, now),
+            clients,
             shards: Pool::new(PoolId::Shard, &shards, now),
             links: ShardLinks::new(shard_entries, settings.connect_retry, now),
+            otc: Otc::new(OtcSettings::from_config(cfg)),
             reservations: Reservations::default(),
             addrs: AddrTable::new(settings.addr_limits),
             handshakes: TokenBucket::full(settings.handshakes, now),
             n_playing: 0,
             keys,
-            // `proxy.listen`, the one listener: players, from the handshake
-            // on, or from a forwarder's PROXY protocol header.
-            listeners: vec![match cfg.client.proxy_protocol {
-                ProxyProtocol::Off => cl::PLAYER_STAGES,
-                ProxyProtocol::Required => cl::PROXIED_PLAYER_STAGES,
-            }],
-
+            listeners,
             settings,
             stats: ProxyStats::default(),
             next_stats: now + STATS_EVERY,
@@ -329,6 +444,30 @@ impl Proxy {
     /// Counters so far.
     pub fn stats(&self) -> ProxyStats {
         self.stats
+    }
+
+    /// The OTC session of a game connection of the shard pool.
+    fn game_session(&self, conn: ConnRef) -> Option<u32> {
+        if conn.pool != PoolId::Shard {
+            return None;
+        }
+        self.shards.get(conn)?.session.game_session()
+    }
+
+    /// Client-pool slots the MUTA players hold (the OTC paths' are counted
+    /// apart, against `otc.max_paths`).
+    fn muta_clients_in_use(&self) -> usize {
+        self.clients.in_use().saturating_sub(self.otc.n_paths())
+    }
+
+    /// The OTC front end's counters.
+    pub fn otc_stats(&self) -> otc::OtcStats {
+        self.otc.stats()
+    }
+
+    /// Live OTC sessions.
+    pub fn otc_sessions(&self) -> usize {
+        self.otc.n_sessions()
     }
 
     /// Reservations held, all shards together.
@@ -371,13 +510,19 @@ impl Server for Proxy {
     }
 
     fn on_connected(&mut self, conn: ConnRef, _now: Instant) {
-        self.shard_connected(conn);
+        match self.game_session(conn) {
+            Some(session) => self.otc_game_connected(conn, session),
+            None => self.shard_connected(conn),
+        }
     }
 
     fn on_read(&mut self, conn: ConnRef, data: &mut [u8], now: Instant) {
         match conn.pool {
             PoolId::Client => self.cl_read(conn, data, now),
-            PoolId::Shard => self.shard_read(conn, data, now),
+            PoolId::Shard => match self.game_session(conn) {
+                Some(session) => self.otc_game_read(conn, session, data, now),
+                None => self.shard_read(conn, data, now),
+            },
         }
     }
 
@@ -385,6 +530,7 @@ impl Server for Proxy {
     /// then a line per class of refusal and the statistics.
     fn on_tick(&mut self, now: Instant) {
         self.expire_handshakes(now);
+        self.otc_tick(now);
         self.addrs.prune(now);
         if now >= self.next_refusal_summary {
             for line in self.stats.refusals.take_summary() {
@@ -394,7 +540,12 @@ impl Server for Proxy {
         }
         self.expire_reservations(now);
         if now >= self.next_stats {
-            self.log_stats();
+            if !self.links.is_empty() {
+                self.log_stats();
+            }
+            if self.otc.n_paths() > 0 || self.otc.n_sessions() > 0 || self.links.is_empty() {
+                self.otc_log_stats();
+            }
             self.next_stats = now + STATS_EVERY;
         }
     }
@@ -431,13 +582,22 @@ impl Server for Proxy {
             let mut shards = std::mem::take(&mut self.gone_shards);
             shards.extend(self.shards.take_disconnected());
             for gone in shards.drain(..) {
-                self.shard_gone(gone, now);
+                match gone.session {
+                    Outbound::Link(link) => self.shard_gone(gone.conn, &gone.reason, *link, now),
+                    Outbound::Connecting => {
+                        let never = ShardLink::default();
+                        self.shard_gone(gone.conn, &gone.reason, never, now);
+                    }
+                    Outbound::Game(game) => {
+                        self.otc_game_gone(gone.conn, game.session, &gone.reason, now);
+                    }
+                }
             }
             self.gone_shards = shards;
             let mut clients = std::mem::take(&mut self.gone_clients);
             clients.extend(self.clients.take_disconnected());
             for gone in clients.drain(..) {
-                self.client_gone(gone);
+                self.client_gone(gone, now);
             }
             self.gone_clients = clients;
         }

@@ -56,11 +56,26 @@ pub enum Refusal {
     /// A reservation refused: its address already had
     /// `client.max_conns_per_addr` reservations (squatting).
     ReservationsPerAddr,
+    /// An OTC path that broke the protocol: a malformed frame, a port off
+    /// `otc.allowed_ports`, data for a session it is not attached to.
+    OtcProtocol,
+    /// An OTC path that named a session live for another address (a
+    /// guessed or colliding session id).
+    OtcForeignSession,
+    /// An OTC session refused by a limit (`otc.max_sessions`,
+    /// `otc.sessions_per_addr_max`, `otc.paths_per_session_max`,
+    /// `otc.sessions_per_path_max`): the path is told its end.
+    OtcSessionLimit,
+    /// An OTC session ended by a bound: its reorder window or bytes, its
+    /// unacknowledged bytes, its budgets, its game connection's output.
+    OtcSessionBound,
+    /// An OTC path over `otc.path_frames_per_s`.
+    OtcPathBudget,
 }
 
 impl Refusal {
     /// Every class, in the order of the summary.
-    pub const ALL: [Refusal; 16] = [
+    pub const ALL: [Refusal; 21] = [
         Refusal::NotAnnounced,
         Refusal::UntrustedForwarder,
         Refusal::BadProxyHeader,
@@ -77,6 +92,11 @@ impl Refusal {
         Refusal::OverBudget,
         Refusal::LinkBacklogged,
         Refusal::ReservationsPerAddr,
+        Refusal::OtcProtocol,
+        Refusal::OtcForeignSession,
+        Refusal::OtcSessionLimit,
+        Refusal::OtcSessionBound,
+        Refusal::OtcPathBudget,
     ];
 
     /// The class's name in logs and metrics.
@@ -98,6 +118,11 @@ impl Refusal {
             Refusal::OverBudget => "over_budget",
             Refusal::LinkBacklogged => "link_backlogged",
             Refusal::ReservationsPerAddr => "reservations_per_addr",
+            Refusal::OtcProtocol => "otc_protocol",
+            Refusal::OtcForeignSession => "otc_foreign_session",
+            Refusal::OtcSessionLimit => "otc_session_limit",
+            Refusal::OtcSessionBound => "otc_session_bound",
+            Refusal::OtcPathBudget => "otc_path_budget",
         }
     }
 
@@ -126,6 +151,13 @@ impl Refusal {
             Refusal::ReservationsPerAddr => {
                 "refused (reservations): client.max_conns_per_addr reached by one address's logins"
             }
+            Refusal::OtcProtocol => "cut off (OTC): a path that broke the protocol",
+            Refusal::OtcForeignSession => {
+                "cut off (OTC): a path that named another address's session"
+            }
+            Refusal::OtcSessionLimit => "refused (OTC sessions): a session limit reached",
+            Refusal::OtcSessionBound => "ended (OTC sessions): a session past one of its bounds",
+            Refusal::OtcPathBudget => "cut off (OTC): a path over otc.path_frames_per_s",
         }
     }
 

@@ -86,5 +86,6 @@ pub fn pseudo_random_bytes(len: usize, seed: u64) -> Vec<u8> {
 }
 
 pub mod haproxy;
+pub mod otc;
 pub mod play;
 pub mod system;

@@ -26,7 +26,11 @@ pub struct Running {
 }
 
 impl Running {
-    fn spawn(name: &str, evbuf: Arc<ComEventBuf>, body: impl FnOnce() + Send + 'static) -> Running {
+    pub fn spawn(
+        name: &str,
+        evbuf: Arc<ComEventBuf>,
+        body: impl FnOnce() + Send + 'static,
+    ) -> Running {
         let thread = std::thread::Builder::new()
             .name(name.to_string())
             .spawn(body)

@@ -1,0 +1,247 @@
+//! The OTC front end end to end (seed 002): OTClient-style bots
+//! (`muta-bot`'s OTC mode) through two and three real HAProxy forwarders
+//! with `send-proxy-v2` into the proxy's `[otc]` listener, on to the game
+//! server stand-in; and hostile paths, each refused alone while an honest
+//! client plays on. Every address is in 127.0.0.0/8, one per client.
+
+mod util;
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::thread;
+use std::time::Duration;
+
+use muta_proxy::bot::otc::{self as otc_bot, OtcBotCfg};
+use muta_proxy::config::{Cidr, Networks, ProxyProtocol};
+use muta_proxy::proto::otc::PACKET_ID_END;
+use util::haproxy::Haproxy;
+use util::otc::{RawPath, start_otc_proxy, start_otserv};
+
+const T: Duration = Duration::from_secs(5);
+
+fn ip(last: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
+}
+
+#[test]
+fn sessions_play_through_three_forwarders_and_lose_nothing_when_one_is_killed() {
+    let game = start_otserv();
+    let proxy = start_otc_proxy(game.addr, |cfg| {
+        cfg.otc.proxy_protocol = ProxyProtocol::Required;
+        cfg.otc.trusted_forwarders = Networks(vec![Cidr::parse("127.0.0.1/32").unwrap()]);
+    });
+    let mut forwarders: Vec<Option<Haproxy>> = (0..3)
+        .map(|_| Some(Haproxy::start(proxy.addr, "send-proxy-v2")))
+        .collect();
+    let cfg = OtcBotCfg {
+        proxies: forwarders
+            .iter()
+            .map(|f| f.as_ref().unwrap().front)
+            .collect(),
+        sessions: 8,
+        port: game.addr.port(),
+        rate: 40.0,
+        duration: Duration::from_secs(7),
+        ramp: Duration::from_millis(500),
+        drain: Duration::from_secs(5),
+        threads: 1,
+        bind_ips: (0..8).map(|i| ip(60 + i)).collect(),
+        ..OtcBotCfg::default()
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let run = thread::spawn({
+        let cfg = cfg.clone();
+        move || otc_bot::run_until(&cfg, stop)
+    });
+    // Mid-stream, the first forwarder (every session's first choice: the
+    // pings tie and the client takes the first) dies.
+    thread::sleep(Duration::from_secs(4));
+    forwarders[0] = None;
+    let report = run.join().unwrap();
+    assert!(report.ok(), "{}", report.to_json());
+    assert!(report.sent >= 8 * 200, "{}", report.to_json());
+    assert!(
+        report.attaches > 2 * 8,
+        "no session failed over to the spare: {}",
+        report.to_json()
+    );
+}
+
+#[test]
+fn bots_straight_to_the_stand_in_and_through_the_proxy_without_forwarders_both_play() {
+    let game = start_otserv();
+    let proxy = start_otc_proxy(game.addr, |_| {});
+    for (direct, to) in [(true, game.addr), (false, proxy.addr)] {
+        let cfg = OtcBotCfg {
+            proxies: vec![to],
+            direct,
+            sessions: 4,
+            port: game.addr.port(),
+            rate: 50.0,
+            duration: Duration::from_secs(2),
+            ramp: Duration::from_millis(100),
+            threads: 2,
+            bind_ips: (0..4).map(|i| ip(70 + i)).collect(),
+            ..OtcBotCfg::default()
+        };
+        let report = otc_bot::run(&cfg);
+        assert!(report.ok(), "direct {direct}: {}", report.to_json());
+    }
+}
+
+/// An honest client: a path from `from`, session `session` opened and
+/// greeted with its own address.
+fn honest(from: IpAddr, proxy: std::net::SocketAddr, session: u32, port: u16) -> RawPath {
+    let mut path = RawPath::connect(from, proxy, None);
+    assert!(path.open(session, port));
+    let (_, id, _, packet) = path.recv_data(session, T).expect("a greeting");
+    assert_eq!(id, 1);
+    assert_eq!(&packet[2..], format!("A{from}").as_bytes());
+    path
+}
+
+/// The honest client's packet `n` (its id n) comes back echoed as the
+/// server's packet n + 1 (the greeting is 1).
+fn echo(path: &mut RawPath, session: u32, n: u32) {
+    let body = format!("Eping {n}");
+    assert!(path.data(session, n, n, body.as_bytes()));
+    let (_, id, ack, packet) = path.recv_data(session, T).expect("an echo");
+    assert_eq!((id, ack), (n + 1, n));
+    assert_eq!(&packet[2..], body.as_bytes());
+}
+
+#[test]
+fn a_session_id_from_another_address_a_port_off_the_list_and_broken_frames_are_refused_alone() {
+    let game = start_otserv();
+    let proxy = start_otc_proxy(game.addr, |_| {});
+    let port = game.addr.port();
+    let session = 0x5eed_0001;
+    let mut victim = honest(ip(80), proxy.addr, session, port);
+    echo(&mut victim, session, 1);
+    // An attach, a data frame and a detach for the victim's session from
+    // another address: each path cut, the session untouched.
+    let attacks: [&dyn Fn(&mut RawPath) -> bool; 3] = [
+        &|p| p.open(session, port),
+        &|p| p.data(session, 2, 0, b"Einjected"),
+        &|p| p.send(session, PACKET_ID_END, 0, &[]),
+    ];
+    for attack in attacks {
+        let mut attacker = RawPath::connect(ip(81), proxy.addr, None);
+        attack(&mut attacker);
+        assert!(
+            attacker.closed_within(T),
+            "a foreign session's frame was served"
+        );
+    }
+    echo(&mut victim, session, 2);
+    // A port off otc.allowed_ports (an open relay to loopback services in
+    // the backend it replaces), frames under 12 bytes, an inner length that
+    // disagrees with the frame, data on a path not attached.
+    let mut bad_frames: Vec<Vec<u8>> = vec![
+        // open towards port 22
+        [12u8, 0]
+            .iter()
+            .chain(&7u32.to_le_bytes())
+            .chain(&0u32.to_le_bytes())
+            .chain(&22u32.to_le_bytes())
+            .copied()
+            .collect(),
+        vec![4, 0, 1, 2, 3, 4],
+    ];
+    let mut lying = vec![18u8, 0];
+    lying.extend_from_slice(&8u32.to_le_bytes());
+    lying.extend_from_slice(&1u32.to_le_bytes());
+    lying.extend_from_slice(&0u32.to_le_bytes());
+    lying.extend_from_slice(&[200, 0, b'E', b'x', b'y', b'z']); // inner length 200 in 6 bytes
+    bad_frames.push(lying);
+    for (i, frame) in bad_frames.iter().enumerate() {
+        let mut bad = RawPath::connect(ip(82), proxy.addr, None);
+        bad.send_raw(frame);
+        assert!(bad.closed_within(T), "bad frame {i} was served");
+    }
+    let mut unattached = honest(ip(83), proxy.addr, 0x5eed_0002, port);
+    let mut second = RawPath::connect(ip(83), proxy.addr, None);
+    second.data(0x5eed_0002, 1, 1, b"Enot attached here");
+    assert!(
+        second.closed_within(T),
+        "data from a path not attached was served"
+    );
+    echo(&mut unattached, 0x5eed_0002, 1);
+    echo(&mut victim, session, 3);
+}
+
+#[test]
+fn a_far_future_packet_id_and_a_client_that_never_acknowledges_end_their_own_session_only() {
+    let game = start_otserv();
+    let proxy = start_otc_proxy(game.addr, |cfg| {
+        cfg.otc.unacked_bytes_max = 64 * 1024;
+    });
+    let port = game.addr.port();
+    let mut bystander = honest(ip(90), proxy.addr, 0xb0_0001, port);
+    // Far ahead of the reorder window: the session ends.
+    let mut far = honest(ip(91), proxy.addr, 0xb0_0002, port);
+    far.data(0xb0_0002, 1_000_000, 0, b"Efar");
+    let end = loop {
+        match far.recv(T) {
+            Some((0xb0_0002, PACKET_ID_END, _, _)) => break true,
+            Some(_) => {}
+            None => break false,
+        }
+    };
+    assert!(end, "a far-future packet id did not end the session");
+    // Never acknowledging what it is sent: past otc.unacked_bytes_max, the
+    // session ends.
+    let mut greedy = honest(ip(92), proxy.addr, 0xb0_0003, port);
+    let body = vec![b'E'; 1024];
+    let mut ended = false;
+    for n in 1..200 {
+        greedy.data(0xb0_0003, n, 0, &body);
+        if let Some((s, PACKET_ID_END, _, _)) = greedy.recv(Duration::from_millis(20)) {
+            ended = s == 0xb0_0003;
+            break;
+        }
+    }
+    assert!(
+        ended || {
+            loop {
+                match greedy.recv(T) {
+                    Some((0xb0_0003, PACKET_ID_END, _, _)) => break true,
+                    Some(_) => {}
+                    None => break false,
+                }
+            }
+        },
+        "an unacknowledged flood did not end its session"
+    );
+    echo(&mut bystander, 0xb0_0001, 1);
+}
+
+#[test]
+fn a_client_that_never_reads_is_cut_and_the_others_play_on() {
+    let game = start_otserv();
+    let proxy = start_otc_proxy(game.addr, |cfg| {
+        cfg.otc.path_out_buf_size = 70 * 1024;
+        cfg.otc.unacked_bytes_max = 64 << 20;
+        cfg.otc.session_bytes_per_s = 64 << 20;
+        cfg.otc.session_bytes_burst = 64 << 20;
+        cfg.otc.game_out_buf_size = 16 << 20;
+    });
+    let port = game.addr.port();
+    let mut bystander = honest(ip(100), proxy.addr, 0xc0_0001, port);
+    let mut sleeper = RawPath::connect(ip(101), proxy.addr, Some(4096));
+    assert!(sleeper.open(0xc0_0002, port));
+    // 4 MiB of echoes it never reads: its path's output passes its limit.
+    let body = vec![b'E'; 32 * 1024];
+    for n in 1..=128 {
+        if !sleeper.data(0xc0_0002, n, 0, &body) {
+            break;
+        }
+    }
+    echo(&mut bystander, 0xc0_0001, 1);
+    assert!(
+        sleeper.closed_within(Duration::from_secs(10)),
+        "a client that never reads was kept"
+    );
+    echo(&mut bystander, 0xc0_0001, 2);
+}
