@@ -66,6 +66,7 @@ bench: release
 	$(CARGO) bench --locked --profile release --bench net_floor | tee -a target/bench/micro.md
 	@python3 -c "import matplotlib" 2>/dev/null || python3 -m pip install -q matplotlib || echo "matplotlib unavailable: no plot"
 	python3 scripts/bench.py
+	python3 scripts/bench_otc.py
 
 # The load benchmark's harness, quickly: every path and the storm at 20
 # clients with the debug build, strict about failures, its outputs under
@@ -76,6 +77,8 @@ bench-smoke: build
 	BENCH_BIN=target/debug BENCH_OUT=target/bench-smoke BENCH_DOCS=target/bench-smoke \
 	BENCH_LOADS=20 BENCH_FOCUS=0 BENCH_SECONDS=2 BENCH_STORM=20 BENCH_STRICT=1 \
 	python3 scripts/bench.py
+	BENCH_BIN=target/debug BENCH_OUT=target/bench-smoke BENCH_DOCS=target/bench-smoke \
+	OTC_LOADS=20 OTC_SECONDS=2 BENCH_STRICT=1 python3 scripts/bench_otc.py
 
 # The proxy under the benchmark's load (PERF_CLIENTS, default 1000), profiled
 # with `perf record -g` (valgrind --tool=callgrind where perf cannot run), from

@@ -45,6 +45,8 @@ pub const CHECK_INTERVAL: Duration = Duration::from_millis(2500);
 pub const SELECT_INTERVAL: Duration = Duration::from_millis(500);
 /// A path without a pong this long is cut (3 checks, less 50 ms).
 pub const PING_TIMEOUT: Duration = Duration::from_millis(7450);
+/// How often a worker walks its bots (timers, sends, writes).
+const SWEEP_EVERY: Duration = Duration::from_millis(1);
 /// A path is replaced only by one this much faster.
 pub const HYSTERESIS_MS: u32 = 20;
 
@@ -217,6 +219,10 @@ struct Bot {
     greeted: bool,
     failed: bool,
     next_check: Instant,
+    /// Each session's own selection timer, from its start (the real
+    /// client's run from each session's creation: sessions do not attach,
+    /// and so do not send, in step).
+    next_select: Instant,
     next_send: Instant,
     stop_sending_at: Option<Instant>,
     seq_sent: u32,
@@ -231,7 +237,6 @@ struct Worker {
     report: OtcReport,
     hist: Vec<u64>,
     epoch: Instant,
-    next_select: Instant,
     stop: Arc<AtomicBool>,
 }
 
@@ -276,6 +281,7 @@ impl Worker {
                     greeted: false,
                     failed: false,
                     next_check: start_at,
+                    next_select: start_at,
                     next_send: start_at,
                     stop_sending_at: None,
                     seq_sent: 0,
@@ -293,7 +299,6 @@ impl Worker {
             },
             hist: vec![0; BUCKETS],
             epoch: now,
-            next_select: now,
             stop,
         })
     }
@@ -657,29 +662,33 @@ impl Worker {
         }
     }
 
+    /// The loop: reads as they come; the sweeps over every bot (checks,
+    /// selections, sends, then the writes) once a millisecond, so a worker's
+    /// cost per wake-up does not grow with its bots (the bots produce output
+    /// only in the sweeps: an echo needs no answer). A packet's time is
+    /// taken when it is sent, so the pacing's millisecond is not latency.
     fn run(mut self) -> (OtcReport, Vec<u64>) {
         let mut events = Vec::with_capacity(1024);
         let until = self.epoch + self.cfg.ramp + self.cfg.greet_timeout;
+        let (mut next_sweep, mut next_done_check) = (Instant::now(), Instant::now());
         loop {
             let now = Instant::now();
-            (0..self.bots.len()).for_each(|b| self.check(b, now));
-            if now >= self.next_select {
-                (0..self.bots.len()).for_each(|b| self.select(b));
-                self.next_select = now + SELECT_INTERVAL;
+            if now >= next_sweep {
+                self.sweep(now);
+                next_sweep = now + SWEEP_EVERY;
             }
-            let stopping = self.stop.load(Ordering::Relaxed);
-            for b in 0..self.bots.len() {
-                if stopping && self.bots[b].stop_sending_at.is_none_or(|at| at > now) {
-                    self.bots[b].stop_sending_at = Some(now);
+            if now >= next_done_check {
+                if self.finished(now, until) {
+                    break;
                 }
-                self.send_due(b, now);
-            }
-            self.flush();
-            if self.finished(now, until) {
-                break;
+                next_done_check = now + Duration::from_millis(50);
             }
             events.clear();
-            let _ = self.np.wait(&mut events, 2);
+            let wait_ms = next_sweep
+                .saturating_duration_since(Instant::now())
+                .as_millis()
+                .max(1) as i32;
+            let _ = self.np.wait(&mut events, wait_ms);
             for ev in events.drain(..) {
                 let bot = ev.data as usize / self.cfg.proxies.len().max(1);
                 let path = ev.data as usize % self.cfg.proxies.len().max(1);
@@ -691,6 +700,23 @@ impl Worker {
             }
         }
         self.finish()
+    }
+
+    /// Every bot's timers, then every path's output.
+    fn sweep(&mut self, now: Instant) {
+        let stopping = self.stop.load(Ordering::Relaxed);
+        for b in 0..self.bots.len() {
+            self.check(b, now);
+            if now >= self.bots[b].next_select {
+                self.bots[b].next_select = now + SELECT_INTERVAL;
+                self.select(b);
+            }
+            if stopping && self.bots[b].stop_sending_at.is_none_or(|at| at > now) {
+                self.bots[b].stop_sending_at = Some(now);
+            }
+            self.send_due(b, now);
+        }
+        self.flush();
     }
 
     /// True once every bot is done (failed, or sent all and got every echo

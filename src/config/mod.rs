@@ -264,6 +264,9 @@ impl Default for Config {
     }
 }
 
+/// Room a path's output keeps beside a session's resend when it attaches.
+pub const OTC_RESEND_ROOM: usize = 64 * 1024;
+
 /// Bytes of a shard link's own messages one player can cause while the link
 /// is backed up: `FPROXY_MSG_OPENED_SOCKET_RESULT` (6),
 /// `FPROXY_MSG_PLAYER_CRYPTCHAN` with an IPv6 address (76),
@@ -368,6 +371,17 @@ impl Config {
                 "otc.proxy_protocol = \"required\" needs otc.trusted_forwarders: the networks \
                  of the forwarders allowed to send the header"
                     .to_string(),
+            ));
+        }
+        if self.otc.unacked_bytes_max + OTC_RESEND_ROOM > self.otc.path_out_buf_size {
+            problems.push((
+                "otc.unacked_bytes_max",
+                format!(
+                    "otc.unacked_bytes_max = {} does not fit otc.path_out_buf_size = {} with \
+                     {OTC_RESEND_ROOM} bytes to spare: a path that attaches is sent every frame \
+                     not acknowledged at once, and would be cut as a slow reader",
+                    self.otc.unacked_bytes_max, self.otc.path_out_buf_size
+                ),
             ));
         }
         if self.otc.listen.is_some() && self.otc.listen == Some(self.proxy.listen) {

@@ -35,6 +35,10 @@ pub struct OtcCfg {
     pub max_sessions: u32,
     /// Most live sessions opened from one address (IPv6: one /64).
     pub sessions_per_addr_max: u32,
+    /// Sessions one address may open a second.
+    pub new_sessions_per_addr_per_s: u64,
+    /// The address's burst of new sessions.
+    pub new_sessions_per_addr_burst: u64,
     /// Most paths attached to one session.
     pub paths_per_session_max: u32,
     /// Most sessions attached to one path.
@@ -80,8 +84,17 @@ pub const DEFAULT_OTC_MAX_SESSIONS: u32 = 4096;
 /// `otc.sessions_per_addr_max`: a client has its login and its game
 /// session; a few players behind one NAT.
 pub const DEFAULT_OTC_SESSIONS_PER_ADDR_MAX: u32 = 8;
+/// `otc.new_sessions_per_addr_per_s`: each session is a connection to the
+/// game server, so opening and ending them in a loop must not become a
+/// connect flood against it (TFS's own per-IP throttle is off behind the
+/// proxy).
+pub const DEFAULT_OTC_NEW_SESSIONS_PER_ADDR_PER_S: u64 = 2;
+/// `otc.new_sessions_per_addr_burst`: a client's login and game sessions,
+/// and a reconnect or two.
+pub const DEFAULT_OTC_NEW_SESSIONS_PER_ADDR_BURST: u64 = 10;
 /// `otc.paths_per_session_max`: the client attaches two (three for a
-/// moment while it swaps one).
+/// moment while it swaps one); an attach past it lets the session's oldest
+/// path go.
 pub const DEFAULT_OTC_PATHS_PER_SESSION_MAX: u32 = 4;
 /// `otc.sessions_per_path_max`.
 pub const DEFAULT_OTC_SESSIONS_PER_PATH_MAX: u32 = 8;
@@ -91,8 +104,9 @@ pub const DEFAULT_OTC_REORDER_WINDOW: u32 = 64;
 pub const DEFAULT_OTC_REORDER_BYTES_MAX: usize = 64 * 1024;
 /// `otc.unacked_bytes_max`: the client acknowledges with its own packets
 /// (a Tibia client answers the server's pings), so this is a few seconds of
-/// a busy screen.
-pub const DEFAULT_OTC_UNACKED_BYTES_MAX: usize = 1024 * 1024;
+/// a busy screen; a path that attaches is sent all of it at once, so it must
+/// fit a path's output with room to spare (`Config::validate`).
+pub const DEFAULT_OTC_UNACKED_BYTES_MAX: usize = 256 * 1024;
 /// `otc.detached_timeout_ms`: the client gives a session up after 30 s
 /// without data (its `Session::TIMEOUT`).
 pub const DEFAULT_OTC_DETACHED_TIMEOUT_MS: u64 = 30_000;
@@ -130,6 +144,8 @@ impl Default for OtcCfg {
             max_paths: DEFAULT_OTC_MAX_PATHS,
             max_sessions: DEFAULT_OTC_MAX_SESSIONS,
             sessions_per_addr_max: DEFAULT_OTC_SESSIONS_PER_ADDR_MAX,
+            new_sessions_per_addr_per_s: DEFAULT_OTC_NEW_SESSIONS_PER_ADDR_PER_S,
+            new_sessions_per_addr_burst: DEFAULT_OTC_NEW_SESSIONS_PER_ADDR_BURST,
             paths_per_session_max: DEFAULT_OTC_PATHS_PER_SESSION_MAX,
             sessions_per_path_max: DEFAULT_OTC_SESSIONS_PER_PATH_MAX,
             reorder_window: DEFAULT_OTC_REORDER_WINDOW,
@@ -176,7 +192,7 @@ const fn int(
 }
 
 /// The keys of `[otc]`, in the order the docs list them.
-pub(super) const OTC_KEYS: [Key; 24] = [
+pub(super) const OTC_KEYS: [Key; 26] = [
     Key {
         name: "otc.listen",
         unit: Unit::Address,
@@ -298,10 +314,26 @@ pub(super) const OTC_KEYS: [Key; 24] = [
         |c, n| c.otc.sessions_per_addr_max = n as u32,
     ),
     int(
+        "otc.new_sessions_per_addr_per_s",
+        Unit::Count,
+        Reload::Live,
+        "Sessions one address may open a second (each dials the game server).",
+        (DEFAULT_OTC_NEW_SESSIONS_PER_ADDR_PER_S, 1, 100_000),
+        |c, n| c.otc.new_sessions_per_addr_per_s = n,
+    ),
+    int(
+        "otc.new_sessions_per_addr_burst",
+        Unit::Count,
+        Reload::Live,
+        "An address's burst of new sessions.",
+        (DEFAULT_OTC_NEW_SESSIONS_PER_ADDR_BURST, 1, 1_000_000),
+        |c, n| c.otc.new_sessions_per_addr_burst = n,
+    ),
+    int(
         "otc.paths_per_session_max",
         Unit::Count,
         Reload::Live,
-        "Most paths attached to one session.",
+        "Most paths attached to one session; one more attaching lets the oldest go.",
         (DEFAULT_OTC_PATHS_PER_SESSION_MAX as u64, 1, 64),
         |c, n| c.otc.paths_per_session_max = n as u32,
     ),

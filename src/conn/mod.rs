@@ -243,6 +243,8 @@ pub struct Slot<S> {
     /// With `unit_len`: where in `out_buf` the first unit not yet begun to
     /// be written starts (at or after `out_pos`).
     out_boundary: usize,
+    /// An outbound connection's deadline to connect, from its start.
+    connect_timeout: Duration,
 }
 
 /// The length of the unit of output at the front of `bytes` (an OTC frame),
@@ -425,6 +427,7 @@ impl<S: Session> Pool<S> {
                     last_read_at: now,
                     unit_len: None,
                     out_boundary: 0,
+                    connect_timeout: cfg.connect_timeout,
                 })
                 .collect(),
             free: (0..n).rev().collect(),
@@ -570,7 +573,9 @@ impl<S: Session> Pool<S> {
             Target::Name { .. } => NO_ADDR,
         };
         let conn = self.take_slot(Origin::Outbound, peer, now)?;
-        self.slots[conn.index as usize].state = SlotState::Connecting;
+        let slot = &mut self.slots[conn.index as usize];
+        slot.state = SlotState::Connecting;
+        slot.connect_timeout = timeout;
         self.commands.push(PoolCmd::Connect {
             conn,
             target,
@@ -927,7 +932,6 @@ impl<S: Session> Pool<S> {
             self.log_suppressed = 0;
         }
         self.log_budget = DISCONNECT_LOG_LINES_PER_TICK;
-        let connect_max = self.cfg.connect_timeout + CONNECT_BACKSTOP;
         for index in 0..self.slots.len() {
             let slot = &mut self.slots[index];
             slot.shrink_idle_buffers();
@@ -939,7 +943,7 @@ impl<S: Session> Pool<S> {
                 SlotState::Open if self.cfg.idle_timeout.is_some_and(|t| quiet > t) => {
                     DisconnectReason::IdleTimeout
                 }
-                SlotState::Connecting if quiet > connect_max => {
+                SlotState::Connecting if quiet > slot.connect_timeout + CONNECT_BACKSTOP => {
                     DisconnectReason::Hup(HupReason::ConnectTimeout)
                 }
                 _ => continue,

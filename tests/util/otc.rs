@@ -46,6 +46,8 @@ pub fn start_otc_proxy(game: SocketAddr, tweak: impl FnOnce(&mut Config)) -> Pro
         cfg.otc.game_host = game.ip().to_string();
         cfg.otc.allowed_ports = vec![game.port()];
         tweak(cfg);
+        // What a test runs is a configuration the daemon would accept.
+        cfg.validate().expect("a valid configuration");
     })
 }
 

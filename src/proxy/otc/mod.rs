@@ -48,6 +48,7 @@ use super::cl::{ClError, Stage};
 use super::limits::{AddrKey, Rate, TokenBucket};
 use super::refusals::Refusal;
 use super::{Outbound, Proxy};
+use crate::shard::SLOTS_PER_LINK;
 use session::{Arrival, Inbound, Unacked};
 
 /// A session's unacknowledged buffer keeps this much capacity when empty.
@@ -73,6 +74,8 @@ pub struct OtcSettings {
     pub max_sessions: usize,
     /// Most sessions per address.
     pub sessions_per_addr_max: u32,
+    /// New sessions per address.
+    pub new_sessions: Rate,
     /// Most paths per session.
     pub paths_per_session_max: usize,
     /// Most sessions per path.
@@ -108,6 +111,10 @@ impl OtcSettings {
             trusted_forwarders: o.trusted_forwarders.clone(),
             max_sessions: o.max_sessions as usize,
             sessions_per_addr_max: o.sessions_per_addr_max,
+            new_sessions: Rate {
+                per_s: o.new_sessions_per_addr_per_s,
+                burst: o.new_sessions_per_addr_burst,
+            },
             paths_per_session_max: o.paths_per_session_max as usize,
             sessions_per_path_max: o.sessions_per_path_max as usize,
             reorder_window: o.reorder_window,
@@ -140,6 +147,13 @@ pub struct OtcPath {
     /// `otc.sessions_per_path_max`).
     pub sessions: Vec<u32>,
     frames: Option<TokenBucket>,
+}
+
+/// One address's sessions.
+#[derive(Debug)]
+struct AddrSessions {
+    live: u32,
+    opens: TokenBucket,
 }
 
 /// A game connection's part of its shard-pool slot: whose it is.
@@ -184,6 +198,12 @@ pub struct OtcStats {
     pub duplicates: u64,
     /// Pings answered.
     pub pongs: u64,
+    /// Data frames from a path of the session's owner not attached to it
+    /// (one the proxy let go for a newer one): dropped.
+    pub unattached_dropped: u64,
+    /// Paths let go of by a session for a newer one
+    /// (`otc.paths_per_session_max`).
+    pub evicted: u64,
 }
 
 /// The session table: the one owner of every OTC session.
@@ -191,8 +211,11 @@ pub struct OtcStats {
 pub struct Otc {
     settings: OtcSettings,
     sessions: HashMap<u32, OtcSession>,
-    /// Live sessions by the address (IPv6: /64) that opened them.
-    per_addr: HashMap<AddrKey, u32>,
+    /// By the address (IPv6: /64) that opened them: live sessions and the
+    /// bucket of new ones. An entry lives while its address has a session
+    /// or its bucket is refilling (pruned at the tick); an address needs an
+    /// admitted path to open one, so the address table bounds them.
+    per_addr: HashMap<AddrKey, AddrSessions>,
     /// Connections in the OTC path stage.
     n_paths: usize,
     stats: OtcStats,
@@ -413,19 +436,23 @@ impl Proxy {
                 format!("session {session:#x} asks for port {port}, not in otc.allowed_ports"),
             ));
         }
-        self.otc_check_room(path, addr.ip())?;
+        self.otc_check_room(path, addr.ip(), now)?;
         self.otc_new_session(path, addr.ip(), session, port, now)
     }
 
-    /// The limits a new session must pass.
-    fn otc_check_room(&self, path: ConnRef, ip: IpAddr) -> Result<(), Refused> {
-        let o = &self.otc;
+    /// The limits a new session must pass, its address's bucket of new
+    /// sessions last (only a session that can open pays).
+    fn otc_check_room(&mut self, path: ConnRef, ip: IpAddr, now: Instant) -> Result<(), Refused> {
+        let o = &mut self.otc;
         if o.sessions.len() >= o.settings.max_sessions {
             return Err(Refused::Session("otc.max_sessions"));
         }
-        let of_addr = o.per_addr.get(&AddrKey::of(ip)).copied().unwrap_or(0);
-        if of_addr >= o.settings.sessions_per_addr_max {
-            return Err(Refused::Session("otc.sessions_per_addr_max"));
+        // The shard pool's slots for the links' reconnects are never taken
+        // by sessions (a closing game connection still holds its slot).
+        if self.shards.n_free() <= self.links.len() * SLOTS_PER_LINK {
+            return Err(Refused::Session(
+                "the shard pool is full (otc.max_sessions)",
+            ));
         }
         let on_path = self
             .clients
@@ -433,6 +460,20 @@ impl Proxy {
             .map_or(0, |s| s.session.otc.sessions.len());
         if on_path >= o.settings.sessions_per_path_max {
             return Err(Refused::Session("otc.sessions_per_path_max"));
+        }
+        let rate = o.settings.new_sessions;
+        let entry = o
+            .per_addr
+            .entry(AddrKey::of(ip))
+            .or_insert_with(|| AddrSessions {
+                live: 0,
+                opens: TokenBucket::full(rate, now),
+            });
+        if entry.live >= o.settings.sessions_per_addr_max {
+            return Err(Refused::Session("otc.sessions_per_addr_max"));
+        }
+        if !entry.opens.take(1, rate, now) {
+            return Err(Refused::Session("otc.new_sessions_per_addr_per_s"));
         }
         Ok(())
     }
@@ -480,14 +521,21 @@ impl Proxy {
                 bytes: TokenBucket::full(s.session_bytes, now),
             },
         );
-        *self.otc.per_addr.entry(AddrKey::of(owner)).or_insert(0) += 1;
+        if let Some(entry) = self.otc.per_addr.get_mut(&AddrKey::of(owner)) {
+            entry.live += 1; // made by `otc_check_room`
+        }
         self.otc.stats.sessions_opened += 1;
         debug!("otc session {session:#x} ({owner}): opened towards port {port}");
         self.otc_attach(path, session)
     }
 
     /// Attaches a path to a session (again: nothing happens) and sends it
-    /// every frame the client has not acknowledged.
+    /// every frame the client has not acknowledged. Past
+    /// `otc.paths_per_session_max` the session lets its oldest path go (a
+    /// path of a forwarder that died without a FIN stays attached until its
+    /// idle timeout, and the client attaches a new one before detaching);
+    /// a path with `otc.sessions_per_path_max` sessions is not attached.
+    /// Neither is told: a session end would end the session on the client.
     fn otc_attach(&mut self, path: ConnRef, session: u32) -> Result<(), Refused> {
         let (per_session, per_path) = (
             self.otc.settings.paths_per_session_max,
@@ -499,16 +547,21 @@ impl Proxy {
         if s.paths.contains(&path) {
             return Ok(());
         }
-        if s.paths.len() >= per_session {
-            return Err(Refused::Session("otc.paths_per_session_max"));
-        }
         let Some(slot) = self.clients.get_mut(path) else {
             return Ok(());
         };
         if slot.session.otc.sessions.len() >= per_path {
-            return Err(Refused::Session("otc.sessions_per_path_max"));
+            debug!("otc session {session:#x}: not attached to {path}: otc.sessions_per_path_max");
+            return Ok(());
         }
         slot.session.otc.sessions.push(session);
+        if s.paths.len() >= per_session {
+            let oldest = s.paths.remove(0);
+            self.otc.stats.evicted += 1;
+            if let Some(slot) = self.clients.get_mut(oldest) {
+                slot.session.otc.sessions.retain(|&id| id != session);
+            }
+        }
         s.paths.push(path);
         s.detached_since = None;
         self.otc.stats.attaches += 1;
@@ -578,16 +631,13 @@ impl Proxy {
             return Err(foreign(session, addr));
         }
         if !s.paths.contains(&path) {
-            return Err(Refused::Path(
-                Refusal::OtcProtocol,
-                format!("data for session {session:#x} on a path not attached to it"),
-            ));
+            // The owner's path, not attached (or let go of for a newer one):
+            // nothing of it is taken; its copies come on the attached ones.
+            self.otc.stats.unattached_dropped += 1;
+            return Ok(());
         }
         if s.unacked.ack(ack).is_err() {
-            return Err(Refused::Path(
-                Refusal::OtcProtocol,
-                format!("session {session:#x} acknowledges packet {ack}, never sent"),
-            ));
+            return Err(Refused::End("an acknowledgement of a packet never sent"));
         }
         if s.unacked.bytes() == 0 {
             s.unacked.shrink_idle(UNACKED_KEEP);
@@ -658,12 +708,8 @@ impl Proxy {
         let Some(s) = self.otc.sessions.remove(&session) else {
             return;
         };
-        let key = AddrKey::of(s.owner);
-        if let Some(n) = self.otc.per_addr.get_mut(&key) {
-            *n -= 1;
-            if *n == 0 {
-                self.otc.per_addr.remove(&key);
-            }
+        if let Some(entry) = self.otc.per_addr.get_mut(&AddrKey::of(s.owner)) {
+            entry.live = entry.live.saturating_sub(1); // pruned at the tick
         }
         self.otc.stats.sessions_ended += 1;
         debug!("otc session {session:#x} ({}): ended: {why}", s.owner);
@@ -790,6 +836,10 @@ impl Proxy {
         }
         expired.clear();
         self.otc.scratch = expired;
+        let rate = self.otc.settings.new_sessions;
+        self.otc
+            .per_addr
+            .retain(|_, entry| entry.live > 0 || !entry.opens.is_full(rate, now));
     }
 
     /// The statistics line of the OTC front end.
