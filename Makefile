@@ -55,7 +55,10 @@ check: lint test bench-smoke doc
 # floor, loopback TCP and the kernel floor) into target/bench/micro.md, built
 # with the release profile the binaries use (no second build), then the load
 # benchmark (direct, HAProxy and muta-proxy at 100 to 10,000 clients, a
-# connection storm) into target/bench/results.json, docs/benchmarks.md and docs/bench-latency.png.
+# connection storm) into target/bench/results.json, docs/benchmarks.md and docs/bench-latency.png,
+# then the OTC scenario (scripts/bench_otc.py: OTC bots through two HAProxy
+# forwarders into the [otc] listener, against the same bots straight to
+# muta-otserv, at 100, 1,000 and 5,000 sessions) into the same two files.
 # Installs HAProxy (Debian) and matplotlib (PyPI) if missing. BENCH_LOADS,
 # BENCH_SECONDS, BENCH_REPEAT, BENCH_PATHS, BENCH_STORM: see scripts/bench.py.
 bench: release

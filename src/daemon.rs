@@ -110,20 +110,36 @@ pub fn run(opts: Options) -> i32 {
         }
     };
     if opts.check_config {
+        let muta = if shards.is_empty() {
+            "the MUTA listener is not opened".to_string()
+        } else {
+            format!(
+                "listening on {}, max_clients {}",
+                cfg.proxy.listen, cfg.client.max_clients
+            )
+        };
+        let otc = match cfg.otc.listen {
+            Some(addr) => format!(
+                "; OTC on {addr}, max_paths {}, max_sessions {}",
+                cfg.otc.max_paths, cfg.otc.max_sessions
+            ),
+            None => String::new(),
+        };
         println!(
-            "muta-proxy: {} and {} are valid: {} shard(s), listening on {}, max_clients {}",
+            "muta-proxy: {} and {} are valid: {} shard(s), {muta}{otc}",
             opts.config.display(),
             opts.shards.display(),
             shards.len(),
-            cfg.proxy.listen,
-            cfg.client.max_clients
         );
         return 0;
     }
     let level = cfg.proxy.log_level;
-    let needed = u64::from(cfg.client.max_clients) + cfg.runtime.event_buffer_capacity as u64 + 64;
+    // One descriptor per slot of both pools, the event buffer's worth in
+    // flight, and the rest.
+    let slots = proxy::client_slots(&cfg) + proxy::shard_slots(&cfg, shards.len());
+    let needed = u64::from(slots) + cfg.runtime.event_buffer_capacity as u64 + 64;
     process::run_node("muta-proxy", level, move |signals| {
-        process::check_fd_limit(needed, "max_clients + event_buffer_capacity + 64");
+        process::check_fd_limit(needed, "the pools' slots + event_buffer_capacity + 64");
         proxy::start(cfg, &shards, signals)
     })
 }

@@ -187,6 +187,35 @@ fn check_config_accepts_the_shipped_files() {
 }
 
 #[test]
+fn check_config_accepts_an_otc_only_proxy_with_an_empty_shards_file() {
+    let dir = scratch_dir("check_config_otc_only");
+    let (config, shards) = (dir.join("proxy.cfg"), dir.join("shards.cfg"));
+    std::fs::write(&config, "[otc]\nlisten = \"127.0.0.1:7162\"\n").unwrap();
+    std::fs::write(&shards, "# an OTC-only proxy: no shard\n").unwrap();
+    let args = |c: &std::path::Path| {
+        [
+            "--check-config".to_string(),
+            "--config".to_string(),
+            c.to_str().unwrap().to_string(),
+            "--shards".to_string(),
+            shards.to_str().unwrap().to_string(),
+        ]
+    };
+    let a = args(&config);
+    let (status, stdout, stderr) = run(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(status.code(), Some(0), "stderr: {stderr}");
+    assert!(
+        stdout.contains("0 shard(s), the MUTA listener is not opened; OTC on 127.0.0.1:7162"),
+        "{stdout}"
+    );
+    // Without [otc], the same empty shards file is refused.
+    std::fs::write(&config, "[shard]\npassword = \"pw\"\n").unwrap();
+    let (status, _, stderr) = run(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(status.code(), Some(1));
+    assert!(stderr.contains("no shards"), "{stderr}");
+}
+
+#[test]
 fn check_config_names_line_2_of_a_broken_shards_file() {
     let dir = scratch_dir("check_config_line_2");
     let (config, shards) = write_configs(&dir, 7701, "");
