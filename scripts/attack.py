@@ -6,8 +6,13 @@ The system on loopback, as seed 002 deploys it: `muta-shard`, `muta-login`,
 forwarder (`mode tcp`, `send-proxy-v2`), and ATTACK_HONEST honest `muta-bot`
 players (echo 10/s and a chat line a second, broadcast to all), each from its
 own address in 127.0.0.0/8 (`--bind-ips`), playing through HAProxy for the
-whole run. First a baseline window, then each class of `muta-attack` alone
-for ATTACK_SECONDS, each attacker from its own address too.
+whole run. The same proxy serves the `[otc]` front end behind a second
+forwarder (`send-proxy-v2`), with `muta-otserv` as its game server and
+ATTACK_HONEST_OTC honest OTClient-style sessions (`muta-bot --otc`, each from
+its own address) playing through it for the whole run too. First a baseline
+window, then each class of `muta-attack` alone for ATTACK_SECONDS, each
+attacker from its own address too (the `otc-*` classes through the OTC
+forwarder).
 
 For each class: attacking connections made, how many the proxy cut off and
 how fast (from `muta-attack`), the honest players' echo p50/p99 during the
@@ -20,13 +25,16 @@ It passes when, for every class: no honest echo lost and no honest player
 failed, honest p99 at most 2x the baseline, the proxy up, its shard link never
 dropped, RSS within 10 % of its start once the attack ends, and every attacker
 cut off; and when the honest players' own report over the whole run has no
-player failed and no echo lost. Exit status 0 if so, 1 otherwise.
+player failed and no echo lost, and the honest OTC sessions' none failed and
+no packet lost, duplicated or reordered. Exit status 0 if so, 1 otherwise.
 
 The proxy runs with `client.require_announced_ip = false`, so that every
 attacker reaches the stage its class attacks (with it on, an address no shard
 announced is refused before the key exchange, and most classes would test
 only that), and `client.reservation_timeout_ms = 5000`, so squatted
-reservations expire within the run (the default is 30 s).
+reservations expire within the run (the default is 30 s); for the same reason
+`otc.detached_timeout_ms = 5000`: the sessions an OTC attacker leaves
+detached when it is cut off end within the run, before RSS is judged.
 """
 
 import json
@@ -50,6 +58,7 @@ SETTLE = float(os.environ.get("ATTACK_SETTLE", "3"))
 LINGER = float(os.environ.get("ATTACK_LINGER", "7"))
 ONLY = [c for c in os.environ.get("ATTACK_CLASSES", "").split(",") if c]
 RESERVATION_TIMEOUT_MS = 5000
+DETACHED_TIMEOUT_MS = 5000
 
 # class: (new attackers a second, most at once, their addresses)
 CLASSES = [
@@ -70,7 +79,18 @@ CLASSES = [
     ("slow-reader", 1, 4, "127.0.12.1-127.0.12.8"),
     # Four addresses' logins: each holds at most client.max_conns_per_addr.
     ("squatting", 40, 1, "127.0.13.1-127.0.13.4"),
+    # The [otc] front end, through its own forwarder, beside the OTC honest
+    # bots (and the players).
+    ("otc-bad-frames", 300, 1000, "127.0.14.1-127.0.14.250"),
+    ("otc-port-scan", 300, 1000, "127.0.15.1-127.0.15.250"),
+    ("otc-far-future", 200, 1000, "127.0.16.1-127.0.16.250"),
+    ("otc-unacked-flood", 50, 200, "127.0.17.1-127.0.17.250"),
+    ("otc-session-flood", 100, 1000, "127.0.18.1-127.0.18.250"),
 ]
+# The honest OTClient-style bots (muta-bot --otc), each from its own address.
+# (Each OTC packet costs the host four loopback hops through the forwarder
+# and the proxy: fewer of them keep the 2-core machine from saturating.)
+HONEST_OTC = int(os.environ.get("ATTACK_HONEST_OTC", "20"))
 
 
 class Run:
@@ -104,6 +124,10 @@ class Run:
                              "--create-accounts", "--pwhash-cost", "min",
                              "--max-clients", "4096"])
         wait_for(lambda: port_open(self.login_port), 10, "the login server to listen")
+        self.game_port, self.otc_port, self.otc_front = free_port(), free_port(), free_port()
+        self.spawn("otserv", [os.path.join(BIN, "muta-otserv"),
+                              "--listen", f"127.0.0.1:{self.game_port}", "--max-conns", "20000"])
+        wait_for(lambda: port_open(self.game_port), 10, "muta-otserv to listen")
         self.start_proxy(shard_proxy)
         self.start_haproxy()
         wait_for(lambda: len((self.shard_stats.last() or {}).get("proxies", [])) >= 1, 10,
@@ -118,6 +142,13 @@ class Run:
                 ('proxy_protocol = "off"', 'proxy_protocol = "required"'),
                 ('trusted_forwarders = []', 'trusted_forwarders = ["127.0.0.1/32"]'),
                 ("require_announced_ip = true", "require_announced_ip = false"),
+                # The [otc] front end too (proxy_protocol and
+                # trusted_forwarders above apply to both sections).
+                ('listen = ""', f'listen = "127.0.0.1:{self.otc_port}"'),
+                ("allowed_ports = [7171, 7172]", f"allowed_ports = [{self.game_port}]"),
+                # Sessions the attackers leave detached end within the run
+                # (as squatted reservations do), so RSS is judged after them.
+                ("detached_timeout_ms = 30000", f"detached_timeout_ms = {DETACHED_TIMEOUT_MS}"),
                 ("reservation_timeout_ms = 30000",
                  f"reservation_timeout_ms = {RESERVATION_TIMEOUT_MS}")]:
             if old not in cfg:
@@ -133,6 +164,7 @@ class Run:
         self.proxy = self.spawn("proxy", [os.path.join(BIN, "muta-proxy"),
                                           "--config", cfg_path, "--shards", shards_path])
         wait_for(lambda: port_open(self.proxy_port), 10, "muta-proxy to listen")
+        wait_for(lambda: port_open(self.otc_port), 10, "muta-proxy's OTC listener")
 
     def start_haproxy(self):
         # The socket buffers HAProxy gives each leg, as an operator bounds
@@ -142,7 +174,9 @@ class Run:
                f"defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n"
                f"  timeout server 60s\n"
                f"frontend players\n  bind 127.0.0.1:{self.front}\n  default_backend proxy\n"
-               f"backend proxy\n  server muta 127.0.0.1:{self.proxy_port} send-proxy-v2\n")
+               f"backend proxy\n  server muta 127.0.0.1:{self.proxy_port} send-proxy-v2\n"
+               f"frontend otc\n  bind 127.0.0.1:{self.otc_front}\n  default_backend otc\n"
+               f"backend otc\n  server muta-otc 127.0.0.1:{self.otc_port} send-proxy-v2\n")
         path = os.path.join(OUT, "haproxy.cfg")
         with open(path, "w") as f:
             f.write(cfg)
@@ -159,6 +193,15 @@ class Run:
             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.bot_lines = Lines(self.bots.stderr, os.path.join(self.logdir, "bots.log"))
         self.bot_report = Lines(self.bots.stdout, os.path.join(self.logdir, "bots-report.log"))
+        # OTClient-style sessions through the OTC forwarder, for the whole
+        # run: judged on their own report (none lost, duplicated, reordered).
+        self.otc_bots = self.spawn("bots", [
+            os.path.join(BIN, "muta-bot"), "--otc", f"127.0.0.1:{self.otc_front}",
+            "--sessions", str(HONEST_OTC), "--port", str(self.game_port), "--rate", "5",
+            "--duration", "3600", "--ramp", "2", "--drain", "5", "--json",
+            "--bind-ips", f"127.0.19.1-127.0.19.{HONEST_OTC}"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.otc_report = Lines(self.otc_bots.stdout, os.path.join(self.logdir, "otc-bots-report.log"))
 
     def window(self):
         """Ends the honest players' current window; returns its line."""
@@ -196,7 +239,8 @@ def attack(run, index, name, rate, max_open, ips):
             "--duration", str(SECONDS), "--rate", str(rate), "--max-open", str(max_open),
             "--bind-ips", ips, "--linger", str(LINGER),
             "--first-account", str(100000 * (index + 1)),
-            "--reservation-timeout-ms", str(RESERVATION_TIMEOUT_MS)]
+            "--reservation-timeout-ms", str(RESERVATION_TIMEOUT_MS),
+            "--otc-front", f"127.0.0.1:{run.otc_front}", "--otc-port", str(run.game_port)]
     log = open(os.path.join(run.logdir, f"attack-{name}.log"), "w")
     p = subprocess.run(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=log,
                        timeout=SECONDS + LINGER + 60)
@@ -276,8 +320,17 @@ def whole_run(results):
     h = results.get("honest_report")
     if not h:
         return "The honest players' report is missing."
-    return (f"Over the whole run the {h['clients']} honest players sent {h['sent']} echoes and "
+    text = (f"Over the whole run the {h['clients']} honest players sent {h['sent']} echoes and "
             f"got {h['received']} back, {h.get('lost', 0)} lost; {h['errors']} of them failed.")
+    o = results.get("honest_otc_report")
+    if o:
+        text += (f" The {o['sessions']} honest OTC sessions (`muta-bot --otc` through the OTC "
+                 f"forwarder) sent {o['sent']} packets and got {o['received']} back: "
+                 f"{o['lost']} lost, {o['duplicated']} duplicated, {o['reordered']} reordered, "
+                 f"{o['wrong_addr']} seen at another address; {o['errors']} failed.")
+    else:
+        text += " The honest OTC sessions' report is missing."
+    return text
 
 
 def run_failures(results):
@@ -287,6 +340,12 @@ def run_failures(results):
         return ["no report from the honest players"]
     if h["errors"] or h["received"] != h["sent"] or h.get("lost", 0):
         return ["honest players failed or lost echoes over the run"]
+    o = results.get("honest_otc_report")
+    if not o:
+        return ["no report from the honest OTC bots"]
+    if o["errors"] or o["received"] != o["sent"] or o["lost"] or o["duplicated"] or \
+            o["reordered"] or o["wrong_addr"]:
+        return ["honest OTC sessions failed, or lost, duplicated or reordered packets"]
     return []
 
 
@@ -370,6 +429,8 @@ def main():
         run.stop()
     if run.bot_report.last():
         results["honest_report"] = run.bot_report.last()
+    if run.otc_report.last():
+        results["honest_otc_report"] = run.otc_report.last()
     elapsed = time.time() - t0
     results["elapsed_s"] = round(elapsed, 1)
     with open(os.path.join(OUT, "results.json"), "w") as f:

@@ -105,6 +105,7 @@ impl Target {
             linger: Duration::from_secs(5),
             first_account: 0,
             reservation_timeout: Duration::from_secs(1),
+            ..AttackCfg::default()
         }
     }
 

@@ -286,3 +286,49 @@ fn a_client_that_never_reads_is_cut_and_the_others_play_on() {
     );
     echo(&mut bystander, 0xc0_0001, 2);
 }
+
+#[test]
+fn every_otc_class_of_muta_attack_is_cut_off_and_an_honest_session_plays_on() {
+    use muta_proxy::attack::{self, AttackCfg, Class};
+    let game = start_otserv();
+    let proxy = start_otc_proxy(game.addr, |cfg| {
+        cfg.otc.proxy_protocol = ProxyProtocol::Required;
+        cfg.otc.trusted_forwarders = Networks(vec![Cidr::parse("127.0.0.1/32").unwrap()]);
+    });
+    let forwarder = Haproxy::start(proxy.addr, "send-proxy-v2");
+    let port = game.addr.port();
+    // The honest client straight to the proxy would be refused: it goes
+    // through the forwarder too.
+    let mut honest_path = honest(ip(120), forwarder.front, 0xe0_0001, port);
+    let classes = Class::ALL.into_iter().filter(|c| c.is_otc());
+    for (k, class) in classes.enumerate() {
+        let cfg = AttackCfg {
+            class,
+            otc_front: forwarder.front,
+            otc_port: port,
+            duration: Duration::from_millis(800),
+            rate: 40,
+            max_open: 200,
+            bind_ips: (1..=20)
+                .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 21 + k as u8, i)))
+                .collect(),
+            linger: Duration::from_secs(5),
+            ..AttackCfg::default()
+        };
+        let report = attack::run(&cfg);
+        assert!(
+            report.attackers > 0,
+            "{}: {}",
+            class.as_str(),
+            report.to_json()
+        );
+        assert_eq!(
+            (report.cut_off, report.still_open),
+            (report.attackers, 0),
+            "{}: {}",
+            class.as_str(),
+            report.to_json()
+        );
+        echo(&mut honest_path, 0xe0_0001, k as u32 + 1);
+    }
+}

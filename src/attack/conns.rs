@@ -17,6 +17,7 @@ use crate::netpoll::{NETPOLL_ERR, NETPOLL_ET, NETPOLL_HUP, NETPOLL_READ, NETPOLL
 use crate::netpoll::{NetpollEvent, connect_from};
 use crate::proto::client::{AuthProof, ClientMsg};
 use crate::proto::frame::{Channel, Frames, MSG_PUB_KEY, PUB_KEY_MSG_BYTES, Unit};
+use crate::proto::otc::{self, OtcFrame};
 use crate::proto::proxy_protocol::{ProxyHeader, V2_SIGNATURE, encode_v2};
 
 /// A slowloris attacker sends a byte this often.
@@ -55,7 +56,72 @@ struct Flood<'a> {
 fn target(cfg: &AttackCfg) -> SocketAddr {
     match cfg.class {
         Class::UntrustedProxyHeader | Class::MalformedProxyHeader => cfg.proxy,
+        class if class.is_otc() => cfg.otc_front,
         _ => cfg.front,
+    }
+}
+
+/// What an OTC class's connection sends: every frame at once (a session
+/// id of its own per connection, `n`).
+fn otc_bytes(class: Class, n: u64, port: u16) -> Vec<u8> {
+    let session = 0x0a77_0000 ^ (n as u32).wrapping_mul(2_654_435_761) | 1;
+    let mut out = Vec::new();
+    let data = |out: &mut Vec<u8>, id: u32, ack: u32, body: &[u8]| {
+        otc::put_header(out, 2 + body.len(), session, id, ack);
+        out.extend_from_slice(&(body.len() as u16).to_le_bytes());
+        out.extend_from_slice(body);
+    };
+    match class {
+        Class::OtcBadFrames => match n % 3 {
+            0 => out.extend_from_slice(&[4, 0, 1, 2, 3, 4]),
+            1 => {
+                otc::put_header(&mut out, 6, session, 1, 0);
+                out.extend_from_slice(&[200, 0, b'E', b'x', b'y', b'z']);
+            }
+            _ => otc::put_header(&mut out, 0, otc::SESSION_CONTROL, 7, 0),
+        },
+        Class::OtcPortScan => {
+            let ports = [22u16, 25, 3306, 6379, 5432, 11211];
+            let port = ports[n as usize % ports.len()];
+            otc::put_header(&mut out, 0, session, otc::PACKET_ID_OPEN, u32::from(port));
+        }
+        Class::OtcFarFuture => {
+            otc::put_header(&mut out, 0, session, otc::PACKET_ID_OPEN, u32::from(port));
+            data(&mut out, 1_000_000, 0, b"Efar");
+        }
+        Class::OtcUnackedFlood => {
+            otc::put_header(&mut out, 0, session, otc::PACKET_ID_OPEN, u32::from(port));
+            let body = [b'E'; 1024];
+            for id in 1..=400 {
+                data(&mut out, id, 0, &body);
+            }
+        }
+        Class::OtcSessionFlood => {
+            for k in 0..40u32 {
+                let s = session.wrapping_add(k << 8);
+                otc::put_header(&mut out, 0, s, otc::PACKET_ID_OPEN, u32::from(port));
+            }
+        }
+        _ => {}
+    }
+    out
+}
+
+/// True once `in_buf` holds an OTC session end: the proxy ended or refused
+/// the attacker's session (frames before it, and the rest, are dropped).
+fn otc_session_ended(in_buf: &mut Vec<u8>) -> bool {
+    loop {
+        match OtcFrame::decode(in_buf) {
+            Ok(Some((OtcFrame::End { .. }, _))) => return true,
+            Ok(Some((_, n))) => {
+                in_buf.drain(..n);
+            }
+            Ok(None) => return false,
+            Err(_) => {
+                in_buf.clear();
+                return false;
+            }
+        }
     }
 }
 
@@ -151,7 +217,11 @@ impl Flood<'_> {
             trickle.extend_from_slice(&self.keys.public().0);
             debug_assert_eq!(trickle.len(), PUB_KEY_MSG_BYTES);
         }
-        let mut out = opening_bytes(self.cfg.class, self.report.attackers);
+        let mut out = if self.cfg.class.is_otc() {
+            otc_bytes(self.cfg.class, self.report.attackers, self.cfg.otc_port)
+        } else {
+            opening_bytes(self.cfg.class, self.report.attackers)
+        };
         let chan = handshakes(self.cfg.class)
             .then(|| Channel::initiator(self.keys.clone(), None, &mut out));
         self.conns[index] = Some(Conn {
@@ -218,6 +288,13 @@ impl Flood<'_> {
                 Ok(n) => {
                     let class = self.cfg.class;
                     let conn = self.conns[i].as_mut().expect("live");
+                    if class.is_otc() {
+                        conn.in_buf.extend_from_slice(&self.read_buf[..n]);
+                        if otc_session_ended(&mut conn.in_buf) {
+                            return true; // its session ended: cut off
+                        }
+                        continue;
+                    }
                     if let Some(chan) = conn.chan.as_mut() {
                         let mut data = self.read_buf[..n].to_vec();
                         let mut frames = Frames::new(&mut conn.in_buf, &mut data, 1 << 16);

@@ -36,6 +36,11 @@
 //! | `auth-flooder` | forwarder | logs in, plays, sends as fast as it can |
 //! | `slow-reader` | forwarder | logs in, asks for echoes, never reads |
 //! | `squatting` | the login server | logs in, never connects (then probes its ticket) |
+//! | `otc-bad-frames` | the OTC forwarder | a frame under 12 bytes, an inner length that lies, or a session-0 frame with a packet id |
+//! | `otc-port-scan` | the OTC forwarder | a session towards 22, 25, 3306, 6379, 5432 or 11211 |
+//! | `otc-far-future` | the OTC forwarder | a session, then packet id 1,000,000 (cut off: its session ends) |
+//! | `otc-unacked-flood` | the OTC forwarder | a session, then 400 KiB echoed and never acknowledged (cut off: its session ends) |
+//! | `otc-session-flood` | the OTC forwarder | 40 sessions at once (cut off: one is refused with a session end) |
 
 mod conns;
 mod players;
@@ -75,11 +80,22 @@ pub enum Class {
     SlowReader,
     /// Logins never followed by a connection.
     Squatting,
+    /// OTC: frames under 12 bytes, inner lengths that lie, session-0
+    /// frames with a packet id.
+    OtcBadFrames,
+    /// OTC: sessions towards ports off `otc.allowed_ports`.
+    OtcPortScan,
+    /// OTC: a session, then a packet id far past the reorder window.
+    OtcFarFuture,
+    /// OTC: a session echoing what is never acknowledged.
+    OtcUnackedFlood,
+    /// OTC: sessions opened as fast as frames go.
+    OtcSessionFlood,
 }
 
 impl Class {
     /// Every class, in the order `make attack` runs them.
-    pub const ALL: [Class; 14] = [
+    pub const ALL: [Class; 19] = [
         Class::ConnFlood,
         Class::OneAddrFlood,
         Class::Slowloris,
@@ -94,6 +110,11 @@ impl Class {
         Class::AuthFlooder,
         Class::SlowReader,
         Class::Squatting,
+        Class::OtcBadFrames,
+        Class::OtcPortScan,
+        Class::OtcFarFuture,
+        Class::OtcUnackedFlood,
+        Class::OtcSessionFlood,
     ];
 
     /// The class's name on the command line and in reports.
@@ -113,7 +134,24 @@ impl Class {
             Class::AuthFlooder => "auth-flooder",
             Class::SlowReader => "slow-reader",
             Class::Squatting => "squatting",
+            Class::OtcBadFrames => "otc-bad-frames",
+            Class::OtcPortScan => "otc-port-scan",
+            Class::OtcFarFuture => "otc-far-future",
+            Class::OtcUnackedFlood => "otc-unacked-flood",
+            Class::OtcSessionFlood => "otc-session-flood",
         }
+    }
+
+    /// True for the classes against the `[otc]` front end.
+    pub fn is_otc(self) -> bool {
+        matches!(
+            self,
+            Class::OtcBadFrames
+                | Class::OtcPortScan
+                | Class::OtcFarFuture
+                | Class::OtcUnackedFlood
+                | Class::OtcSessionFlood
+        )
     }
 
     /// The class named `name`.
@@ -149,6 +187,10 @@ pub struct AttackCfg {
     pub first_account: u32,
     /// The proxy's `client.reservation_timeout_ms` (squatting probes after it).
     pub reservation_timeout: Duration,
+    /// The forwarder in front of the proxy's `[otc]` listener.
+    pub otc_front: SocketAddr,
+    /// A game-server port on `otc.allowed_ports`.
+    pub otc_port: u16,
 }
 
 impl Default for AttackCfg {
@@ -167,6 +209,8 @@ impl Default for AttackCfg {
             linger: Duration::from_secs(8),
             first_account: 0,
             reservation_timeout: Duration::from_secs(30),
+            otc_front: lo(7162),
+            otc_port: 7172,
         }
     }
 }
@@ -246,9 +290,13 @@ Options:
   --class NAME           conn-flood, one-addr-flood, slowloris, idle, garbage,
                          bad-first-byte, oversized-frame, bad-mac, guessed-proof,
                          untrusted-proxy-header, malformed-proxy-header,
-                         auth-flooder, slow-reader, squatting
+                         auth-flooder, slow-reader, squatting,
+                         otc-bad-frames, otc-port-scan, otc-far-future,
+                         otc-unacked-flood, otc-session-flood
   --front ADDR           the forwarder players connect to [default: 127.0.0.1:7000]
   --proxy ADDR           the proxy's own listener [default: 127.0.0.1:7702]
+  --otc-front ADDR       the forwarder of the [otc] listener [default: 127.0.0.1:7162]
+  --otc-port P           a game port on otc.allowed_ports [default: 7172]
   --login ADDR           the login server [default: 127.0.0.1:7700]
   --shard NAME           the shard to ask for [default: shard-1]
   --duration S           seconds new attackers start [default: 10]
@@ -290,6 +338,8 @@ fn parse_args<I: IntoIterator<Item = OsString>>(args: I) -> Result<Option<Attack
             "--bind-ips" => cfg.bind_ips = crate::cli::parse_ip_range(&flag, &args.value(&flag)?)?,
             "--linger" => cfg.linger = secs(args.parse(&flag)?)?,
             "--first-account" => cfg.first_account = args.parse(&flag)?,
+            "--otc-front" => cfg.otc_front = args.parse(&flag)?,
+            "--otc-port" => cfg.otc_port = args.parse(&flag)?,
             "--reservation-timeout-ms" => {
                 cfg.reservation_timeout = Duration::from_millis(args.parse(&flag)?)
             }

@@ -265,18 +265,27 @@ impl<S> Slot<S> {
     /// empty (a slot keeps its capacity between reads and flushes, so
     /// without this a flood's high-water mark would stay for good).
     fn shrink_idle_buffers(&mut self) {
-        // A free slot keeps what an ordinary connection needs; an open one
-        // more, as its traffic may need it again at once.
-        let keep = if self.state == SlotState::Free {
-            FREE_BUF_KEEP
-        } else {
-            BUF_KEEP
+        // An open slot keeps up to 64 KiB, as its traffic may need it again
+        // at once. A free slot keeps a buffer only if an ordinary connection
+        // left it (at most 4 KiB, what the next occupant will need too); one
+        // that a burst grew, and every buffer of a free outbound slot (an
+        // OTC session's game connection: it lives as long as its session,
+        // so reuse saves little), is given back whole: a flood that passes
+        // through many slots leaves none of them holding memory.
+        let keep = match (self.state, self.origin) {
+            (SlotState::Free, Origin::Outbound) => 0,
+            (SlotState::Free, Origin::Listener(_)) => FREE_BUF_KEEP,
+            _ => BUF_KEEP,
         };
-        if self.out_buf.is_empty() && self.out_buf.capacity() > keep {
-            self.out_buf.shrink_to(keep);
-        }
-        if self.in_buf.is_empty() && self.in_buf.capacity() > keep {
-            self.in_buf.shrink_to(keep);
+        let free = self.state == SlotState::Free;
+        for buf in [&mut self.out_buf, &mut self.in_buf] {
+            if buf.is_empty() && buf.capacity() > keep {
+                if free {
+                    *buf = Vec::new();
+                } else {
+                    buf.shrink_to(keep);
+                }
+            }
         }
     }
 

@@ -840,6 +840,10 @@ impl Proxy {
         self.otc
             .per_addr
             .retain(|_, entry| entry.live > 0 || !entry.opens.is_full(rate, now));
+        // A flood of sessions grows the tables; once it is over they give
+        // the room back (a map keeps its capacity otherwise).
+        shrink_map(&mut self.otc.sessions);
+        shrink_map(&mut self.otc.per_addr);
     }
 
     /// The statistics line of the OTC front end.
@@ -858,6 +862,16 @@ impl Proxy {
             s.packets_to_clients,
             s.duplicates,
         );
+    }
+}
+
+/// Shrinks a map holding under a quarter of its capacity to twice its
+/// entries (at least 64): cheap once a second, and the capacity a burst
+/// left does not stay.
+fn shrink_map<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) {
+    let want = (2 * map.len()).max(64);
+    if map.capacity() > 2 * want {
+        map.shrink_to(want);
     }
 }
 
