@@ -5,7 +5,7 @@ CARGO ?= cargo
 DEMO_SECONDS ?= 20
 export DEMO_SECONDS
 
-.PHONY: all build release demo test lint doc check bench bench-smoke perf fuzz clean haproxy attack
+.PHONY: all build release demo test lint doc check bench bench-smoke perf fuzz clean haproxy systemd-analyze attack
 
 all: build
 
@@ -23,8 +23,10 @@ demo:
 # Every test: unit, integration (real sockets on 127.0.0.1), tidy rules. The
 # open-file limit is raised to the hard limit first: tests/conn_layer.rs opens
 # 4,000 connections, both ends in the test process. tests/forwarders.rs runs
-# players through a real HAProxy: Debian's package, installed if missing.
-test: haproxy
+# players through a real HAProxy: Debian's package, installed if missing;
+# tests/dist.rs verifies the systemd units with systemd-analyze (Debian's
+# systemd package, installed if missing; nothing is started with it).
+test: haproxy systemd-analyze
 	ulimit -n "$$(ulimit -Hn)" 2>/dev/null; $(CARGO) test --locked
 
 # The proxy under each class of attack beside 100 honest players, through a
@@ -40,6 +42,11 @@ haproxy:
 	@command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || { \
 	  echo "== haproxy is not installed: installing Debian's package"; \
 	  $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q haproxy; }
+
+systemd-analyze:
+	@command -v systemd-analyze >/dev/null 2>&1 || { \
+	  echo "== systemd-analyze is not installed: installing Debian's systemd package"; \
+	  $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q --no-install-recommends systemd; }
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -39,12 +39,13 @@ detached when it is cut off end within the run, before RSS is judged.
 
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
 import time
 
-from procs import (Lines, ensure_haproxy, finish, free_port, port_open, raise_fd_limit,
+from procs import (Lines, cpu_seconds, ensure_haproxy, finish, free_port, port_open, raise_fd_limit,
                    rss_kib, say, wait_for)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -57,6 +58,10 @@ BASELINE = float(os.environ.get("ATTACK_BASELINE", "12"))
 SETTLE = float(os.environ.get("ATTACK_SETTLE", "3"))
 LINGER = float(os.environ.get("ATTACK_LINGER", "7"))
 ONLY = [c for c in os.environ.get("ATTACK_CLASSES", "").split(",") if c]
+# Each class (of ATTACK_CLASSES, or all) this many times in a row: with 2, a
+# class's RSS that climbs again in its second round is a leak; one that
+# stays where the first left it is the allocator keeping its pages.
+ROUNDS = int(os.environ.get("ATTACK_ROUNDS", "1"))
 RESERVATION_TIMEOUT_MS = 5000
 DETACHED_TIMEOUT_MS = 5000
 
@@ -99,6 +104,14 @@ class Run:
         self.logdir = os.path.join(OUT, "logs")
         os.makedirs(self.logdir, exist_ok=True)
         self.env = dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "info"))
+
+    def cpu(self):
+        """CPU seconds so far of each process of the run, by name."""
+        out = {}
+        for name, p in self.procs:
+            if p.poll() is None:
+                out[name] = cpu_seconds(p.pid) or 0.0
+        return out
 
     def spawn(self, name, args, stdout=subprocess.DEVNULL, stderr=None):
         log = open(os.path.join(self.logdir, f"{name}.log"), "w")
@@ -195,7 +208,7 @@ class Run:
         self.bot_report = Lines(self.bots.stdout, os.path.join(self.logdir, "bots-report.log"))
         # OTClient-style sessions through the OTC forwarder, for the whole
         # run: judged on their own report (none lost, duplicated, reordered).
-        self.otc_bots = self.spawn("bots", [
+        self.otc_bots = self.spawn("otc-bots", [
             os.path.join(BIN, "muta-bot"), "--otc", f"127.0.0.1:{self.otc_front}",
             "--sessions", str(HONEST_OTC), "--port", str(self.game_port), "--rate", "5",
             "--duration", "3600", "--ramp", "2", "--drain", "5", "--json",
@@ -242,9 +255,14 @@ def attack(run, index, name, rate, max_open, ips):
             "--reservation-timeout-ms", str(RESERVATION_TIMEOUT_MS),
             "--otc-front", f"127.0.0.1:{run.otc_front}", "--otc-port", str(run.game_port)]
     log = open(os.path.join(run.logdir, f"attack-{name}.log"), "w")
+    before, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.time()
     p = subprocess.run(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=log,
                        timeout=SECONDS + LINGER + 60)
-    return json.loads(p.stdout.decode().strip().splitlines()[-1])
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    result = json.loads(p.stdout.decode().strip().splitlines()[-1])
+    used = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    result["cpu_cores"] = round(used / (time.time() - t0), 2)
+    return result
 
 
 def smaps(run, name, when):
@@ -265,7 +283,11 @@ def one_class(run, index, spec, baseline):
     run.window()  # the quiet time before: not counted
     say(f"== {name}: {rate}/s, at most {max_open} at once, from {ips}")
     started = time.time()
+    cpu_before = run.cpu()
     result = attack(run, index, name, rate, max_open, ips)
+    cpu = {k: round((v - cpu_before.get(k, 0.0)) / (time.time() - started), 2)
+           for k, v in run.cpu().items()}
+    cpu["attack"] = result.get("cpu_cores")
     during = run.window()
     time.sleep(SETTLE)
     alive = run.proxy.poll() is None
@@ -290,6 +312,8 @@ def one_class(run, index, spec, baseline):
         "rss_kib_after": rss_kib(run.proxy.pid) if alive else 0,
         "proxy_alive": alive,
         "shard_link_dropped": run.link_events() > drops_before,
+        # Cores each process used during the attack: who the class loads.
+        "cpu_cores": cpu,
     }
     say(f"   {json.dumps(row)}")
     return row
@@ -424,7 +448,8 @@ def main():
         for index, spec in enumerate(CLASSES):
             if ONLY and spec[0] not in ONLY:
                 continue
-            results["attacks"].append(one_class(run, index, spec, results["baseline"]))
+            for _ in range(ROUNDS):
+                results["attacks"].append(one_class(run, index, spec, results["baseline"]))
     finally:
         run.stop()
     if run.bot_report.last():

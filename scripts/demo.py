@@ -63,8 +63,12 @@ class Lines(threading.Thread):
 
 
 def main():
-    say("== building (release)")
+    t0 = time.time()
+    say("== building the release binaries (cargo build --release; the first build takes "
+        "a few minutes)")
     subprocess.run(["cargo", "build", "--locked", "--release", "--quiet"], cwd=ROOT, check=True)
+    say(f"== built in {time.time() - t0:.0f} s; the system runs for about {SECONDS} s")
+    run_started = time.time()
     os.makedirs(DEMO, exist_ok=True)
 
     shard_proxy, shard_login, login_port = free_port(), free_port(), free_port()
@@ -148,7 +152,8 @@ def main():
             p.kill()
             code = "killed"
         say(f"   {name}: exit {code}")
-    say(f"== logs in {os.path.relpath(DEMO, ROOT)}/")
+    say(f"== logs in {os.path.relpath(DEMO, ROOT)}/; the system ran {time.time() - run_started:.1f} s "
+        f"(build included: {time.time() - t0:.1f} s)")
     summary = result.all[-1] if result.all else '{"error":"the bots printed no report"}'
     print(summary, flush=True)
     return bots.returncode

@@ -6,6 +6,28 @@ use std::ffi::OsString;
 use std::fmt::Display;
 use std::str::FromStr;
 
+/// `PROGRAM VERSION (git REV)`: what `--version` and `-V` print, the
+/// revision when built from a git checkout (`build.rs`).
+pub fn version_line(program: &str) -> String {
+    let rev = env!("MUTA_GIT_REV");
+    let version = env!("CARGO_PKG_VERSION");
+    if rev.is_empty() {
+        format!("{program} {version}")
+    } else {
+        format!("{program} {version} (git {rev})")
+    }
+}
+
+/// For a binary's `main`: if the arguments ask for the version (`--version`
+/// or `-V`), prints it and returns true.
+pub fn print_version_if_asked(program: &str, args: &[OsString]) -> bool {
+    let asked = args.iter().any(|a| a == "--version" || a == "-V");
+    if asked {
+        println!("{}", version_line(program));
+    }
+    asked
+}
+
 /// The arguments after the program name, read flag by flag.
 #[derive(Debug)]
 pub struct FlagArgs {

@@ -186,10 +186,17 @@ pub enum Event {
         /// The connection.
         conn: ConnRef,
     },
-    /// `EVENT_SIGNAL` (port decision): SIGINT or SIGTERM arrived.
+    /// `EVENT_SIGNAL` (port decision): SIGINT, SIGTERM or SIGHUP arrived.
     Signal {
         /// The signal number.
         signal: i32,
+    },
+    /// `EVENT_JOB_DONE` (port decision): work the server gave the runtime to
+    /// do off the main thread (reading the configuration files on SIGHUP)
+    /// is done; its result, for the server to take apart.
+    JobDone {
+        /// What the job returned.
+        result: Box<dyn std::any::Any + Send>,
     },
 }
 
@@ -204,6 +211,7 @@ impl Event {
             | Event::Hup { conn, .. }
             | Event::Closed { conn } => conn.pool,
             Event::Signal { .. } => return "EVENT_SIGNAL",
+            Event::JobDone { .. } => return "EVENT_JOB_DONE",
         };
         let client = pool == PoolId::Client;
         match self {
@@ -220,6 +228,7 @@ impl Event {
             Event::Closed { .. } if client => "EVENT_CLOSED_CLIENT",
             Event::Closed { .. } => "EVENT_CLOSED_SHARD",
             Event::Signal { .. } => "EVENT_SIGNAL",
+            Event::JobDone { .. } => "EVENT_JOB_DONE",
         }
     }
 }
@@ -254,6 +263,7 @@ impl LogLimit {
 /// line.
 pub fn signal_name(signal: i32) -> &'static str {
     match signal {
+        1 => "SIGHUP",
         2 => "SIGINT",
         15 => "SIGTERM",
         _ => "signal",

@@ -23,14 +23,20 @@ muta-proxy: the MUTA proxy server (a Rust port of Partanen's thesis design)
 Usage: muta-proxy [OPTIONS]
 
 Options:
-  --config FILE     proxy configuration, TOML [default: proxy.cfg]
-  --shards FILE     shard list, one `shard = HOST[:PORT]` per line [default: shards.cfg]
+  --config FILE     proxy configuration, TOML [default: ./proxy.cfg, or
+                    /etc/muta-proxy/proxy.cfg if there is no ./proxy.cfg]
+  --shards FILE     shard list, one `shard = HOST[:PORT]` per line [default:
+                    ./shards.cfg, or /etc/muta-proxy/shards.cfg likewise]
   --check-config    validate both files and exit: 0 if valid, 1 with the error
-  --version         print the version and exit
   -h, --help        print this help and exit
+  -V, --version     print the version (and the git revision) and exit
 
 Logging: RUST_LOG (env_logger syntax) overrides proxy.log_level.
-Signals: SIGINT and SIGTERM shut down cleanly (exit 0).
+Signals: SIGHUP rereads both files (a file with a problem is refused and the
+running configuration kept); SIGTERM or SIGINT drains (no new connection,
+players closed once their output is written, at most proxy.drain_timeout_ms)
+and exits 0; a second one stops at once. Under systemd (Type=notify) readiness,
+reloads and stopping are reported over NOTIFY_SOCKET.
 ";
 
 /// What the command line asks for.
@@ -55,12 +61,32 @@ pub enum Command {
     Version,
 }
 
+/// Where the configuration files are installed (`dist/muta-proxy.service`).
+pub const ETC_DIR: &str = "/etc/muta-proxy";
+
+/// A file's default path: `./NAME` if it exists, else `/etc/muta-proxy/NAME`
+/// if that exists, else `./NAME` (whose absence the error then names).
+pub fn default_file(name: &str) -> PathBuf {
+    pick_file(
+        PathBuf::from(name),
+        std::path::Path::new(ETC_DIR).join(name),
+    )
+}
+
+fn pick_file(here: PathBuf, etc: PathBuf) -> PathBuf {
+    if !here.exists() && etc.exists() {
+        etc
+    } else {
+        here
+    }
+}
+
 /// Parses the arguments after the program name. Accepts `--flag VALUE` and
 /// `--flag=VALUE`.
 pub fn parse_args<I: IntoIterator<Item = OsString>>(args: I) -> Result<Command, String> {
     let mut opts = Options {
-        config: PathBuf::from("proxy.cfg"),
-        shards: PathBuf::from("shards.cfg"),
+        config: default_file("proxy.cfg"),
+        shards: default_file("shards.cfg"),
         check_config: false,
     };
     let mut args = FlagArgs::new(args)?;
@@ -69,7 +95,7 @@ pub fn parse_args<I: IntoIterator<Item = OsString>>(args: I) -> Result<Command, 
             "--config" => opts.config = args.value(&flag)?.into(),
             "--shards" => opts.shards = args.value(&flag)?.into(),
             "--check-config" => opts.check_config = true,
-            "--version" => return Ok(Command::Version),
+            "--version" | "-V" => return Ok(Command::Version),
             "-h" | "--help" => return Ok(Command::Help),
             other => return Err(format!("unknown argument `{other}`")),
         }
@@ -87,7 +113,7 @@ pub fn main_with_args<I: IntoIterator<Item = OsString>>(args: I) -> i32 {
             0
         }
         Ok(Command::Version) => {
-            println!("muta-proxy {}", env!("CARGO_PKG_VERSION"));
+            println!("{}", crate::cli::version_line("muta-proxy"));
             0
         }
         Err(msg) => {
@@ -100,7 +126,7 @@ pub fn main_with_args<I: IntoIterator<Item = OsString>>(args: I) -> i32 {
 /// Loads the configuration and runs the daemon until a signal (or only checks
 /// the configuration with `--check-config`).
 pub fn run(opts: Options) -> i32 {
-    let (cfg, shards) = match config::load(&opts.config, &opts.shards) {
+    let loaded = match config::load_values(&opts.config, &opts.shards) {
         Ok(loaded) => loaded,
         Err(errors) => {
             for err in &errors {
@@ -109,7 +135,19 @@ pub fn run(opts: Options) -> i32 {
             return 1;
         }
     };
+    let running = proxy::ops::Running {
+        config_path: opts.config.clone(),
+        shards_path: opts.shards.clone(),
+        config: loaded.config.clone(),
+        values: loaded.values,
+        generation: 0,
+    };
+    let (cfg, shards) = (loaded.config, loaded.shards);
+    let warnings = config::warnings(&cfg, shards.len());
     if opts.check_config {
+        for warning in &warnings {
+            eprintln!("muta-proxy: warning: {warning}");
+        }
         let muta = if shards.is_empty() {
             "the MUTA listener is not opened".to_string()
         } else {
@@ -139,7 +177,31 @@ pub fn run(opts: Options) -> i32 {
     let slots = proxy::client_slots(&cfg) + proxy::shard_slots(&cfg, shards.len());
     let needed = u64::from(slots) + cfg.runtime.event_buffer_capacity as u64 + 64;
     process::run_node("muta-proxy", level, move |signals| {
+        for warning in &warnings {
+            log::warn!("{warning}");
+        }
         process::check_fd_limit(needed, "the pools' slots + event_buffer_capacity + 64");
-        proxy::start(cfg, &shards, signals)
+        let mut node = proxy::start(cfg, &shards, signals)?;
+        node.server.set_running(running);
+        Ok(node)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_files_are_here_else_in_etc() {
+        let dir = std::env::temp_dir().join(format!("muta-default-file-{}", std::process::id()));
+        let (here, etc) = (dir.join("here.cfg"), dir.join("etc.cfg"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pick = || pick_file(here.clone(), etc.clone());
+        assert_eq!(pick(), here, "neither exists: the error names ./NAME");
+        std::fs::write(&etc, "").unwrap();
+        assert_eq!(pick(), etc, "only /etc/muta-proxy/NAME exists");
+        std::fs::write(&here, "").unwrap();
+        assert_eq!(pick(), here, "./NAME wins");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

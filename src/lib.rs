@@ -46,6 +46,7 @@ pub mod daemon;
 pub mod event_buf;
 pub mod login_server;
 pub mod netpoll;
+pub mod notify;
 pub mod otserv;
 pub mod process;
 pub mod proto;

@@ -43,8 +43,8 @@ Options:
   --listen ADDR        where to accept [default: 127.0.0.1:7172]
   --max-conns N        most connections at once [default: 20000]
   --stats-every-ms N   log a statistics line this often, 0 never [default: 0]
-  --version            print the version and exit
   -h, --help           print this help and exit
+  -V, --version        print the version (and the git revision) and exit
 
 Each connection may start with 0xFFFE and an IPv4 address (the client's);
 it is greeted with one packet 'A' + the address it is seen at, and every
@@ -332,8 +332,8 @@ fn parse_args<I: IntoIterator<Item = OsString>>(args: I) -> Result<Option<Otserv
                 let ms: u64 = args.parse(&flag)?;
                 cfg.stats_every = (ms > 0).then(|| Duration::from_millis(ms));
             }
-            "--version" => {
-                println!("muta-otserv {}", env!("CARGO_PKG_VERSION"));
+            "--version" | "-V" => {
+                println!("{}", crate::cli::version_line("muta-otserv"));
                 return Ok(None);
             }
             "-h" | "--help" => {

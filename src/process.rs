@@ -13,7 +13,7 @@ use std::io::{self, Write as _};
 
 use log::{LevelFilter, error, warn};
 use mio::net::UnixStream;
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 pub use crate::com::signal_name;
 
@@ -28,7 +28,7 @@ where
 {
     init_logger(level);
     install_panic_abort_hook();
-    let signals = match signal_pipes(&[SIGINT, SIGTERM]) {
+    let signals = match signal_pipes(&[SIGINT, SIGTERM, SIGHUP]) {
         Ok(signals) => signals,
         Err(err) => {
             error!("{program}: cannot install signal handlers: {err}");
@@ -43,6 +43,8 @@ where
                 return 1;
             }
         };
+        // Listening, threads running: a `Type=notify` unit is started.
+        crate::notify::ready("running");
         node.main_loop();
         node.shutdown();
         0
@@ -72,21 +74,47 @@ pub fn run_on_main_thread(body: impl FnOnce() -> i32 + Send + 'static) -> i32 {
 /// Sets up env_logger: `RUST_LOG` if set, else `level`. Lines carry the
 /// thread name (`main`, `client`, `shard`), so the threading model shows in
 /// the log.
+///
+/// Started by systemd with its output to the journal (`JOURNAL_STREAM` set),
+/// a line has no timestamp of its own (the journal has one) and starts with
+/// its syslog priority, `<3>` to `<7>` (sd-daemon(3)), so `journalctl -p
+/// warning` finds the warnings and errors.
 pub fn init_logger(level: LevelFilter) {
     let env = env_logger::Env::default().default_filter_or(level.as_str());
+    let journal = std::env::var_os("JOURNAL_STREAM").is_some();
     let _ = env_logger::Builder::from_env(env)
-        .format(|buf, record| {
+        .format(move |buf, record| {
             let thread = std::thread::current();
-            writeln!(
-                buf,
-                "{} {:<5} [{}] {}",
-                buf.timestamp_millis(),
-                record.level(),
-                thread.name().unwrap_or("?"),
-                record.args()
-            )
+            let thread = thread.name().unwrap_or("?");
+            if journal {
+                let priority = syslog_priority(record.level());
+                writeln!(
+                    buf,
+                    "<{priority}>{:<5} [{thread}] {}",
+                    record.level(),
+                    record.args()
+                )
+            } else {
+                let at = buf.timestamp_millis();
+                writeln!(
+                    buf,
+                    "{at} {:<5} [{thread}] {}",
+                    record.level(),
+                    record.args()
+                )
+            }
         })
         .try_init();
+}
+
+/// The syslog priority of a log level: err, warning, info, debug.
+pub fn syslog_priority(level: log::Level) -> u8 {
+    match level {
+        log::Level::Error => 3,
+        log::Level::Warn => 4,
+        log::Level::Info => 6,
+        log::Level::Debug | log::Level::Trace => 7,
+    }
 }
 
 /// Makes any panic, on any thread, abort the process after the message is

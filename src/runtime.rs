@@ -22,10 +22,19 @@
 //!    `cl_flush`, `shard_flush`), its commands to its I/O thread, and one
 //!    wake-up per I/O thread that was given commands.
 //!
+//! Signals arrive as `EVENT_SIGNAL`, in order with everything else: SIGHUP
+//! asks the server for a [`Job`] (the proxy's reload), run on a `reload`
+//! thread whose result comes back as `EVENT_JOB_DONE`; the first SIGTERM or
+//! SIGINT asks the server how long to drain ([`Server::on_drain`]), closes
+//! the listeners and ends the loop once [`Server::drained`] or at that
+//! deadline; a second one ends it at once. systemd hears of each
+//! (`notify`).
+//!
 //! **Invariant:** the main thread never blocks on an I/O thread: its
 //! commands are `try_push`ed into queues sized so they cannot fill, the
 //! waker is one eventfd write, and every socket is non-blocking.
 
+use std::any::Any;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,12 +42,14 @@ use std::time::{Duration, Instant};
 
 use log::info;
 use mio::net::{TcpListener, UnixStream};
+use signal_hook::consts::SIGHUP;
 
 use crate::com::{ComEventBuf, ConnRef, Event, PoolId, signal_name};
 use crate::conn::thread::{IoCfg, io_start};
 use crate::conn::wire::PoolIo;
 use crate::conn::{AnyPool, DisconnectReason};
 use crate::event_buf::EventBuf;
+use crate::notify;
 use crate::secpool::{Secpool, SecpoolConfig};
 
 /// How often the main loop runs its tick.
@@ -89,6 +100,53 @@ pub trait Server {
     fn on_shutdown(&mut self, _now: Instant) {
         self.pools().0.disconnect_all(DisconnectReason::Shutdown);
     }
+
+    /// SIGHUP: the server may hand back a [`Job`] (reading its configuration
+    /// files) for the runtime to run on a thread of its own; the result
+    /// comes back as [`Server::on_job_done`]. By default SIGHUP is logged
+    /// and ignored (it must never kill the process: `kill -HUP` is every
+    /// operator's reflex for "reload").
+    fn on_hangup(&mut self, _now: Instant) -> Option<Job> {
+        info!("SIGHUP received: nothing to reload in this program");
+        None
+    }
+
+    /// `EVENT_JOB_DONE`: the result of the job `on_hangup` gave.
+    fn on_job_done(&mut self, _result: Box<dyn Any + Send>, _now: Instant) {}
+
+    /// New per-wake-up bounds for the I/O threads, once, after a reload
+    /// changed them.
+    fn take_io_tuning(&mut self) -> Option<IoTuning> {
+        None
+    }
+
+    /// The first SIGTERM or SIGINT: the drain begins (the listeners are
+    /// closed by the runtime). Returns how long the runtime waits for
+    /// [`Server::drained`] before it stops anyway; zero (the default) stops
+    /// at once.
+    fn on_drain(&mut self, _now: Instant) -> Duration {
+        Duration::ZERO
+    }
+
+    /// During the drain: true once nothing is left to wait for.
+    fn drained(&self) -> bool {
+        true
+    }
+}
+
+/// Work the runtime runs off the main thread for a server (see
+/// [`Server::on_hangup`]).
+pub type Job = Box<dyn FnOnce() -> Box<dyn Any + Send> + Send>;
+
+/// The I/O threads' per-wake-up bounds (see [`Server::take_io_tuning`]):
+/// `(reads_per_wakeup, accepts_per_wakeup)` for the client thread, and the
+/// shard thread's if there is one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IoTuning {
+    /// The client thread's.
+    pub client: (u32, u32),
+    /// The shard thread's.
+    pub shard: Option<(u32, u32)>,
 }
 
 /// The sizes of the runtime, from `proxy.cfg` or a reference program's flags.
@@ -118,6 +176,10 @@ pub struct Runtime {
     event_wait_max: usize,
     next_tick: Instant,
     running: bool,
+    /// The drain's deadline, once the first SIGTERM or SIGINT arrived.
+    draining: Option<Instant>,
+    /// A job (`on_hangup`) is running: another SIGHUP waits for it.
+    job_running: bool,
 }
 
 impl Runtime {
@@ -149,6 +211,8 @@ impl Runtime {
             event_wait_max: cfg.event_wait_max,
             next_tick: Instant::now() + MAIN_TICK,
             running: true,
+            draining: None,
+            job_running: false,
         })
     }
 
@@ -236,7 +300,69 @@ impl Runtime {
         server.before_flush(now);
         server.settle(now);
         self.flush(server);
+        if let Some(deadline) = self.draining {
+            self.check_drain(server, deadline, now);
+        }
         self.running
+    }
+
+    /// SIGTERM or SIGINT: the first begins the drain (or stops at once if
+    /// the server has none), the second stops at once.
+    fn on_stop_signal<S: Server>(&mut self, server: &mut S, signal: i32, now: Instant) {
+        if self.draining.is_some() {
+            info!("{} received again: stopping now", signal_name(signal));
+            self.running = false;
+            return;
+        }
+        let allowed = server.on_drain(now);
+        if allowed.is_zero() {
+            info!("{} received, shutting down", signal_name(signal));
+            notify::stopping("shutting down");
+            self.running = false;
+            return;
+        }
+        info!(
+            "{} received: draining (no new connections; up to {allowed:?}, a second signal \
+             stops at once)",
+            signal_name(signal)
+        );
+        notify::stopping("draining");
+        self.client.unlisten();
+        self.draining = Some(now + allowed);
+    }
+
+    fn check_drain<S: Server>(&mut self, server: &mut S, deadline: Instant, now: Instant) {
+        if server.drained() {
+            info!("drained; shutting down");
+            self.running = false;
+        } else if now >= deadline {
+            info!("drain time is up; shutting down with output still queued");
+            self.running = false;
+        }
+    }
+
+    /// SIGHUP: runs the server's job, if it gives one, on a thread of its
+    /// own, which posts the result to the event buffer like any I/O thread.
+    fn on_hangup<S: Server>(&mut self, server: &mut S, now: Instant) {
+        if self.job_running {
+            info!("SIGHUP received while a reload is still running: ignored");
+            return;
+        }
+        let Some(job) = server.on_hangup(now) else {
+            return;
+        };
+        let evbuf = self.evbuf.clone();
+        let spawned = std::thread::Builder::new()
+            .name("reload".to_string())
+            .spawn(move || {
+                let result = job();
+                // Closed: the process is stopping; the result is not needed.
+                let _ = evbuf.event_push([Event::JobDone { result }]);
+            });
+        match spawned {
+            Ok(_) => self.job_running = true,
+            Err(err) => log::error!("SIGHUP: cannot start the reload thread: {err}"),
+        }
     }
 
     /// Dispatches one event on its type (the `switch (e->type)` of thesis
@@ -286,9 +412,18 @@ impl Runtime {
                     pool.closed(conn);
                 }
             }
-            Event::Signal { signal } => {
-                info!("{} received, shutting down", signal_name(signal));
-                self.running = false;
+            Event::Signal { signal: SIGHUP } => self.on_hangup(server, now),
+            Event::Signal { signal } => self.on_stop_signal(server, signal, now),
+            Event::JobDone { result } => {
+                self.job_running = false;
+                server.on_job_done(result, now);
+                if let Some(tuning) = server.take_io_tuning() {
+                    self.client.tune(tuning.client.0, tuning.client.1);
+                    if let (Some(io), Some((reads, accepts))) = (self.shard.as_ref(), tuning.shard)
+                    {
+                        io.tune(reads, accepts);
+                    }
+                }
             }
         }
     }

@@ -61,6 +61,22 @@ struct Link {
     /// While attempts fail one after another: since when, how many, and
     /// when the next summary line is due.
     failing: Option<Failing>,
+    /// Taken out of `shards.cfg` by a reload: no new attempt; the link goes
+    /// once its connection ends.
+    removed: bool,
+}
+
+impl Link {
+    fn new(entry: &ShardEntry, now: Instant) -> Link {
+        Link {
+            entry: entry.clone(),
+            state: LinkState::Waiting { next_attempt: now },
+            attempts: 0,
+            connections: 0,
+            failing: None,
+            removed: false,
+        }
+    }
 }
 
 /// A run of failed connect attempts.
@@ -82,17 +98,55 @@ impl ShardLinks {
     /// One link per entry; the first attempts are due at once.
     pub fn new(entries: &[ShardEntry], retry: Duration, now: Instant) -> ShardLinks {
         ShardLinks {
-            links: entries
-                .iter()
-                .map(|entry| Link {
-                    entry: entry.clone(),
-                    state: LinkState::Waiting { next_attempt: now },
-                    attempts: 0,
-                    connections: 0,
-                    failing: None,
-                })
-                .collect(),
+            links: entries.iter().map(|entry| Link::new(entry, now)).collect(),
             retry,
+        }
+    }
+
+    /// The time between attempts, from the next one scheduled (a reload).
+    pub fn set_retry(&mut self, retry: Duration) {
+        self.retry = retry;
+    }
+
+    /// The entries of the links that are not being removed, in order.
+    pub fn entries(&self) -> impl Iterator<Item = &ShardEntry> + '_ {
+        self.links
+            .iter()
+            .filter(|l| !l.removed)
+            .map(|link| &link.entry)
+    }
+
+    /// Links being removed whose connection has not ended yet.
+    pub fn n_removing(&self) -> usize {
+        self.links.iter().filter(|l| l.removed).count()
+    }
+
+    /// A shard added to `shards.cfg` by a reload: its first attempt is due
+    /// at once.
+    pub fn add(&mut self, entry: &ShardEntry, now: Instant) {
+        info!("shard {}: added to shards.cfg; connecting", entry.addr());
+        self.links.push(Link::new(entry, now));
+    }
+
+    /// A shard taken out of `shards.cfg` by a reload: no more attempts. A
+    /// link not connected goes at once; the connection of one connecting or
+    /// up is returned, for the caller to end (the link goes with it, in
+    /// [`ShardLinks::gone`]).
+    pub fn remove(&mut self, entry: &ShardEntry) -> Option<ConnRef> {
+        let i = self
+            .links
+            .iter()
+            .position(|l| !l.removed && l.entry.same_shard(entry))?;
+        match self.links[i].state {
+            LinkState::Waiting { .. } => {
+                info!("shard {}: removed from shards.cfg", entry.addr());
+                self.links.remove(i);
+                None
+            }
+            LinkState::Connecting { conn, .. } | LinkState::Up { conn } => {
+                self.links[i].removed = true;
+                Some(conn)
+            }
         }
     }
 
@@ -124,6 +178,9 @@ impl ShardLinks {
             let LinkState::Waiting { next_attempt } = link.state else {
                 continue;
             };
+            if link.removed {
+                continue;
+            }
             if next_attempt > now {
                 continue;
             }
@@ -187,6 +244,14 @@ impl ShardLinks {
     ) -> Option<&ShardEntry> {
         let retry = self.retry;
         let i = self.find(conn)?;
+        if self.links[i].removed {
+            info!(
+                "shard {}: connection ended; removed from shards.cfg",
+                self.links[i].entry.addr()
+            );
+            self.links.remove(i);
+            return None;
+        }
         let link = &mut self.links[i];
         let addr = link.entry.addr();
         link.state = match link.state {

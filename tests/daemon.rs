@@ -6,171 +6,16 @@
 
 mod util;
 
-use std::io::{BufRead, BufReader, Read};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Read;
+use std::net::TcpStream;
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use util::daemon::{Daemon, manifest_dir, run, scratch_dir, write_configs};
 use util::{free_port, wait_until};
-
-const BIN: &str = env!("CARGO_BIN_EXE_muta-proxy");
-
-fn manifest_dir() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// A fresh directory under the target dir for one test's files.
-fn scratch_dir(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// The shipped proxy.cfg with the listener on a kernel-chosen loopback port.
-fn write_configs(dir: &Path, shard_port: u16, extra: &str) -> (PathBuf, PathBuf) {
-    let shipped = std::fs::read_to_string(manifest_dir().join("proxy.cfg")).unwrap();
-    let cfg = shipped.replace("listen = \"0.0.0.0:7702\"", "listen = \"127.0.0.1:0\"") + extra;
-    assert!(
-        cfg.contains("127.0.0.1:0"),
-        "proxy.cfg no longer has the expected listen line"
-    );
-    let config = dir.join("proxy.cfg");
-    let shards = dir.join("shards.cfg");
-    std::fs::write(&config, cfg).unwrap();
-    std::fs::write(&shards, format!("shard = 127.0.0.1:{shard_port}\n")).unwrap();
-    (config, shards)
-}
-
-fn run(args: &[&str]) -> (ExitStatus, String, String) {
-    let out = Command::new(BIN).args(args).output().unwrap();
-    (
-        out.status,
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// A running daemon whose stderr lines are collected with their arrival time.
-struct Daemon {
-    child: Child,
-    lines: Arc<Mutex<Vec<(Instant, String)>>>,
-}
-
-impl Daemon {
-    fn start(config: &Path, shards: &Path) -> Daemon {
-        Daemon::start_logging(config, shards, "info")
-    }
-
-    /// As [`Daemon::start`], with `RUST_LOG` set to `filter`.
-    fn start_logging(config: &Path, shards: &Path, filter: &str) -> Daemon {
-        let mut child = Command::new(BIN)
-            .args([
-                "--config",
-                config.to_str().unwrap(),
-                "--shards",
-                shards.to_str().unwrap(),
-            ])
-            .env("RUST_LOG", filter)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = lines.clone();
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                sink.lock().unwrap().push((Instant::now(), line));
-            }
-        });
-        Daemon { child, lines }
-    }
-
-    fn lines_matching(&self, needle: &str) -> Vec<(Instant, String)> {
-        self.lines
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(_, l)| l.contains(needle))
-            .cloned()
-            .collect()
-    }
-
-    fn wait_for_line(&self, needle: &str, timeout: Duration) -> String {
-        assert!(
-            wait_until(timeout, || !self.lines_matching(needle).is_empty()),
-            "no log line containing {needle:?}; log so far:\n{}",
-            self.log()
-        );
-        self.lines_matching(needle)[0].1.clone()
-    }
-
-    fn log(&self) -> String {
-        let lines = self.lines.lock().unwrap();
-        lines
-            .iter()
-            .map(|(_, l)| l.as_str())
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-
-    /// The client listener's address, from the start-up log line.
-    fn client_addr(&self) -> SocketAddr {
-        let line = self.wait_for_line("listening for clients on ", Duration::from_secs(10));
-        let rest = line.split("listening for clients on ").nth(1).unwrap();
-        rest.split_whitespace().next().unwrap().parse().unwrap()
-    }
-
-    fn signal(&self, name: &str) {
-        let pid = self.child.id().to_string();
-        let status = Command::new("sh")
-            .args(["-c", &format!("kill -{name} {pid}")])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    /// Waits up to `timeout` for the process to exit.
-    fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    /// (thread name, system call it is in or "running") for each thread.
-    fn threads(&self) -> Vec<(String, String)> {
-        let dir = format!("/proc/{}/task", self.child.id());
-        let mut threads = Vec::new();
-        for task in std::fs::read_dir(dir).unwrap() {
-            let path = task.unwrap().path();
-            let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
-            let syscall = std::fs::read_to_string(path.join("syscall")).unwrap_or_default();
-            let first = syscall.split_whitespace().next().unwrap_or("?").to_string();
-            threads.push((comm.trim().to_string(), first));
-        }
-        threads
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 #[test]
 fn check_config_accepts_the_shipped_files() {
@@ -184,6 +29,33 @@ fn check_config_accepts_the_shipped_files() {
     ]);
     assert_eq!(status.code(), Some(0), "stderr: {stderr}");
     assert!(stdout.contains("are valid"), "{stdout}");
+    // The shipped files are for a demo on one host: both warnings apply.
+    assert!(stderr.contains("warning: proxy.public_address = \"127.0.0.1:7702\" is a loopback"));
+    assert!(stderr.contains("warning: shard.password is the shipped \"change-me\""));
+}
+
+#[test]
+fn check_config_is_quiet_for_a_public_address_and_a_password_of_ones_own() {
+    let dir = scratch_dir("check_config_no_warnings");
+    let (config, shards) = write_configs(&dir, 7701, "");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace(
+            "public_address = \"127.0.0.1:7702\"",
+            "public_address = \"play.example.org:7702\"",
+        )
+        .replace("password = \"change-me\"", "password = \"s3cret-of-ours\"")
+        .replace("listen = \"127.0.0.1:0\"", "listen = \"0.0.0.0:7702\"");
+    std::fs::write(&config, text).unwrap();
+    let (status, _, stderr) = run(&[
+        "--check-config",
+        "--config",
+        config.to_str().unwrap(),
+        "--shards",
+        shards.to_str().unwrap(),
+    ]);
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("warning"), "{stderr}");
 }
 
 #[test]
@@ -338,6 +210,52 @@ fn help_version_and_bad_usage() {
     let (status, _, stderr) = run(&["--frobnicate"]);
     assert_eq!(status.code(), Some(2));
     assert!(stderr.contains("unknown argument `--frobnicate`"));
+}
+
+#[test]
+fn every_binary_prints_its_version_with_dash_v_and_dash_dash_version() {
+    let bins = [
+        ("muta-proxy", env!("CARGO_BIN_EXE_muta-proxy")),
+        ("muta-shard", env!("CARGO_BIN_EXE_muta-shard")),
+        ("muta-login", env!("CARGO_BIN_EXE_muta-login")),
+        ("muta-bot", env!("CARGO_BIN_EXE_muta-bot")),
+        ("muta-otserv", env!("CARGO_BIN_EXE_muta-otserv")),
+        ("muta-attack", env!("CARGO_BIN_EXE_muta-attack")),
+    ];
+    // Built from a git checkout (as here and in CI): the revision is shown.
+    let in_git = manifest_dir().join(".git").exists();
+    for (name, bin) in bins {
+        for flag in ["-V", "--version"] {
+            let out = Command::new(bin).arg(flag).output().unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert_eq!(out.status.code(), Some(0), "{name} {flag}");
+            let want = format!("{name} {}", env!("CARGO_PKG_VERSION"));
+            assert!(text.starts_with(&want), "{name} {flag}: {text}");
+            assert_eq!(text.contains(" (git "), in_git, "{name} {flag}: {text}");
+        }
+        let help = Command::new(bin).arg("--help").output().unwrap();
+        assert!(
+            String::from_utf8_lossy(&help.stdout).contains("-V, --version"),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn under_journald_lines_carry_a_priority_and_no_timestamp_of_their_own() {
+    let dir = scratch_dir("journal_stream");
+    // No shard listens: the first failed attempt is a warning.
+    let (config, shards) = write_configs(&dir, free_port(), "");
+    let mut daemon = Daemon::start_env(&config, &shards, &[("JOURNAL_STREAM", "8:12345")]);
+    let info = daemon.wait_for_line("listening for clients on", Duration::from_secs(10));
+    assert!(info.starts_with("<6>INFO  [main] "), "{info}");
+    let warn = daemon.wait_for_line("cannot connect", Duration::from_secs(10));
+    assert!(warn.starts_with("<4>WARN  [main] "), "{warn}");
+    daemon.signal("TERM");
+    assert_eq!(
+        daemon.wait_exit(Duration::from_secs(5)).unwrap().code(),
+        Some(0)
+    );
 }
 
 #[test]

@@ -308,6 +308,7 @@ Options:
   --reservation-timeout-ms MS
                          the proxy's client.reservation_timeout_ms [default: 30000]
   -h, --help             print this help
+  -V, --version          print the version (and the git revision) and exit
 
 Prints one JSON line: {\"class\",\"attackers\",\"cut_off\",\"cut_off_p50_ms\",
 \"cut_off_max_ms\",\"still_open\",\"errors\"}. Exit status 0, 2 on bad usage.

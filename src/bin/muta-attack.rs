@@ -3,7 +3,9 @@
 //! (`muta_proxy::attack`).
 
 fn main() {
-    std::process::exit(muta_proxy::attack::main_with_args(
-        std::env::args_os().skip(1),
-    ));
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    if muta_proxy::cli::print_version_if_asked("muta-attack", &args) {
+        return;
+    }
+    std::process::exit(muta_proxy::attack::main_with_args(args));
 }

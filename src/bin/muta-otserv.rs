@@ -3,7 +3,9 @@
 //! library (`muta_proxy::otserv`).
 
 fn main() {
-    std::process::exit(muta_proxy::otserv::main_with_args(
-        std::env::args_os().skip(1),
-    ));
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    if muta_proxy::cli::print_version_if_asked("muta-otserv", &args) {
+        return;
+    }
+    std::process::exit(muta_proxy::otserv::main_with_args(args));
 }

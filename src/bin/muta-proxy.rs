@@ -3,7 +3,9 @@
 //! line in and the exit code out.
 
 fn main() {
-    std::process::exit(muta_proxy::daemon::main_with_args(
-        std::env::args_os().skip(1),
-    ));
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    if muta_proxy::cli::print_version_if_asked("muta-proxy", &args) {
+        return;
+    }
+    std::process::exit(muta_proxy::daemon::main_with_args(args));
 }

@@ -1244,6 +1244,7 @@ Options:
                          players with addresses of their own (127.0.0.0/8)
   --json                 print the report as one JSON line (the contract)
   -h, --help             print this help
+  -V, --version          print the version (and the git revision) and exit
 
 Signals: SIGINT or SIGTERM stops sending (the bots drain and report); SIGUSR1
 starts the latency measurement (echoes sent before it are left out); SIGUSR2

@@ -20,6 +20,7 @@
 mod cidr;
 mod otc;
 mod reader;
+mod reload;
 mod schema;
 mod shards;
 
@@ -33,6 +34,7 @@ use log::LevelFilter;
 // the crate has always found them.
 pub use cidr::{Cidr, Networks};
 pub use otc::*;
+pub use reload::{ReloadPlan, plan as reload_plan};
 pub use schema::*;
 pub use shards::{NO_SHARDS, ShardEntry, parse_shard_lines, parse_shards_cfg};
 
@@ -79,6 +81,8 @@ pub struct ProxyCfg {
     pub public_address: String,
     /// Log level when `RUST_LOG` is unset.
     pub log_level: LevelFilter,
+    /// The drain's limit on SIGTERM.
+    pub drain_timeout_ms: u64,
 }
 
 /// `[client]`.
@@ -157,6 +161,8 @@ pub enum ProxyProtocol {
 pub struct ShardCfg {
     /// The password sent in `FPROXY_MSG_LOGIN`.
     pub password: Secret,
+    /// Most `shards.cfg` lines.
+    pub max_shards: u32,
     /// Time between connect attempts.
     pub connect_retry_ms: u64,
     /// Timeout of one connect.
@@ -212,6 +218,7 @@ impl Default for Config {
                 listen: DEFAULT_LISTEN.parse().expect("DEFAULT_LISTEN parses"),
                 public_address: DEFAULT_PUBLIC_ADDRESS.to_string(),
                 log_level: DEFAULT_LOG_LEVEL,
+                drain_timeout_ms: DEFAULT_DRAIN_TIMEOUT_MS,
             },
             client: ClientCfg {
                 max_clients: DEFAULT_MAX_CLIENTS,
@@ -244,6 +251,7 @@ impl Default for Config {
             },
             shard: ShardCfg {
                 password: Secret::default(),
+                max_shards: DEFAULT_MAX_SHARDS,
                 connect_retry_ms: DEFAULT_SHARD_CONNECT_RETRY_MS,
                 connect_timeout_ms: DEFAULT_SHARD_CONNECT_TIMEOUT_MS,
                 in_buf_size: DEFAULT_SHARD_IN_BUF_SIZE,
@@ -286,6 +294,11 @@ impl Config {
     /// error messages. The error holds every problem found, in file order.
     pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
         reader::parse(file, text)
+    }
+
+    /// As [`Config::parse`], with the text of each value the file sets.
+    pub fn parse_values(file: &Path, text: &str) -> Result<(Config, KeyValues), ConfigErrors> {
+        reader::parse_values(file, text)
     }
 
     /// Checks that hold between keys. Each problem names the key to change.
@@ -424,6 +437,62 @@ impl Config {
     }
 }
 
+/// What `--check-config` and the start-up log warn of: settings that are
+/// valid but almost certainly not what a deployment wants.
+pub fn warnings(cfg: &Config, n_shards: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    if n_shards == 0 {
+        return out; // the MUTA listener is not opened; neither key is used
+    }
+    let host = cfg
+        .proxy
+        .public_address
+        .rsplit_once(':')
+        .map_or("", |(host, _)| {
+            host.trim_start_matches('[').trim_end_matches(']')
+        });
+    let loopback = host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if loopback && cfg.proxy.listen.ip().is_unspecified() {
+        out.push(format!(
+            "proxy.public_address = \"{}\" is a loopback address, but proxy.listen = {} \
+             accepts players from other hosts: they would be told to connect to their own \
+             machine; set the address players reach this proxy at",
+            cfg.proxy.public_address, cfg.proxy.listen
+        ));
+    }
+    if cfg.shard.password.expose() == DEFAULT_SHIPPED_PASSWORD {
+        out.push(format!(
+            "shard.password is the shipped \"{DEFAULT_SHIPPED_PASSWORD}\": anyone who reaches \
+             a shard's proxy port can pose as a proxy; set the same new password on the proxies \
+             and the shards"
+        ));
+    }
+    out
+}
+
+/// The password the shipped `proxy.cfg` and `muta-shard` have by default.
+pub const DEFAULT_SHIPPED_PASSWORD: &str = "change-me";
+
+/// The keys a `proxy.cfg` sets, each with its value's text as written
+/// (`"0.0.0.0:7702"`, `4096`, `[7171, 7172]`); a key left out is at its
+/// default.
+pub type KeyValues = std::collections::BTreeMap<&'static str, String>;
+
+/// Both files, read and validated, with the text of `proxy.cfg`'s values
+/// (for a reload to compare).
+#[derive(Clone, Debug)]
+pub struct Loaded {
+    /// `proxy.cfg`.
+    pub config: Config,
+    /// What `proxy.cfg` sets, as written.
+    pub values: KeyValues,
+    /// `shards.cfg`.
+    pub shards: Vec<ShardEntry>,
+}
+
 /// Reads and validates both files. A broken `proxy.cfg` does not stop the
 /// check of `shards.cfg`: the error holds the problems of both, `proxy.cfg`'s
 /// first.
@@ -431,13 +500,18 @@ pub fn load(
     config_path: &Path,
     shards_path: &Path,
 ) -> Result<(Config, Vec<ShardEntry>), ConfigErrors> {
+    load_values(config_path, shards_path).map(|l| (l.config, l.shards))
+}
+
+/// As [`load`], with the text of `proxy.cfg`'s values.
+pub fn load_values(config_path: &Path, shards_path: &Path) -> Result<Loaded, ConfigErrors> {
     let read = |path: &Path| -> Result<String, ConfigErrors> {
         std::fs::read_to_string(path)
             .map_err(|err| ConfigError::new(path, None, format!("cannot read: {err}")).into())
     };
-    let config = read(config_path).and_then(|text| Config::parse(config_path, &text));
+    let config = read(config_path).and_then(|text| Config::parse_values(config_path, &text));
     let shards = read(shards_path).and_then(|text| parse_shard_lines(shards_path, &text));
-    let (config, shards) = match (config, shards) {
+    let ((config, values), shards) = match (config, shards) {
         (Ok(config), Ok(shards)) => (config, shards),
         (Err(errors), Ok(_)) | (Ok(_), Err(errors)) => return Err(errors),
         (Err(ConfigErrors(mut first)), Err(ConfigErrors(second))) => {
@@ -455,7 +529,19 @@ pub fn load(
         let message = "shard.password is empty; set the password the shards expect".to_string();
         return Err(ConfigError::new(config_path, None, message).into());
     }
-    Ok((config, shards))
+    if shards.len() > config.shard.max_shards as usize {
+        let message = format!(
+            "{} shards listed; shard.max_shards is {}",
+            shards.len(),
+            config.shard.max_shards
+        );
+        return Err(ConfigError::new(shards_path, None, message).into());
+    }
+    Ok(Loaded {
+        config,
+        values,
+        shards,
+    })
 }
 
 /// A configuration problem: which file, which line (when there is one), what.

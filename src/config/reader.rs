@@ -15,11 +15,18 @@ use toml::Spanned;
 use toml::de::{DeString, DeTable, DeValue};
 
 use super::schema::{self, Key, SECTIONS, Value};
-use super::{Config, ConfigError, ConfigErrors};
+use super::{Config, ConfigError, ConfigErrors, KeyValues};
 
 /// Parses and validates the text of a `proxy.cfg`.
 pub(super) fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
+    parse_values(file, text).map(|(cfg, _)| cfg)
+}
+
+/// As [`parse`], also giving each key the file sets with its value's text as
+/// written (what a reload compares).
+pub(super) fn parse_values(file: &Path, text: &str) -> Result<(Config, KeyValues), ConfigErrors> {
     let doc = Doc { file, text };
+    let mut values = KeyValues::new();
     let root = DeTable::parse(text).map_err(|err| {
         let line = err.span().map(|span| doc.line_of(span.start));
         ConfigError::new(file, line, err.message().trim_end().to_string())
@@ -50,6 +57,7 @@ pub(super) fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
             };
             match store(&mut cfg, entry, value, text) {
                 Ok(()) => {
+                    values.insert(entry.name, text[value.span()].trim().to_string());
                     lines.insert(entry.name, doc.line_of(key.span().start));
                 }
                 Err(message) => {
@@ -67,7 +75,7 @@ pub(super) fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
         }
     }
     if errors.is_empty() {
-        return Ok(cfg);
+        return Ok((cfg, values));
     }
     // File order; a problem with no line (a required key left out) last.
     errors.sort_by_key(|e| (e.line.is_none(), e.line));

@@ -265,10 +265,11 @@ const fn concat_keys<const A: usize, const B: usize, const N: usize>(
 }
 
 /// The keys of the MUTA front end, the shard links and the runtime.
-const CORE_KEYS: [Key; 43] = [
+const CORE_KEYS: [Key; 45] = [
     PROXY_LISTEN,
     PROXY_PUBLIC_ADDRESS,
     PROXY_LOG_LEVEL,
+    PROXY_DRAIN_TIMEOUT_MS,
     CLIENT_MAX_CLIENTS,
     CLIENT_IN_BUF_SIZE,
     CLIENT_OUT_BUF_SIZE,
@@ -297,6 +298,7 @@ const CORE_KEYS: [Key; 43] = [
     CLIENT_PLAYER_BYTES_PER_S,
     CLIENT_PLAYER_BYTES_BURST,
     SHARD_PASSWORD,
+    SHARD_MAX_SHARDS,
     SHARD_CONNECT_RETRY_MS,
     SHARD_CONNECT_TIMEOUT_MS,
     SHARD_IN_BUF_SIZE,
@@ -381,6 +383,23 @@ const PROXY_LOG_LEVEL: Key = Key {
             })?;
             Ok(())
         },
+    },
+};
+
+/// `proxy.drain_timeout_ms`: how long the drain on SIGTERM waits for queued
+/// output (HAProxy's `hard-stop-after`, sozu's graceful shutdown delay).
+pub const DEFAULT_DRAIN_TIMEOUT_MS: u64 = 10_000;
+const PROXY_DRAIN_TIMEOUT_MS: Key = Key {
+    name: "proxy.drain_timeout_ms",
+    unit: Unit::Millis,
+    // Read when the drain begins.
+    reload: Reload::Live,
+    doc: "How long the drain on SIGTERM waits for queued output before it stops anyway; 0: stop at once.",
+    value: Value::Int {
+        default: DEFAULT_DRAIN_TIMEOUT_MS,
+        min: 0,
+        max: 600_000,
+        store: |c, n| c.proxy.drain_timeout_ms = n,
     },
 };
 
@@ -885,6 +904,23 @@ const SHARD_PASSWORD: Key = Key {
             c.shard.password = Secret::new(text);
             Ok(())
         },
+    },
+};
+
+/// `shard.max_shards`: the most `shards.cfg` lines, at start and after a
+/// reload (the shard pool holds their link slots from the start).
+pub const DEFAULT_MAX_SHARDS: u32 = 16;
+const SHARD_MAX_SHARDS: Key = Key {
+    name: "shard.max_shards",
+    unit: Unit::Count,
+    // Sizes the shard pool's link slots.
+    reload: Reload::Restart,
+    doc: "Most shards.cfg lines, at start and after a reload (the shard pool's link slots).",
+    value: Value::Int {
+        default: DEFAULT_MAX_SHARDS as u64,
+        min: 1,
+        max: 1024,
+        store: |c, n| c.shard.max_shards = n as u32,
     },
 };
 

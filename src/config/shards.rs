@@ -32,6 +32,12 @@ impl ShardEntry {
         format_host_port(&self.host, self.port)
     }
 
+    /// The same shard for a reload: the same address and the same pinned
+    /// key (a new key on the same address is a shard replaced).
+    pub fn same_shard(&self, other: &ShardEntry) -> bool {
+        self.same_address(other) && self.key == other.key
+    }
+
     /// The same port and host, comparing addresses as addresses (`::1` is
     /// `0:0:0:0:0:0:0:1`) and names without regard to case.
     fn same_address(&self, other: &ShardEntry) -> bool {

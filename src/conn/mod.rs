@@ -192,9 +192,12 @@ enum SlotState {
     Connecting,
     Open,
     /// Disconnected; the I/O thread has not yet let go of the socket. Until the
-    /// flush, `write_last` says whether its queued output may still go out.
+    /// flush, `write_last` says whether its queued output may still go out;
+    /// with `linger_until` (a lingering close) the socket is kept until all
+    /// of it is written or that time comes.
     Closing {
         write_last: bool,
+        linger_until: Option<Instant>,
     },
 }
 
@@ -391,6 +394,8 @@ pub struct Pool<S: Session> {
     free: Vec<u32>,
     /// Slots disconnected whose close the I/O thread has not confirmed.
     n_closing: usize,
+    /// Of those, the lingering closes still writing.
+    n_lingering: usize,
     next_id: u32,
     /// Connections with output to write this iteration (thesis flush list).
     flush_list: Vec<u32>,
@@ -441,6 +446,7 @@ impl<S: Session> Pool<S> {
                 .collect(),
             free: (0..n).rev().collect(),
             n_closing: 0,
+            n_lingering: 0,
             next_id: 1,
             flush_list: Vec::with_capacity(n as usize),
             flush_spare: Vec::with_capacity(n as usize),
@@ -455,6 +461,13 @@ impl<S: Session> Pool<S> {
             log_suppressed: 0,
             stats: PoolStats::default(),
         }
+    }
+
+    /// New idle and connect timeouts (a reload): the idle one from the next
+    /// tick, the connect one from the next connect.
+    pub fn set_timeouts(&mut self, idle: Option<Duration>, connect: Duration) {
+        self.cfg.idle_timeout = idle;
+        self.cfg.connect_timeout = connect;
     }
 
     /// Which pool this is.
@@ -802,6 +815,22 @@ impl<S: Session> Pool<S> {
 
     /// Handles `EVENT_WRITABLE_*`: the connection can take more output.
     pub fn writable(&mut self, conn: ConnRef) {
+        if let Some(slot) = self.slots.get_mut(conn.index as usize)
+            && slot.id == conn.id
+            && slot.want_write
+            && matches!(
+                slot.state,
+                SlotState::Closing {
+                    linger_until: Some(_),
+                    ..
+                }
+            )
+        {
+            // A lingering close: its next write is at the next flush.
+            slot.want_write = false;
+            self.closing.push(conn);
+            return;
+        }
         let Some(slot) = self.get_mut(conn) else {
             return;
         };
@@ -851,7 +880,10 @@ impl<S: Session> Pool<S> {
         let write_last =
             slot.state == SlotState::Open && !matches!(reason, DisconnectReason::Hup(_));
         slot.session.before_flush(&mut slot.out_buf);
-        slot.state = SlotState::Closing { write_last };
+        slot.state = SlotState::Closing {
+            write_last,
+            linger_until: None,
+        };
         self.n_closing += 1;
         slot.want_write = false;
         slot.in_buf.clear();
@@ -955,6 +987,13 @@ impl<S: Session> Pool<S> {
                 SlotState::Connecting if quiet > slot.connect_timeout + CONNECT_BACKSTOP => {
                     DisconnectReason::Hup(HupReason::ConnectTimeout)
                 }
+                SlotState::Closing {
+                    write_last: true,
+                    linger_until: Some(until),
+                } if now >= until => {
+                    self.end_linger(index);
+                    continue;
+                }
                 _ => continue,
             };
             let conn = ConnRef {
@@ -964,6 +1003,64 @@ impl<S: Session> Pool<S> {
             };
             self.disconnect(conn, reason);
         }
+    }
+
+    /// Disconnects a connection as [`Pool::disconnect`] does (the protocol
+    /// layer hears of it at once), but keeps the socket until its queued
+    /// output is written or `until` comes: a lingering close, for the
+    /// drain and for the players of a shard removed by a reload. What the
+    /// peer sends meanwhile is ignored.
+    pub fn disconnect_lingering(
+        &mut self,
+        conn: ConnRef,
+        reason: DisconnectReason,
+        until: Instant,
+    ) -> bool {
+        if !self.disconnect(conn, reason) {
+            return false;
+        }
+        let slot = &mut self.slots[conn.index as usize];
+        if let SlotState::Closing {
+            write_last: true,
+            linger_until,
+        } = &mut slot.state
+        {
+            *linger_until = Some(until);
+            self.n_lingering += 1;
+        }
+        true
+    }
+
+    /// A lingering close whose time is up: closed at the next flush, output
+    /// or not.
+    fn end_linger(&mut self, index: usize) {
+        let slot = &mut self.slots[index];
+        let conn = ConnRef {
+            pool: self.id,
+            index: index as u32,
+            id: slot.id,
+        };
+        slot.state = SlotState::Closing {
+            write_last: false,
+            linger_until: None,
+        };
+        self.n_lingering -= 1;
+        // Waiting for a writable event (which a peer that never reads never
+        // sends): onto the close list; otherwise it is on it already.
+        if slot.want_write {
+            slot.want_write = false;
+            self.closing.push(conn);
+        }
+    }
+
+    /// Lingering closes still writing (see [`Pool::disconnect_lingering`]).
+    pub fn n_lingering(&self) -> usize {
+        self.n_lingering
+    }
+
+    /// Bytes queued on live connections, not yet written.
+    pub fn out_queued(&self) -> usize {
+        self.iter_live().map(|(_, slot)| slot.out_len()).sum()
     }
 
     /// Disconnects every live connection.
@@ -994,13 +1091,34 @@ impl<S: Session> Pool<S> {
             if slot.id != conn.id {
                 continue;
             }
-            if let SlotState::Closing { write_last: true } = slot.state {
-                if slot.out_len() > 0
-                    && let Ok(n) = write(conn, &slot.out_buf[slot.out_pos..])
-                {
-                    self.stats.bytes_out += n as u64;
+            if let SlotState::Closing {
+                write_last: true,
+                linger_until,
+            } = slot.state
+            {
+                let mut failed = false;
+                if slot.out_len() > 0 {
+                    match write(conn, &slot.out_buf[slot.out_pos..]) {
+                        Ok(n) => {
+                            self.stats.bytes_out += n as u64;
+                            slot.out_pos += n;
+                        }
+                        Err(err) => failed = !would_block(&err) && !interrupted(&err),
+                    }
                 }
-                slot.state = SlotState::Closing { write_last: false };
+                if linger_until.is_some() && slot.out_len() > 0 && !failed {
+                    // Lingering: wait for the socket to take more.
+                    slot.want_write = true;
+                    self.commands.push(PoolCmd::WantWrite { conn });
+                    continue;
+                }
+                if linger_until.is_some() {
+                    self.n_lingering -= 1;
+                }
+                slot.state = SlotState::Closing {
+                    write_last: false,
+                    linger_until: None,
+                };
             }
             self.commands.push(PoolCmd::Close { conn });
         }

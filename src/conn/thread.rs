@@ -68,7 +68,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use log::{debug, error, trace, warn};
+use log::{debug, error, info, trace, warn};
 use mio::net::{TcpListener, TcpStream, UnixStream};
 
 use crate::com::{
@@ -140,8 +140,31 @@ pub enum IoCmd {
         /// The connection.
         conn: ConnRef,
     },
+    /// Stop accepting: close every listener (the drain on SIGTERM). New
+    /// connections are then refused by the kernel, so a forwarder tries its
+    /// next server at once.
+    Unlisten,
     /// End the thread.
     Stop,
+}
+
+/// The per-wake-up bounds a reload may change (`client.reads_per_wakeup`,
+/// `client.accepts_per_wakeup`, `shard.reads_per_wakeup`), read by the I/O
+/// thread at each use. Atomics, not a command: a command could not be
+/// guaranteed room in the thread's queue, and relaxed loads cost nothing.
+#[derive(Debug)]
+pub struct IoTune {
+    reads_per_wakeup: AtomicU32,
+    accepts_per_wakeup: AtomicU32,
+}
+
+impl IoTune {
+    fn new(cfg: &IoCfg) -> IoTune {
+        IoTune {
+            reads_per_wakeup: AtomicU32::new(cfg.reads_per_wakeup),
+            accepts_per_wakeup: AtomicU32::new(cfg.accepts_per_wakeup),
+        }
+    }
 }
 
 /// What an I/O thread takes from the configuration.
@@ -258,9 +281,24 @@ pub struct IoThread {
     thread: Option<JoinHandle<()>>,
     local_addrs: Vec<SocketAddr>,
     ahead: Arc<ReadAhead>,
+    tune: Arc<IoTune>,
 }
 
 impl IoThread {
+    /// New per-wake-up bounds, from the thread's next use of them.
+    pub fn tune(&self, reads_per_wakeup: u32, accepts_per_wakeup: u32) {
+        let t = &self.tune;
+        t.reads_per_wakeup
+            .store(reads_per_wakeup, Ordering::Relaxed);
+        t.accepts_per_wakeup
+            .store(accepts_per_wakeup, Ordering::Relaxed);
+    }
+
+    /// Tells the thread to close its listeners (see [`IoCmd::Unlisten`]).
+    pub fn unlisten(&mut self) {
+        self.command(IoCmd::Unlisten);
+    }
+
     /// The main thread handled `n` bytes read on slot `index`; wakes the
     /// thread (at the end of the iteration) if it waits for that slot.
     pub fn read_done(&mut self, index: u32, n: usize) {
@@ -342,7 +380,9 @@ pub fn io_start(
         np.add(pipe, NETPOLL_READ | NETPOLL_ET, SIGNAL_DATA + i as u64)?;
     }
     let max_conns = cfg.max_conns as usize;
-    let cmds = Arc::new(EventBuf::new(3 * max_conns + RESOLVERS_MAX + 1));
+    // 3 per slot (add or connect, want-write, del), 1 per resolver, Unlisten, Stop.
+    let cmds = Arc::new(EventBuf::new(3 * max_conns + RESOLVERS_MAX + 2));
+    let tune = Arc::new(IoTune::new(cfg));
     let ahead = Arc::new(ReadAhead::new(max_conns, cfg.read_ahead_max));
     let waker = np.waker();
     let thread = Thread {
@@ -366,8 +406,7 @@ pub fn io_start(
         outbox: Outbox::new(evbuf, cfg.io_batch_max),
         pool,
         scratch: vec![0; cfg.read_size].into_boxed_slice(),
-        reads_per_wakeup: cfg.reads_per_wakeup,
-        accepts_per_wakeup: cfg.accepts_per_wakeup,
+        tune: tune.clone(),
         send_buffer: cfg.send_buffer,
         pool_log: LogLimit::default(),
     };
@@ -381,6 +420,7 @@ pub fn io_start(
         thread: Some(handle),
         local_addrs,
         ahead,
+        tune,
     })
 }
 
@@ -485,8 +525,7 @@ struct Thread {
     outbox: Outbox,
     pool: &'static Secpool,
     scratch: Box<[u8]>,
-    reads_per_wakeup: u32,
-    accepts_per_wakeup: u32,
+    tune: Arc<IoTune>,
     send_buffer: usize,
     pool_log: LogLimit,
 }
@@ -737,6 +776,19 @@ impl Thread {
         Ok(())
     }
 
+    fn unlisten(&mut self) {
+        for listener in self.listeners.drain(..) {
+            if let Err(err) = self.np.del(&listener) {
+                debug!("{}: netpoll del of a listener: {err}", self.pool_id.name());
+            }
+        }
+        self.listeners_ready.clear();
+        info!(
+            "{}: listeners closed; no new connections",
+            self.pool_id.name()
+        );
+    }
+
     fn accept_some(&mut self) -> Result<(), Closed> {
         // The pause ends by its deadline alone: a ready list that never empties
         // (a busy main thread) must not keep it in force.
@@ -755,7 +807,7 @@ impl Thread {
     }
 
     fn accept_from(&mut self, listener: usize) -> Result<(), Closed> {
-        for _ in 0..self.accepts_per_wakeup {
+        for _ in 0..self.tune.accepts_per_wakeup.load(Ordering::Relaxed) {
             match self.listeners[listener].accept() {
                 Ok((stream, addr)) => {
                     if let Err(err) = stream.set_nodelay(true) {
@@ -855,7 +907,7 @@ impl Thread {
             index,
             id: c.id,
         };
-        for _ in 0..self.reads_per_wakeup {
+        for _ in 0..self.tune.reads_per_wakeup.load(Ordering::Relaxed) {
             if !self.ahead.may_read(index) {
                 return Ok(Left::Throttled);
             }
@@ -938,6 +990,7 @@ impl Thread {
             IoCmd::Resolved { host, port, result } => self.resolved(host, port, result)?,
             IoCmd::WantWrite { conn } => self.want_write(conn),
             IoCmd::Del { conn } => self.del(conn)?,
+            IoCmd::Unlisten => self.unlisten(),
             IoCmd::Stop => return Ok(Flow::Stop),
         }
         Ok(Flow::Continue)

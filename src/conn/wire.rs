@@ -98,6 +98,16 @@ impl PoolIo {
         self.thread.wake_if_pending();
     }
 
+    /// Closes the I/O thread's listeners (the drain).
+    pub fn unlisten(&mut self) {
+        self.thread.unlisten();
+    }
+
+    /// New per-wake-up bounds for the I/O thread (a reload).
+    pub fn tune(&self, reads_per_wakeup: u32, accepts_per_wakeup: u32) {
+        self.thread.tune(reads_per_wakeup, accepts_per_wakeup);
+    }
+
     /// Stops the I/O thread and waits for it.
     pub fn stop_and_join(&mut self) {
         self.thread.stop_and_join();

@@ -385,6 +385,7 @@ Options:
   --max-clients N            players connected at once [default: 16384]
   --make-bot-accounts N      print an accounts file for bot0..bot{N-1} and exit
   -h, --help                 print this help
+  -V, --version              print the version (and the git revision) and exit
 ";
 
 /// What the command line asks for.

@@ -279,6 +279,10 @@ impl Proxy {
         peer: SocketAddr,
         now: Instant,
     ) -> Option<ConnRef> {
+        // Accepted before the drain closed the listeners: refused.
+        if self.draining {
+            return None;
+        }
         let first = *self.listeners.get(listener as usize)?.first()?;
         // Refused: the runtime drops the socket, closing it.
         let key = match first {

@@ -165,6 +165,11 @@ impl AddrTable {
         self.entries.len()
     }
 
+    /// New limits (a reload), from the next admission; counts are kept.
+    pub fn set_limits(&mut self, limits: AddrLimits) {
+        self.limits = limits;
+    }
+
     /// True if there are none.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()

@@ -31,6 +31,7 @@ pub mod cl;
 mod harness;
 pub mod limits;
 pub mod link;
+pub mod ops;
 pub mod otc;
 pub mod refusals;
 pub mod reservations;
@@ -242,6 +243,16 @@ pub struct Proxy {
     gone_shards: Vec<Disconnected<Outbound>>,
     scratch_clients: Vec<ConnRef>,
     scratch_expired: Vec<(ConnRef, u32)>,
+    /// The files and the configuration in force, for SIGHUP (`ops`).
+    running: Option<ops::Running>,
+    /// The drain has begun: no new connection or login is taken.
+    draining: bool,
+    /// `proxy.drain_timeout_ms`.
+    drain_timeout: Duration,
+    /// New per-wake-up bounds for the I/O threads, after a reload.
+    io_tuning: Option<crate::runtime::IoTuning>,
+    /// Shard links removed by a reload, closing once their players are gone.
+    removing: Vec<ops::Removing>,
 }
 
 /// The client thread's sizes, from `proxy.cfg`.
@@ -271,14 +282,21 @@ pub fn client_slots(cfg: &Config) -> u32 {
     cfg.client.max_clients + otc
 }
 
-/// The shard pool's slots: two per `shards.cfg` line, one per OTC session.
+/// The shard pool's slots: two per shard link (`shard.max_shards` of them,
+/// so a reload can add shards; none if the proxy starts without shards, as
+/// its MUTA listener is then not open), one per OTC session.
 pub fn shard_slots(cfg: &Config, n_shards: usize) -> u32 {
     let otc = if cfg.otc.listen.is_some() {
         cfg.otc.max_sessions
     } else {
         0
     };
-    (n_shards * SLOTS_PER_LINK) as u32 + otc
+    let links = if n_shards == 0 {
+        0
+    } else {
+        n_shards.max(cfg.shard.max_shards as usize)
+    };
+    (links * SLOTS_PER_LINK) as u32 + otc
 }
 
 /// The shard thread's sizes: two connection slots per `shards.cfg` line
@@ -433,7 +451,20 @@ impl Proxy {
             gone_shards: Vec::new(),
             scratch_clients: Vec::new(),
             scratch_expired: Vec::new(),
+            running: None,
+            draining: false,
+            drain_timeout: Duration::from_millis(cfg.proxy.drain_timeout_ms),
+            io_tuning: None,
+            removing: Vec::new(),
         }
+    }
+
+    /// The MUTA players' listener, if it is open.
+    fn muta_listener(&self) -> Option<u32> {
+        self.listeners
+            .iter()
+            .position(|stages| !stages.contains(&StageKind::OtcPath))
+            .map(|i| i as u32)
     }
 
     /// The key this proxy presents to players and shards.
@@ -539,6 +570,7 @@ impl Server for Proxy {
             self.next_refusal_summary = now + refusals::SUMMARY_EVERY;
         }
         self.expire_reservations(now);
+        self.close_removed_links(now);
         if now >= self.next_stats {
             if !self.links.is_empty() {
                 self.log_stats();
@@ -556,6 +588,26 @@ impl Server for Proxy {
 
     fn on_timers(&mut self, now: Instant) {
         self.links.connect_due(&mut self.shards, now);
+    }
+
+    fn on_hangup(&mut self, _now: Instant) -> Option<crate::runtime::Job> {
+        self.proxy_hangup()
+    }
+
+    fn on_job_done(&mut self, result: Box<dyn std::any::Any + Send>, now: Instant) {
+        self.proxy_reloaded(result, now);
+    }
+
+    fn take_io_tuning(&mut self) -> Option<crate::runtime::IoTuning> {
+        self.io_tuning.take()
+    }
+
+    fn on_drain(&mut self, now: Instant) -> Duration {
+        self.proxy_drain(now)
+    }
+
+    fn drained(&self) -> bool {
+        self.proxy_drained()
     }
 
     /// Shutdown begins: the players are disconnected, so `settle` tells their

@@ -622,6 +622,7 @@ Options:
                            the sender's area (0: everyone) [default: 0]
   --stats-json             print one JSON stats line per second on stdout
   -h, --help               print this help
+  -V, --version            print the version (and the git revision) and exit
 ";
 
 /// Parses `muta-shard`'s flags.

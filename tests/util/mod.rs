@@ -85,6 +85,7 @@ pub fn pseudo_random_bytes(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
+pub mod daemon;
 pub mod haproxy;
 pub mod otc;
 pub mod play;

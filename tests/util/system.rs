@@ -41,10 +41,12 @@ impl Running {
         }
     }
 
-    /// Stops the node as SIGTERM would, and waits for it.
+    /// Stops the node as two SIGTERMs would (the first begins a proxy's
+    /// drain, the second stops it at once), and waits for it.
     pub fn stop(&mut self) {
         if let Some(thread) = self.thread.take() {
-            let _ = self.evbuf.event_push([Event::Signal { signal: 15 }]);
+            let term = || Event::Signal { signal: 15 };
+            let _ = self.evbuf.event_push([term(), term()]);
             thread.join().unwrap();
         }
     }

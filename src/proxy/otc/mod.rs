@@ -245,6 +245,16 @@ impl Otc {
         }
     }
 
+    /// New settings (a reload); sessions keep their state.
+    pub fn set_settings(&mut self, settings: OtcSettings) {
+        self.settings = settings;
+    }
+
+    /// The ids of the live sessions.
+    pub fn session_ids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.sessions.keys().copied()
+    }
+
     /// Live sessions.
     pub fn n_sessions(&self) -> usize {
         self.sessions.len()
