@@ -66,6 +66,9 @@ struct Ring<T> {
     /// `EventBuf::new`.
     events: VecDeque<T>,
     closed: bool,
+    /// `event_push` calls that found the buffer full and waited (counted
+    /// under the lock the push holds anyway; read by the metrics).
+    push_waits: u64,
 }
 
 impl<T> fmt::Debug for EventBuf<T> {
@@ -91,6 +94,7 @@ impl<T> EventBuf<T> {
             ring: Mutex::new(Ring {
                 events: VecDeque::with_capacity(capacity),
                 closed: false,
+                push_waits: 0,
             }),
             read_cond: Condvar::new(),
             write_cond: Condvar::new(),
@@ -133,6 +137,7 @@ impl<T> EventBuf<T> {
             return Ok(());
         }
         let mut ring = self.ring.lock();
+        let mut waited = false;
         loop {
             if ring.closed {
                 drop(ring);
@@ -140,6 +145,10 @@ impl<T> EventBuf<T> {
             }
             let space = self.capacity - ring.events.len();
             if space == 0 {
+                if !waited {
+                    waited = true;
+                    ring.push_waits += 1;
+                }
                 self.write_cond.wait(&mut ring);
                 continue;
             }
@@ -160,6 +169,12 @@ impl<T> EventBuf<T> {
             // it to make space (the wait releases the lock).
             self.read_cond.notify_all();
         }
+    }
+
+    /// `event_push` calls so far that found the buffer full and waited for
+    /// the consumer.
+    pub fn push_waits(&self) -> u64 {
+        self.ring.lock().push_waits
     }
 
     /// Pushes one event without blocking. For queues whose bound is proven

@@ -35,6 +35,7 @@
 #[cfg(not(target_pointer_width = "64"))]
 compile_error!("netpoll stores a 64-bit data word in mio's usize token: 64-bit targets only");
 
+pub mod admin;
 pub mod attack;
 pub mod bot;
 pub mod cli;

@@ -132,6 +132,34 @@ pub trait Server {
     fn drained(&self) -> bool {
         true
     }
+
+    /// True if the server wants [`Server::publish`] at every tick.
+    fn publishes(&self) -> bool {
+        false
+    }
+
+    /// Once per tick, after `on_tick`, if [`Server::publishes`]: the
+    /// runtime's own figures, for the server's metrics snapshot.
+    fn publish(&mut self, _rt: &RuntimeStats, _now: Instant) {}
+}
+
+/// What the runtime knows of itself, for a server's metrics.
+#[derive(Clone, Debug)]
+pub struct RuntimeStats {
+    /// When the runtime started.
+    pub started: Instant,
+    /// Events in the event buffer now.
+    pub event_buffer_len: usize,
+    /// Its capacity.
+    pub event_buffer_capacity: usize,
+    /// `event_push` calls that found it full and waited.
+    pub event_push_waits: u64,
+    /// Bytes secpool holds.
+    pub secpool_bytes_held: usize,
+    /// Its cap.
+    pub secpool_bytes_max: usize,
+    /// Each size class.
+    pub secpool_classes: Vec<crate::secpool::ClassStats>,
 }
 
 /// Work the runtime runs off the main thread for a server (see
@@ -178,6 +206,7 @@ pub struct Runtime {
     running: bool,
     /// The drain's deadline, once the first SIGTERM or SIGINT arrived.
     draining: Option<Instant>,
+    started: Instant,
     /// A job (`on_hangup`) is running: another SIGHUP waits for it.
     job_running: bool,
 }
@@ -212,6 +241,7 @@ impl Runtime {
             next_tick: Instant::now() + MAIN_TICK,
             running: true,
             draining: None,
+            started: Instant::now(),
             job_running: false,
         })
     }
@@ -230,6 +260,19 @@ impl Runtime {
     /// Bytes secpool holds now.
     pub fn secpool_bytes(&self) -> usize {
         self.secpool.bytes_held()
+    }
+
+    /// The runtime's own figures (see [`RuntimeStats`]).
+    pub fn stats(&self) -> RuntimeStats {
+        RuntimeStats {
+            started: self.started,
+            event_buffer_len: self.evbuf.len(),
+            event_buffer_capacity: self.evbuf.capacity(),
+            event_push_waits: self.evbuf.push_waits(),
+            secpool_bytes_held: self.secpool.bytes_held(),
+            secpool_bytes_max: self.secpool.bytes_max(),
+            secpool_classes: self.secpool.stats(),
+        }
     }
 
     fn io(&mut self, pool: PoolId) -> Option<&mut PoolIo> {
@@ -285,6 +328,9 @@ impl Runtime {
                 shard.tick(now);
             }
             server.on_tick(now);
+            if server.publishes() {
+                server.publish(&self.stats(), now);
+            }
             // Blocks a burst left idle go back to the system.
             let released = self.secpool.trim_idle();
             if released > 0 {

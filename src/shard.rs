@@ -87,6 +87,23 @@ struct Failing {
     next_summary: Instant,
 }
 
+/// What the metrics show of one link.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkView {
+    /// `HOST:PORT`.
+    pub addr: String,
+    /// Its connection, if connecting or up.
+    pub conn: Option<ConnRef>,
+    /// Connected now.
+    pub up: bool,
+    /// Connect attempts so far.
+    pub attempts: u64,
+    /// Connections made so far.
+    pub connections: u32,
+    /// Being removed by a reload.
+    pub removed: bool,
+}
+
 /// The links to every shard of `shards.cfg`, and when to try again.
 #[derive(Debug)]
 pub struct ShardLinks {
@@ -308,6 +325,25 @@ impl ShardLinks {
     pub fn addr(&self, conn: ConnRef) -> String {
         self.entry(conn)
             .map_or_else(|| conn.to_string(), ShardEntry::addr)
+    }
+
+    /// Every link, as the metrics show it.
+    pub fn views(&self) -> impl Iterator<Item = LinkView> + '_ {
+        self.links.iter().map(|link| {
+            let (conn, up) = match link.state {
+                LinkState::Waiting { .. } => (None, false),
+                LinkState::Connecting { conn, .. } => (Some(conn), false),
+                LinkState::Up { conn } => (Some(conn), true),
+            };
+            LinkView {
+                addr: link.entry.addr(),
+                conn,
+                up,
+                attempts: link.attempts,
+                connections: link.connections,
+                removed: link.removed,
+            }
+        })
     }
 
     /// The connections that are up, in `shards.cfg` order.

@@ -395,3 +395,83 @@ fn systemd_is_told_ready_reloading_and_stopping_over_notify_socket() {
         Some(0)
     );
 }
+
+/// One HTTP GET to the admin endpoint: (status code, body).
+fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut conn = TcpStream::connect(addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    use std::io::Write as _;
+    write!(conn, "GET {path} HTTP/1.1\r\nHost: muta\r\n\r\n").unwrap();
+    let mut text = String::new();
+    conn.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").expect("a whole answer");
+    let code = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (code, body.to_string())
+}
+
+/// A sample's value in Prometheus text: the line that starts with `series`.
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[test]
+fn the_metrics_answer_under_load_and_count_what_the_bots_count() {
+    let shard = start_shard("shard-1", loopback(0), loopback(0));
+    let login = start_login(&[shard.login_addr]);
+    let dir = scratch_dir("ops-metrics");
+    let (config, shards) = (dir.join("proxy.cfg"), dir.join("shards.cfg"));
+    let admin = loopback(free_port());
+    let admin_listen = format!("\"{admin}\"");
+    write(
+        &config,
+        &muta_cfg(free_port(), &[("admin", "listen", &admin_listen)]),
+    );
+    write(&shards, &shards_cfg(&[shard.proxy_addr]));
+    let daemon = Daemon::start(&config, &shards);
+    daemon.wait_for_line("logged in as \"shard-1\"", Duration::from_secs(10));
+    let players = Bots::start(login.addr, "shard-1", 100, 0, 6);
+    assert!(wait_until(Duration::from_secs(20), || players
+        .authenticated()
+        == 100));
+    // Under load: every scrape is answered, and sees the 100 players.
+    let mut seen_players = Vec::new();
+    for _ in 0..4 {
+        let (code, text) = http_get(admin, "/metrics");
+        assert_eq!(code, 200, "{text}");
+        seen_players.push(metric(&text, "muta_proxy_players").unwrap());
+        thread::sleep(Duration::from_millis(600));
+    }
+    assert!(seen_players.contains(&100.0), "{seen_players:?}");
+    let (code, status) = http_get(admin, "/status");
+    assert_eq!(code, 200);
+    assert!(
+        status.contains("\"addresses\":[{\"address\":\"127.0.0.1\",\"connections\":100}]"),
+        "{status}"
+    );
+    assert_eq!(http_get(admin, "/healthz").0, 200);
+    assert_eq!(http_get(admin, "/nope").0, 404);
+    let (report, ok) = players.report(Duration::from_secs(30));
+    assert!(ok, "{report}");
+    // Once the snapshot after the run is out: the proxy's counts are the
+    // bots' (each echo is one message to the shard and one back; each
+    // player also got its welcome).
+    let sent = json_u64(&report, "sent").unwrap() as f64;
+    let received = json_u64(&report, "received").unwrap() as f64;
+    thread::sleep(Duration::from_millis(2500));
+    let (_, text) = http_get(admin, "/metrics");
+    let to_shards = metric(&text, "muta_proxy_messages_total{direction=\"to_shards\"}").unwrap();
+    let to_clients = metric(&text, "muta_proxy_messages_total{direction=\"to_clients\"}").unwrap();
+    assert_eq!(metric(&text, "muta_proxy_authenticated_total"), Some(100.0));
+    let series = format!(
+        "muta_proxy_shard_link_rtt_seconds{{shard=\"{}\"}}",
+        shard.proxy_addr
+    );
+    let rtt = metric(&text, &series).expect("a heartbeat round trip");
+    assert!(rtt > 0.0 && rtt < 1.0, "{rtt}");
+    assert!(
+        to_shards == sent && to_clients == received + 100.0,
+        "proxy: {to_shards} to shards, {to_clients} to clients; bots: {sent} sent, {received} received"
+    );
+}

@@ -112,6 +112,8 @@ fn valid_messages(rng: &mut Rng) -> Vec<Vec<u8>> {
         .encode(b)
     });
     push(&|b| TProxyMsg::ClosedSocket { socket_id: n32 }.encode(b));
+    push(&|b| TProxyMsg::Pong { seq: n32 }.encode(b));
+    push(&|b| FProxyMsg::Ping { seq: n32 }.encode(b));
     push(&|b| {
         TProxyMsg::PlayerPacket {
             socket_id: n32,

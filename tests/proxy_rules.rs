@@ -101,11 +101,16 @@ impl Link {
         self.out.clear();
     }
 
-    /// The next message from the proxy.
+    /// The next message from the proxy (a heartbeat is answered as a shard
+    /// answers it, and not returned).
     fn recv(&mut self) -> Vec<u8> {
         let deadline = Instant::now() + T;
         loop {
             if let Some(msg) = self.queued.pop_front() {
+                if let Ok(Some((FProxyMsg::Ping { seq }, _))) = FProxyMsg::decode(&msg) {
+                    self.send(&TProxyMsg::Pong { seq });
+                    continue;
+                }
                 return msg;
             }
             assert!(self.read_some(deadline), "the proxy closed the link");
@@ -616,6 +621,67 @@ fn a_wrong_shard_password_drops_the_link_and_the_proxy_retries() {
         FProxyMsg::decode(&again.recv()).unwrap().unwrap().0,
         FProxyMsg::Login { .. }
     ));
+}
+
+#[test]
+fn a_shard_address_that_never_logs_in_is_dropped_at_the_login_deadline_and_tried_again() {
+    // Something that accepts and says nothing (or answers another
+    // protocol): never counted as connected for ever.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let _proxy = start_proxy(&[listener.local_addr().unwrap()], 0, |cfg| {
+        cfg.shard.login_timeout_ms = 1000;
+    });
+    let (mut silent, _) = listener.accept().unwrap();
+    let started = Instant::now();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = [0u8; 256];
+    // The proxy's key comes first; then the end, at the deadline.
+    while silent.read(&mut buf).is_ok_and(|n| n > 0) {}
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(4),
+        "dropped after {waited:?}"
+    );
+    listener.set_nonblocking(false).unwrap();
+    let (_again, _) = listener.accept().unwrap();
+}
+
+#[test]
+fn a_ready_link_is_pinged_and_dropped_when_its_pings_go_unanswered() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let keys = Arc::new(KeyPair::generate());
+    let _proxy = start_proxy(&[listener.local_addr().unwrap()], 0, |cfg| {
+        cfg.shard.heartbeat_ms = 200;
+        cfg.shard.heartbeat_timeout_ms = 1000;
+    });
+    let mut link = Link::accept(&listener, keys);
+    link.recv(); // FPROXY_MSG_LOGIN
+    link.send(&TProxyMsg::LoginResult {
+        result: LOGIN_RESULT_OK,
+        shard_name: "shard-x",
+    });
+    // Pings answered for 2.5 s (longer than the timeout) keep the link up;
+    // they come about once a tick (the heartbeat is checked at the tick).
+    let until = Instant::now() + Duration::from_millis(2500);
+    let mut pings = 0;
+    while Instant::now() < until {
+        assert!(link.read_some(Instant::now() + T), "closed while answering");
+        link.process();
+        while let Some(msg) = link.queued.pop_front() {
+            if let Ok(Some((FProxyMsg::Ping { seq }, _))) = FProxyMsg::decode(&msg) {
+                link.send(&TProxyMsg::Pong { seq });
+                pings += 1;
+            }
+        }
+    }
+    assert!(pings >= 2, "{pings} pings in 2.5 s");
+    // Now it stops answering: the link goes within the timeout (a tick on).
+    assert!(
+        link.closed_within(Duration::from_millis(3500)),
+        "the proxy kept a link whose pings went unanswered"
+    );
 }
 
 #[test]

@@ -255,6 +255,8 @@ fn the_proxy_core_touches_no_socket_and_no_clock() {
         "src/proxy/cl.rs",
         "src/proxy/link.rs",
         "src/proxy/reservations.rs",
+        "src/proxy/ops.rs",
+        "src/proxy/metrics.rs",
         "src/conn/mod.rs",
         "src/shard.rs",
     ];

@@ -17,6 +17,7 @@
 //!
 //! Nothing here does I/O except [`load`], which reads the two files.
 
+mod admin;
 mod cidr;
 mod otc;
 mod reader;
@@ -32,6 +33,7 @@ use log::LevelFilter;
 
 // The table, its types and every `DEFAULT_*`, at `config::` where the rest of
 // the crate has always found them.
+pub use admin::*;
 pub use cidr::{Cidr, Networks};
 pub use otc::*;
 pub use reload::{ReloadPlan, plan as reload_plan};
@@ -163,6 +165,12 @@ pub struct ShardCfg {
     pub password: Secret,
     /// Most `shards.cfg` lines.
     pub max_shards: u32,
+    /// From connect to the login reply.
+    pub login_timeout_ms: u64,
+    /// Between heartbeats (0: none).
+    pub heartbeat_ms: u64,
+    /// An unanswered heartbeat drops the link after this long.
+    pub heartbeat_timeout_ms: u64,
     /// Time between connect attempts.
     pub connect_retry_ms: u64,
     /// Timeout of one connect.
@@ -207,6 +215,8 @@ pub struct Config {
     pub runtime: RuntimeCfg,
     /// `[otc]`
     pub otc: OtcCfg,
+    /// `[admin]`
+    pub admin: AdminCfg,
 }
 
 impl Default for Config {
@@ -252,6 +262,9 @@ impl Default for Config {
             shard: ShardCfg {
                 password: Secret::default(),
                 max_shards: DEFAULT_MAX_SHARDS,
+                login_timeout_ms: DEFAULT_SHARD_LOGIN_TIMEOUT_MS,
+                heartbeat_ms: DEFAULT_SHARD_HEARTBEAT_MS,
+                heartbeat_timeout_ms: DEFAULT_SHARD_HEARTBEAT_TIMEOUT_MS,
                 connect_retry_ms: DEFAULT_SHARD_CONNECT_RETRY_MS,
                 connect_timeout_ms: DEFAULT_SHARD_CONNECT_TIMEOUT_MS,
                 in_buf_size: DEFAULT_SHARD_IN_BUF_SIZE,
@@ -268,6 +281,7 @@ impl Default for Config {
                 secpool_free_blocks_max: DEFAULT_SECPOOL_FREE_BLOCKS_MAX,
             },
             otc: OtcCfg::default(),
+            admin: AdminCfg::default(),
         }
     }
 }
@@ -322,6 +336,7 @@ impl Config {
             ));
         }
         self.limit_problems(&mut problems);
+        self.admin_problems(&mut problems);
         if self.shard.in_buf_size < SHARD_IN_BUF_MIN {
             problems.push((
                 "shard.in_buf_size",
@@ -348,6 +363,18 @@ impl Config {
             Ok(())
         } else {
             Err(problems)
+        }
+    }
+
+    /// The admin endpoint's own port.
+    fn admin_problems(&self, problems: &mut Vec<(&'static str, String)>) {
+        if let Some(admin) = self.admin.listen
+            && (admin == self.proxy.listen || Some(admin) == self.otc.listen)
+        {
+            problems.push((
+                "admin.listen",
+                format!("admin.listen = {admin} is a front end's port too; give it its own"),
+            ));
         }
     }
 

@@ -93,7 +93,7 @@ fn check_section<'t, 'i>(
         return Err(doc.error(
             section.span(),
             format!(
-                "`{name}` is not a section; every key belongs in [proxy], [client], [shard], [runtime] or [otc]"
+                "`{name}` is not a section; every key belongs in [proxy], [client], [shard], [runtime], [otc] or [admin]"
             ),
         ));
     };
@@ -101,7 +101,7 @@ fn check_section<'t, 'i>(
         return Err(doc.error(
             section.span(),
             format!(
-                "unknown section [{name}]; expected [proxy], [client], [shard], [runtime] or [otc]"
+                "unknown section [{name}]; expected [proxy], [client], [shard], [runtime], [otc] or [admin]"
             ),
         ));
     }

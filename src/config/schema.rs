@@ -9,13 +9,14 @@
 
 use log::LevelFilter;
 
+use super::admin::ADMIN_KEYS;
 use super::otc::OTC_KEYS;
 use super::shards::{format_host_port, parse_host_port};
 use super::{Config, MAX_CLIENTS_LIMIT, Secret};
 use crate::proto::PASSWORD_MAX;
 
 /// The sections of `proxy.cfg`, in the order the docs list them.
-pub const SECTIONS: [&str; 5] = ["proxy", "client", "shard", "runtime", "otc"];
+pub const SECTIONS: [&str; 6] = ["proxy", "client", "shard", "runtime", "otc", "admin"];
 
 /// One key of `proxy.cfg`.
 #[derive(Clone, Copy, Debug)]
@@ -242,7 +243,9 @@ const MIB: u64 = 1024 * 1024;
 /// Every key of `proxy.cfg`, section by section.
 pub static KEYS: &[Key] = &ALL_KEYS;
 
-const ALL_KEYS: [Key; CORE_KEYS.len() + OTC_KEYS.len()] = concat_keys(CORE_KEYS, OTC_KEYS);
+const ALL_KEYS: [Key; CORE_KEYS.len() + OTC_KEYS.len() + ADMIN_KEYS.len()] =
+    concat_keys(MUTA_AND_OTC_KEYS, ADMIN_KEYS);
+const MUTA_AND_OTC_KEYS: [Key; CORE_KEYS.len() + OTC_KEYS.len()] = concat_keys(CORE_KEYS, OTC_KEYS);
 
 /// Two tables of keys as one, in order (a `const fn`: `KEYS` is built at
 /// compile time).
@@ -265,7 +268,7 @@ const fn concat_keys<const A: usize, const B: usize, const N: usize>(
 }
 
 /// The keys of the MUTA front end, the shard links and the runtime.
-const CORE_KEYS: [Key; 45] = [
+const CORE_KEYS: [Key; 48] = [
     PROXY_LISTEN,
     PROXY_PUBLIC_ADDRESS,
     PROXY_LOG_LEVEL,
@@ -301,6 +304,9 @@ const CORE_KEYS: [Key; 45] = [
     SHARD_MAX_SHARDS,
     SHARD_CONNECT_RETRY_MS,
     SHARD_CONNECT_TIMEOUT_MS,
+    SHARD_LOGIN_TIMEOUT_MS,
+    SHARD_HEARTBEAT_MS,
+    SHARD_HEARTBEAT_TIMEOUT_MS,
     SHARD_IN_BUF_SIZE,
     SHARD_OUT_BUF_SIZE,
     SHARD_READ_SIZE,
@@ -956,6 +962,51 @@ const SHARD_CONNECT_TIMEOUT_MS: Key = Key {
     },
 };
 
+/// `shard.login_timeout_ms`: from a link's connect to its login reply.
+pub const DEFAULT_SHARD_LOGIN_TIMEOUT_MS: u64 = 5_000;
+const SHARD_LOGIN_TIMEOUT_MS: Key = Key {
+    name: "shard.login_timeout_ms",
+    unit: Unit::Millis,
+    reload: Reload::Live,
+    doc: "From a shard link's connect to its TPROXY_MSG_LOGIN_RESULT; without it by then the link is dropped and tried again.",
+    value: Value::Int {
+        default: DEFAULT_SHARD_LOGIN_TIMEOUT_MS,
+        min: 100,
+        max: 600_000,
+        store: |c, n| c.shard.login_timeout_ms = n,
+    },
+};
+
+/// `shard.heartbeat_ms`: how often a ready link is pinged.
+pub const DEFAULT_SHARD_HEARTBEAT_MS: u64 = 5_000;
+const SHARD_HEARTBEAT_MS: Key = Key {
+    name: "shard.heartbeat_ms",
+    unit: Unit::Millis,
+    reload: Reload::Live,
+    doc: "Time between FPROXY_MSG_PING heartbeats on a ready shard link (its round trip is in the metrics); 0: none.",
+    value: Value::Int {
+        default: DEFAULT_SHARD_HEARTBEAT_MS,
+        min: 0,
+        max: 3_600_000,
+        store: |c, n| c.shard.heartbeat_ms = n,
+    },
+};
+
+/// `shard.heartbeat_timeout_ms`: an unanswered heartbeat drops the link.
+pub const DEFAULT_SHARD_HEARTBEAT_TIMEOUT_MS: u64 = 15_000;
+const SHARD_HEARTBEAT_TIMEOUT_MS: Key = Key {
+    name: "shard.heartbeat_timeout_ms",
+    unit: Unit::Millis,
+    reload: Reload::Live,
+    doc: "A heartbeat unanswered this long drops the shard link (its players are told) and it is tried again.",
+    value: Value::Int {
+        default: DEFAULT_SHARD_HEARTBEAT_TIMEOUT_MS,
+        min: 1_000,
+        max: 3_600_000,
+        store: |c, n| c.shard.heartbeat_timeout_ms = n,
+    },
+};
+
 /// `shard.in_buf_size`: most bytes of incomplete messages held per shard.
 pub const DEFAULT_SHARD_IN_BUF_SIZE: usize = 1024 * 1024;
 const SHARD_IN_BUF_SIZE: Key = Key {
@@ -1221,6 +1272,7 @@ mod tests {
                     "proxy.log_level" => "trace",
                     "client.proxy_protocol" | "otc.proxy_protocol" => "required",
                     "otc.listen" => "127.0.0.1:2",
+                    "admin.listen" => "127.0.0.1:3",
                     "otc.game_host" => "game.example.org",
                     _ => "game.example.org:1",
                 };

@@ -101,6 +101,34 @@ pub enum DisconnectReason {
     Shutdown,
 }
 
+impl DisconnectReason {
+    /// The kinds of reason, as the metrics name them (`reason` label).
+    pub const KINDS: [&'static str; 8] = [
+        "hangup",
+        "slow_reader",
+        "idle_timeout",
+        "write_error",
+        "protocol",
+        "limit",
+        "closed",
+        "shutdown",
+    ];
+
+    /// This reason's index in [`DisconnectReason::KINDS`].
+    pub fn kind(&self) -> usize {
+        match self {
+            DisconnectReason::Hup(_) => 0,
+            DisconnectReason::SlowReader => 1,
+            DisconnectReason::IdleTimeout => 2,
+            DisconnectReason::WriteError(_) => 3,
+            DisconnectReason::Protocol(_) => 4,
+            DisconnectReason::Limit(_) => 5,
+            DisconnectReason::Closed(_) => 6,
+            DisconnectReason::Shutdown => 7,
+        }
+    }
+}
+
 impl fmt::Display for DisconnectReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -370,6 +398,8 @@ pub struct PoolStats {
     pub bytes_out: u64,
     /// Bytes read.
     pub bytes_in: u64,
+    /// Disconnects by kind of reason, indexed as [`DisconnectReason::KINDS`].
+    pub by_reason: [u64; DisconnectReason::KINDS.len()],
 }
 
 /// One listener's own limits (see [`Pool::set_listener_limits`]).
@@ -889,6 +919,7 @@ impl<S: Session> Pool<S> {
         slot.in_buf.clear();
         let session = std::mem::take(&mut slot.session);
         self.stats.disconnected += 1;
+        self.stats.by_reason[reason.kind()] += 1;
         self.closing.push(conn);
         self.disconnected.push(Disconnected {
             conn,

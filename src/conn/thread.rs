@@ -89,6 +89,17 @@ use crate::secpool::Secpool;
 pub const LISTENER_DATA: u64 = NETPOLL_DATA_RESERVED_MIN;
 /// Data word of the first signal pipe; pipe `i` is `SIGNAL_DATA + i`.
 pub const SIGNAL_DATA: u64 = LISTENER_DATA + MAX_LISTENERS as u64;
+/// TCP keepalive of outbound connections: the first probe after this long
+/// idle, then one every [`KEEPALIVE_INTERVAL`], and the connection is dead
+/// after [`KEEPALIVE_PROBES`] unanswered (about a minute in all). The shard
+/// link's own heartbeat (`shard.heartbeat_ms`) finds a dead shard sooner;
+/// this catches what a process cannot: a peer host gone.
+pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+/// See [`KEEPALIVE_IDLE`].
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// See [`KEEPALIVE_IDLE`].
+pub const KEEPALIVE_PROBES: u32 = 3;
+
 /// Most listeners and most signal pipes one I/O thread polls.
 pub const MAX_LISTENERS: usize = 64;
 /// Most names being looked up at once on one I/O thread; a connect to yet
@@ -691,6 +702,15 @@ impl Thread {
         };
         if let Err(err) = stream.set_nodelay(true) {
             debug!("{conn}: TCP_NODELAY: {err}");
+        }
+        // An outbound link (a shard, a game server) that dies without a FIN
+        // (a host gone, a firewall that drops state) is found by the kernel.
+        let keepalive = socket2::TcpKeepalive::new()
+            .with_time(KEEPALIVE_IDLE)
+            .with_interval(KEEPALIVE_INTERVAL)
+            .with_retries(KEEPALIVE_PROBES);
+        if let Err(err) = socket2::SockRef::from(&*stream).set_tcp_keepalive(&keepalive) {
+            debug!("{conn}: SO_KEEPALIVE: {err}");
         }
         if let Err(err) = self
             .np

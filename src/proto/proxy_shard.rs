@@ -1,4 +1,7 @@
-//! The proxy–shard protocol (thesis §3.8.2): eleven messages. `PROXY_MSG_*` are
+//! The proxy–shard protocol (thesis §3.8.2): the thesis's eleven messages,
+//! and a heartbeat of two (port decision: `FPROXY_MSG_PING`,
+//! `TPROXY_MSG_PONG`, so a link that is open but dead is found, and its round
+//! trip measured). `PROXY_MSG_*` are
 //! sent by both sides (the handshake, [`crate::proto::frame`]), `TPROXY_MSG_*`
 //! ("to proxy") by the shard, `FPROXY_MSG_*` ("from proxy") by the proxy. The
 //! numbers are the thesis's list order (port decision); the fields are the
@@ -43,6 +46,10 @@ pub const FPROXY_MSG_PLAYER_CRYPTCHAN: u8 = 9;
 pub const FPROXY_MSG_PLAYER_PACKET: u8 = 10;
 /// 11. Proxy → shard: close this player's socket (they left or broke a rule).
 pub const FPROXY_MSG_CLOSE_SOCKET: u8 = 11;
+/// 12. Proxy → shard: a heartbeat, answered by `TPROXY_MSG_PONG` (port decision).
+pub const FPROXY_MSG_PING: u8 = 12;
+/// 13. Shard → proxy: the answer to `FPROXY_MSG_PING` (port decision).
+pub const TPROXY_MSG_PONG: u8 = 13;
 
 /// `TPROXY_MSG_LOGIN_RESULT`: logged in.
 pub const LOGIN_RESULT_OK: u8 = 0;
@@ -114,6 +121,11 @@ pub enum TProxyMsg<'a> {
         /// Bytes to write to the player as they are.
         data: &'a [u8],
     },
+    /// `TPROXY_MSG_PONG`
+    Pong {
+        /// The ping's number.
+        seq: u32,
+    },
 }
 
 /// A message from the proxy to the shard.
@@ -160,6 +172,11 @@ pub enum FProxyMsg<'a> {
         /// `CLOSE_REASON_*`
         reason: u8,
     },
+    /// `FPROXY_MSG_PING`
+    Ping {
+        /// A number the pong repeats.
+        seq: u32,
+    },
 }
 
 impl TProxyMsg<'_> {
@@ -173,6 +190,7 @@ impl TProxyMsg<'_> {
             TProxyMsg::OpenedSocket { .. } => "TPROXY_MSG_OPENED_SOCKET",
             TProxyMsg::ClosedSocket { .. } => "TPROXY_MSG_CLOSED_SOCKET",
             TProxyMsg::PlayerPacket { .. } => "TPROXY_MSG_PLAYER_PACKET",
+            TProxyMsg::Pong { .. } => "TPROXY_MSG_PONG",
         }
     }
 
@@ -202,6 +220,7 @@ impl TProxyMsg<'_> {
                 socket_id: r.u32()?,
                 data: r.bytes16(PLAYER_PACKET_DATA_MAX, "player packet")?,
             },
+            TPROXY_MSG_PONG => TProxyMsg::Pong { seq: r.u32()? },
             other => return Err(ProtoError::UnknownType(other).into()),
         };
         Ok((msg, r.pos()))
@@ -239,6 +258,10 @@ impl TProxyMsg<'_> {
                 put_player_packet_header(out, TPROXY_MSG_PLAYER_PACKET, socket_id, data.len());
                 out.extend_from_slice(data);
             }
+            TProxyMsg::Pong { seq } => {
+                put::u8(out, TPROXY_MSG_PONG);
+                put::u32(out, seq);
+            }
         }
     }
 }
@@ -255,6 +278,7 @@ impl FProxyMsg<'_> {
             FProxyMsg::PlayerCryptchan { .. } => "FPROXY_MSG_PLAYER_CRYPTCHAN",
             FProxyMsg::PlayerPacket { .. } => "FPROXY_MSG_PLAYER_PACKET",
             FProxyMsg::CloseSocket { .. } => "FPROXY_MSG_CLOSE_SOCKET",
+            FProxyMsg::Ping { .. } => "FPROXY_MSG_PING",
         }
     }
 
@@ -287,6 +311,7 @@ impl FProxyMsg<'_> {
                 socket_id: r.u32()?,
                 reason: r.u8()?,
             },
+            FPROXY_MSG_PING => FProxyMsg::Ping { seq: r.u32()? },
             other => return Err(ProtoError::UnknownType(other).into()),
         };
         Ok((msg, r.pos()))
@@ -328,6 +353,10 @@ impl FProxyMsg<'_> {
                 put::u8(out, FPROXY_MSG_CLOSE_SOCKET);
                 put::u32(out, socket_id);
                 put::u8(out, reason);
+            }
+            FProxyMsg::Ping { seq } => {
+                put::u8(out, FPROXY_MSG_PING);
+                put::u32(out, seq);
             }
         }
     }

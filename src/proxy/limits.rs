@@ -94,6 +94,19 @@ pub enum AddrKey {
     V6(u64),
 }
 
+impl std::fmt::Display for AddrKey {
+    /// `203.0.113.7`, or `2001:db8:1:2::/64`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            AddrKey::V4(v4) => write!(f, "{}", std::net::Ipv4Addr::from(v4)),
+            AddrKey::V6(prefix) => {
+                let v6 = std::net::Ipv6Addr::from(u128::from(prefix) << 64);
+                write!(f, "{v6}/64")
+            }
+        }
+    }
+}
+
 impl AddrKey {
     /// The key `ip` counts under.
     pub fn of(ip: IpAddr) -> AddrKey {
@@ -163,6 +176,14 @@ impl AddrTable {
     /// Entries now.
     pub fn len(&self) -> usize {
         self.entries.len()
+    }
+
+    /// Every address with connections open now, and how many.
+    pub fn conns_by_addr(&self) -> impl Iterator<Item = (AddrKey, u32)> + '_ {
+        self.entries
+            .iter()
+            .filter(|(_, e)| e.conns > 0)
+            .map(|(k, e)| (*k, e.conns))
     }
 
     /// New limits (a reload), from the next admission; counts are kept.

@@ -27,9 +27,9 @@
 //! a lost shard takes both with it (`shard_gone`).
 
 use std::collections::HashMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use log::{debug, error, info};
+use log::{debug, error, info, warn};
 
 use crate::com::ConnRef;
 use crate::conn::{DisconnectReason, Session};
@@ -70,6 +70,19 @@ pub struct ShardLink {
     /// The players connected through this link, by the socket id the shard
     /// chose (thesis §3.8.4: ids known to both sides).
     pub players: HashMap<u32, ConnRef>,
+    /// Until `TPROXY_MSG_LOGIN_RESULT`: the link is dropped if it has not
+    /// come by then (`shard.login_timeout_ms`; an address that answers with
+    /// something else, or nothing, is not counted as connected for ever).
+    pub login_deadline: Option<Instant>,
+    /// The heartbeat: the last `FPROXY_MSG_PING` not yet answered (its
+    /// number and when it went), when the next is due, and the round trip
+    /// of the last answered one.
+    pub ping: Option<(u32, Instant)>,
+    /// When the next ping is due.
+    pub next_ping: Option<Instant>,
+    /// The last round trip measured.
+    pub rtt: Option<Duration>,
+    ping_seq: u32,
 }
 
 impl Session for ShardLink {
@@ -227,18 +240,93 @@ impl Proxy {
 
     /// Handles `EVENT_CONNECT_SHARD`: starts the handshake (the proxy speaks
     /// first, with its public key).
-    pub(super) fn shard_connected(&mut self, shard: ConnRef) {
+    pub(super) fn shard_connected(&mut self, shard: ConnRef, now: Instant) {
         let Some(entry) = self.links.connected(shard) else {
             return;
         };
         let pinned = entry.key;
         let keys = self.keys.clone();
+        let login_deadline = Some(now + self.settings.shard_login_timeout);
         self.shards.write(shard, |s, out| {
             *s = Outbound::Link(Box::new(ShardLink {
                 chan: Some(Channel::initiator(keys, pinned, out)),
+                login_deadline,
                 ..ShardLink::default()
             }));
         });
+    }
+
+    /// At the tick: links that never logged in by their deadline are
+    /// dropped; ready links are pinged every `shard.heartbeat_ms`, and
+    /// dropped (and reconnected) when a ping goes unanswered for
+    /// `shard.heartbeat_timeout_ms`.
+    pub(super) fn shard_heartbeats(&mut self, now: Instant) {
+        let up: Vec<ConnRef> = self.links.up().collect();
+        for shard in up {
+            let Some(link) = self.shards.get(shard).and_then(|s| s.session.link()) else {
+                continue;
+            };
+            let why = if link.state != LinkState::Ready {
+                link.login_deadline
+                    .filter(|&at| now >= at)
+                    .map(|_| "no TPROXY_MSG_LOGIN_RESULT within shard.login_timeout_ms (is it a MUTA shard?)")
+            } else {
+                link.ping
+                    .filter(|&(_, sent)| {
+                        now.duration_since(sent) >= self.settings.heartbeat_timeout
+                    })
+                    .map(|_| "no TPROXY_MSG_PONG within shard.heartbeat_timeout_ms")
+            };
+            if let Some(why) = why {
+                warn!("shard {}: {why}; reconnecting", self.links.addr(shard));
+                self.shards
+                    .disconnect(shard, DisconnectReason::Protocol(why.to_string()));
+                continue;
+            }
+            let due = link.state == LinkState::Ready
+                && link.ping.is_none()
+                && !self.settings.heartbeat.is_zero()
+                && link.next_ping.is_none_or(|at| now >= at);
+            if due {
+                self.send_ping(shard, now);
+            }
+        }
+    }
+
+    fn send_ping(&mut self, shard: ConnRef, now: Instant) {
+        let seq = match self
+            .shards
+            .get_mut(shard)
+            .and_then(|s| s.session.link_mut())
+        {
+            Some(link) => {
+                link.ping_seq = link.ping_seq.wrapping_add(1);
+                link.ping = Some((link.ping_seq, now));
+                link.ping_seq
+            }
+            None => return,
+        };
+        self.link_send(shard, &FProxyMsg::Ping { seq });
+    }
+
+    /// `TPROXY_MSG_PONG`: the round trip of the ping it answers.
+    fn on_pong(&mut self, shard: ConnRef, seq: u32, now: Instant) {
+        let every = self.settings.heartbeat;
+        let Some(link) = self
+            .shards
+            .get_mut(shard)
+            .and_then(|s| s.session.link_mut())
+        else {
+            return;
+        };
+        match link.ping {
+            Some((sent_seq, sent)) if sent_seq == seq => {
+                link.rtt = Some(now.saturating_duration_since(sent));
+                link.ping = None;
+                link.next_ping = Some(sent + every);
+            }
+            _ => debug!("shard: a pong for no ping in flight ({seq})"),
+        }
     }
 
     /// Handles `EVENT_READ_SHARD` (thesis `shard_read`): the bytes through
@@ -367,6 +455,10 @@ impl Proxy {
                 self.on_player_packet(shard, socket_id, data);
                 Ok(())
             }
+            (TProxyMsg::Pong { seq }, Some(LinkState::Ready)) => {
+                self.on_pong(shard, seq, now);
+                Ok(())
+            }
         }
     }
 
@@ -392,6 +484,7 @@ impl Proxy {
         {
             link.name = name.to_string();
             link.state = LinkState::Ready;
+            link.login_deadline = None;
         }
         let addr = self.links.addr(shard);
         info!("shard {addr}: logged in as {name:?}");

@@ -31,6 +31,7 @@ pub mod cl;
 mod harness;
 pub mod limits;
 pub mod link;
+mod metrics;
 pub mod ops;
 pub mod otc;
 pub mod refusals;
@@ -44,6 +45,7 @@ use std::time::{Duration, Instant};
 use log::{error, info};
 use mio::net::UnixStream;
 
+use crate::admin::{self, AdminCfg, AdminThread, Published};
 use crate::com::{ConnRef, PoolId};
 use crate::config::{Config, Networks, ProxyProtocol, Secret, ShardEntry};
 use crate::conn::thread::IoCfg;
@@ -105,6 +107,14 @@ pub struct ProxySettings {
     pub shard_in_buf_size: usize,
     /// Time between connect attempts to a shard.
     pub connect_retry: Duration,
+    /// Client addresses `/status` lists.
+    pub status_addrs_max: usize,
+    /// From a shard link's connect to its `TPROXY_MSG_LOGIN_RESULT`.
+    pub shard_login_timeout: Duration,
+    /// Between heartbeats on a ready link (zero: none).
+    pub heartbeat: Duration,
+    /// A heartbeat unanswered this long drops the link.
+    pub heartbeat_timeout: Duration,
 }
 
 impl ProxySettings {
@@ -146,6 +156,10 @@ impl ProxySettings {
             client_in_buf_size: cfg.client.in_buf_size,
             shard_in_buf_size: cfg.shard.in_buf_size,
             connect_retry: Duration::from_millis(cfg.shard.connect_retry_ms),
+            status_addrs_max: cfg.admin.status_addrs_max as usize,
+            shard_login_timeout: Duration::from_millis(cfg.shard.login_timeout_ms),
+            heartbeat: Duration::from_millis(cfg.shard.heartbeat_ms),
+            heartbeat_timeout: Duration::from_millis(cfg.shard.heartbeat_timeout_ms),
         }
     }
 }
@@ -253,6 +267,11 @@ pub struct Proxy {
     io_tuning: Option<crate::runtime::IoTuning>,
     /// Shard links removed by a reload, closing once their players are gone.
     removing: Vec<ops::Removing>,
+    /// Where the metrics snapshot goes, if `admin.listen` is set.
+    admin: Option<Arc<Published>>,
+    /// The admin thread, stopped and joined when the proxy is dropped (a
+    /// handle only: the proxy never touches its socket).
+    admin_thread: Option<AdminThread>,
 }
 
 /// The client thread's sizes, from `proxy.cfg`.
@@ -375,7 +394,22 @@ pub fn start(
             cfg.otc.max_sessions
         );
     }
-    let server = Proxy::from_config(&cfg, shard_entries, keys, Instant::now());
+    let mut server = Proxy::from_config(&cfg, shard_entries, keys, Instant::now());
+    if let Some(addr) = cfg.admin.listen {
+        let listener = netpoll::listen(addr, 64).map_err(|err| {
+            io::Error::new(
+                err.kind(),
+                format!("cannot listen on {addr} (admin): {err}"),
+            )
+        })?;
+        let published = Arc::new(Published::default());
+        let admin_cfg = AdminCfg {
+            max_conns: cfg.admin.max_conns as usize,
+            request_timeout: Duration::from_millis(cfg.admin.request_timeout_ms),
+        };
+        server.admin_thread = Some(admin::admin_start(listener, admin_cfg, published.clone())?);
+        server.admin = Some(published);
+    }
     Ok(Node { server, runtime })
 }
 
@@ -456,6 +490,8 @@ impl Proxy {
             drain_timeout: Duration::from_millis(cfg.proxy.drain_timeout_ms),
             io_tuning: None,
             removing: Vec::new(),
+            admin: None,
+            admin_thread: None,
         }
     }
 
@@ -540,10 +576,10 @@ impl Server for Proxy {
         self.cl_accept(listener, peer, now)
     }
 
-    fn on_connected(&mut self, conn: ConnRef, _now: Instant) {
+    fn on_connected(&mut self, conn: ConnRef, now: Instant) {
         match self.game_session(conn) {
             Some(session) => self.otc_game_connected(conn, session),
-            None => self.shard_connected(conn),
+            None => self.shard_connected(conn, now),
         }
     }
 
@@ -570,6 +606,7 @@ impl Server for Proxy {
             self.next_refusal_summary = now + refusals::SUMMARY_EVERY;
         }
         self.expire_reservations(now);
+        self.shard_heartbeats(now);
         self.close_removed_links(now);
         if now >= self.next_stats {
             if !self.links.is_empty() {
@@ -608,6 +645,19 @@ impl Server for Proxy {
 
     fn drained(&self) -> bool {
         self.proxy_drained()
+    }
+
+    fn publishes(&self) -> bool {
+        self.admin.is_some()
+    }
+
+    fn publish(&mut self, rt: &crate::runtime::RuntimeStats, now: Instant) {
+        let snapshot = self.snapshot(rt, now);
+        if let Some(admin) = &self.admin
+            && !admin.publish(snapshot)
+        {
+            log::debug!("metrics: the admin thread held the snapshot; this one is skipped");
+        }
     }
 
     /// Shutdown begins: the players are disconnected, so `settle` tells their

@@ -154,6 +154,7 @@ impl ProxyModule {
                 self.on_close_socket(pool, proxy, socket_id);
                 Ok(())
             }
+            (FProxyMsg::Ping { seq }, _) => on_ping(pool, proxy, seq),
         }
     }
 
@@ -330,4 +331,22 @@ impl ProxyModule {
             self.close(pool, index, false, "closed by the proxy");
         }
     }
+}
+
+/// `FPROXY_MSG_PING`: answered at once with `TPROXY_MSG_PONG`, the same
+/// number (the proxy measures the link's round trip from it).
+fn on_ping<S: ProxySessions>(
+    pool: &mut Pool<S>,
+    proxy: ConnRef,
+    seq: u32,
+) -> Result<(), PeerError> {
+    let Some(slot) = pool.get_mut(proxy) else {
+        return Ok(());
+    };
+    let (session, out) = slot.session_and_out();
+    let Some(link) = session.proxy_link() else {
+        return Ok(());
+    };
+    link.send(out, &TProxyMsg::Pong { seq })?;
+    Ok(())
 }
