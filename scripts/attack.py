@@ -166,7 +166,10 @@ class Run:
                  f"reservation_timeout_ms = {RESERVATION_TIMEOUT_MS}")]:
             if old not in cfg:
                 raise RuntimeError(f"proxy.cfg no longer has `{old}`: update scripts/attack.py")
-            cfg = cfg.replace(old, new)
+            # Every occurrence (proxy_protocol and trusted_forwarders are in
+            # both front ends' sections), but `listen = ""`: [otc]'s is the
+            # first, and [admin]'s stays off.
+            cfg = cfg.replace(old, new, 1 if old == 'listen = ""' else -1)
         cfg_path = os.path.join(OUT, "proxy.cfg")
         shards_path = os.path.join(OUT, "shards.cfg")
         with open(cfg_path, "w") as f:

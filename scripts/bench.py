@@ -185,6 +185,14 @@ class System:
                         continue  # an older build without the key
                     raise RuntimeError(f"proxy.cfg no longer has `{old}`: update scripts/bench.py")
                 cfg = cfg.replace(old, new)
+            # The admin endpoint, where the build has one (scraped once per
+            # run, under the load, after the window: `admin_*` in the results).
+            self.admin_port = None
+            if "\n[admin]\n" in cfg:
+                head, admin = cfg.split("\n[admin]\n", 1)
+                self.admin_port = free_port()
+                admin = admin.replace('listen = ""', f'listen = "127.0.0.1:{self.admin_port}"', 1)
+                cfg = head + "\n[admin]\n" + admin
             cfg_path = os.path.join(OUT, f"{self.tag}-proxy.cfg")
             shards_path = os.path.join(OUT, f"{self.tag}-shards.cfg")
             with open(cfg_path, "w") as f:
@@ -318,6 +326,7 @@ def run_load(path, clients, rep, perf=None, steady=STEADY):
         shard_cpu1 = cpu_seconds(sys_.shard.pid)
         rss = rss_kib(proxy_pid) if proxy_pid else None
         window = time.time() - start
+        admin = scrape_admin(getattr(sys_, "admin_port", None))
         sleeps_per_s, runq_ms_per_s = thread_delta(threads0, threads1, window)
         _, shard_runq_ms_per_s = thread_delta(shard_threads0, shard_threads1, window)
         _, bots_runq_ms_per_s = thread_delta(bot_threads0, bot_threads1, window)
@@ -365,9 +374,27 @@ def run_load(path, clients, rep, perf=None, steady=STEADY):
             "received": report.get("received"),
             "errors": report.get("errors"),
             "window_s": round(window, 2),
+            **admin,
         }
     finally:
         sys_.stop()
+
+
+def scrape_admin(port):
+    """One GET /metrics while the bots still play: how long the answer took
+    and the players it counted (the proxy's own count, against the bots')."""
+    if not port:
+        return {}
+    import urllib.request
+    t0 = time.time()
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+    except OSError as err:
+        return {"admin_error": str(err)}
+    players = next((float(l.split()[-1]) for l in text.splitlines()
+                    if l.startswith("muta_proxy_players ")), None)
+    return {"admin_scrape_ms": round((time.time() - t0) * 1000, 1), "admin_players": players}
 
 
 def run_storm(path, clients):
@@ -644,6 +671,9 @@ def main_bench():
         # The smoke run: a load this small must go through without a failure.
         broken += [r for r in runs if r["errors"] or not r["msgs_per_s"]]
         broken += [s for s in storms if s["errors"] or not s["per_s"]]
+        # The admin endpoint answered under the load, and counted every bot.
+        broken += [r for r in runs if "admin_error" in r
+                   or ("admin_players" in r and r["admin_players"] != r["clients"])]
     if broken:
         say(f"== broken runs: {broken}")
     return 1 if broken else 0

@@ -475,3 +475,69 @@ fn the_metrics_answer_under_load_and_count_what_the_bots_count() {
         "proxy: {to_shards} to shards, {to_clients} to clients; bots: {sent} sent, {received} received"
     );
 }
+
+#[test]
+fn rejoining_bots_come_back_after_their_shard_restarts_and_lose_nothing() {
+    // The shard on ports known in advance, so its restart binds them again.
+    let (proxy_listen, login_listen) = (loopback(free_port()), loopback(free_port()));
+    let shard = start_shard("shard-1", proxy_listen, login_listen);
+    let login = start_login(&[shard.login_addr]);
+    let _proxy = util::system::start_proxy(&[shard.proxy_addr], 0, |_| {});
+    let mut child = Command::new(BOT)
+        .args([
+            "--login",
+            &login.addr.to_string(),
+            "--clients",
+            "20",
+            "--rate",
+            "10",
+        ])
+        .args([
+            "--duration",
+            "9",
+            "--ramp",
+            "1",
+            "--drain",
+            "3",
+            "--rejoin",
+            "--churn",
+            "0.1",
+        ])
+        .args(["--json", "--progress"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let sink = lines.clone();
+    let stderr = child.stderr.take().unwrap();
+    thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let welcomed = || {
+        let lines = lines.lock().unwrap();
+        lines
+            .iter()
+            .rev()
+            .find_map(|l| json_u64(l, "authenticated"))
+            .unwrap_or(0)
+    };
+    assert!(wait_until(Duration::from_secs(15), || welcomed() == 20));
+    thread::sleep(Duration::from_secs(1));
+    // Every player is cut: the shard goes, and comes back a moment later.
+    drop(shard);
+    let _shard = start_shard("shard-1", proxy_listen, login_listen);
+    let bots = Bots { child, lines };
+    let (report, ok) = bots.report(Duration::from_secs(40));
+    let rejoin = &report[report.find("\"rejoin\"").expect("the rejoin counts")..];
+    assert!(ok, "{report}");
+    assert!(json_u64(rejoin, "cuts").unwrap() >= 15, "{report}");
+    assert!(json_u64(rejoin, "rejoins").unwrap() >= 15, "{report}");
+    assert!(json_u64(rejoin, "churns").unwrap() > 0, "{report}");
+    for key in ["not_back", "duplicated", "reordered"] {
+        assert_eq!(json_u64(rejoin, key), Some(0), "{key}: {report}");
+    }
+    assert_eq!(json_u64(&report, "lost"), Some(0), "{report}");
+}

@@ -38,6 +38,7 @@
 
 pub mod client;
 pub mod otc;
+mod rejoin;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -97,6 +98,12 @@ pub struct BotCfg {
     /// kernel's choice): players of their own addresses, for per-address
     /// limits and forwarders.
     pub bind_ips: Vec<IpAddr>,
+    /// `--rejoin`: a bot whose connection ends logs in again and plays on
+    /// (`bot::rejoin`).
+    pub rejoin: bool,
+    /// `--churn R`: with `rejoin`, each playing bot leaves on purpose about
+    /// R times a second, and comes back.
+    pub churn_per_s: f64,
 }
 
 impl Default for BotCfg {
@@ -118,6 +125,8 @@ impl Default for BotCfg {
             progress: false,
             storm: false,
             bind_ips: Vec::new(),
+            rejoin: false,
+            churn_per_s: 0.0,
         }
     }
 }
@@ -164,6 +173,31 @@ pub struct BotReport {
     pub storm: Option<(u32, u64)>,
     /// When the last bot was welcomed (not part of the JSON contract).
     pub last_welcome: Option<Instant>,
+    /// `--rejoin`'s counts (`bot::rejoin`), in the JSON as `"rejoin"`.
+    pub rejoin: Option<RejoinCounts>,
+}
+
+/// What `--rejoin` counts (see `bot::rejoin`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RejoinCounts {
+    /// Connections cut while playing.
+    pub cuts: u64,
+    /// Echoes in flight on those connections.
+    pub cut_in_flight: u64,
+    /// Bots welcomed again after a cut.
+    pub rejoins: u64,
+    /// Planned departures (`--churn`).
+    pub churns: u64,
+    /// The longest time from a cut to the welcome again.
+    pub comeback_max_ms: u64,
+    /// Bots still out at the end, cut longer ago than the grace.
+    pub not_back: u32,
+    /// Echoes that came back twice.
+    pub duplicated: u64,
+    /// Echoes that came after a later one.
+    pub reordered: u64,
+    /// Why connections were cut, with counts.
+    pub cut_reasons: Vec<(String, u32)>,
 }
 
 impl BotReport {
@@ -177,6 +211,7 @@ impl BotReport {
             ),
             None => String::new(),
         };
+        let storm = storm + &self.rejoin.as_ref().map_or(String::new(), rejoin_json);
         format!(
             "{{\"clients\":{},\"authenticated\":{},\"sent\":{},\"received\":{},\"errors\":{},\
              \"latency_us\":{{\"p50\":{},\"p99\":{},\"p999\":{},\"max\":{}}},\"lost\":{}{storm}}}",
@@ -197,11 +232,56 @@ impl BotReport {
     /// every echo back. (A run stopped before any bot was welcomed measured
     /// nothing: not a success.)
     pub fn ok(&self) -> bool {
+        if let Some(r) = &self.rejoin {
+            // Echoes of cut connections are not lost; nothing else may be.
+            return self.clients > 0
+                && self.errors == 0
+                && self.authenticated == self.clients
+                && self.lost == 0
+                && r.duplicated == 0
+                && r.reordered == 0
+                && r.not_back == 0;
+        }
         self.clients > 0
             && self.errors == 0
             && self.authenticated == self.clients
             && self.received == self.sent
     }
+}
+
+fn rejoin_json(r: &RejoinCounts) -> String {
+    let reasons: Vec<String> = r
+        .cut_reasons
+        .iter()
+        .map(|(why, n)| format!("{}:{n}", json_string(why)))
+        .collect();
+    format!(
+        ",\"rejoin\":{{\"cuts\":{},\"cut_in_flight\":{},\"rejoins\":{},\"churns\":{},\
+         \"comeback_max_ms\":{},\"not_back\":{},\"duplicated\":{},\"reordered\":{},\
+         \"cut_reasons\":{{{}}}}}",
+        r.cuts,
+        r.cut_in_flight,
+        r.rejoins,
+        r.churns,
+        r.comeback_max_ms,
+        r.not_back,
+        r.duplicated,
+        r.reordered,
+        reasons.join(",")
+    )
+}
+
+fn json_string(s: &str) -> String {
+    let escaped: String = s
+        .chars()
+        .map(|c| match c {
+            '"' => "\\\"".to_string(),
+            '\\' => "\\\\".to_string(),
+            c if (c as u32) < 0x20 => format!("\\u{:04x}", c as u32),
+            c => c.to_string(),
+        })
+        .collect();
+    format!("\"{escaped}\"")
 }
 
 /// Counters the workers update, read for progress lines.
@@ -379,6 +459,9 @@ pub fn run_windowed(
     }
     windows.stop();
     let mut report = BotReport::from_workers(cfg.clients, results);
+    if !cfg.rejoin {
+        report.rejoin = None;
+    }
     let go_us = live.go_us.load(Ordering::Relaxed);
     if cfg.storm && go_us > 0 {
         let go = epoch + Duration::from_micros(go_us - 1);
@@ -477,7 +560,20 @@ impl BotReport {
         };
         let mut samples: Vec<u32> = Vec::new();
         let mut failures: HashMap<String, u32> = HashMap::new();
+        let mut rejoin = RejoinCounts::default();
+        let mut cut_reasons: HashMap<String, u32> = HashMap::new();
         for r in results {
+            rejoin.cuts += r.cuts;
+            rejoin.cut_in_flight += r.cut_in_flight;
+            rejoin.rejoins += r.rejoins;
+            rejoin.churns += r.churns;
+            rejoin.comeback_max_ms = rejoin.comeback_max_ms.max(r.comeback_max_ms);
+            rejoin.not_back += r.not_back;
+            rejoin.duplicated += r.duplicated;
+            rejoin.reordered += r.reordered;
+            for (why, n) in &r.cut_reasons {
+                *cut_reasons.entry(why.clone()).or_insert(0) += n;
+            }
             report.last_welcome = report.last_welcome.max(r.last_welcome);
             report.authenticated += r.authenticated;
             report.clients -= r.stopped;
@@ -509,6 +605,10 @@ impl BotReport {
         let mut failures: Vec<(String, u32)> = failures.into_iter().collect();
         failures.sort_by_key(|f| std::cmp::Reverse(f.1));
         report.failures = failures;
+        let mut cut_reasons: Vec<(String, u32)> = cut_reasons.into_iter().collect();
+        cut_reasons.sort_by_key(|f| std::cmp::Reverse(f.1));
+        rejoin.cut_reasons = cut_reasons;
+        report.rejoin = Some(rejoin);
         report
     }
 }
@@ -553,8 +653,19 @@ struct Bot {
     deadline: Instant,
     /// The local address it connects from, if it has its own.
     bind: Option<IpAddr>,
+    /// `--rejoin`: when its play ends, whatever its connections.
+    end: Instant,
+    /// `--rejoin`: cut (or not yet let in) since then.
+    cut_at: Option<Instant>,
+    /// `--churn`: when it leaves on purpose next.
+    leave_at: Option<Instant>,
+    /// `--churn`: leaving on purpose (draining, then rejoining).
+    leaving: bool,
+    /// Welcomed at least once (counted once in `authenticated`).
+    welcomed_once: bool,
 }
 
+#[derive(Default)]
 struct WorkerResult {
     /// Bots stopped by a signal before they were welcomed.
     stopped: u32,
@@ -568,6 +679,15 @@ struct WorkerResult {
     failures: HashMap<String, u32>,
     /// When the last bot of this worker was welcomed.
     last_welcome: Option<Instant>,
+    cuts: u64,
+    cut_in_flight: u64,
+    rejoins: u64,
+    churns: u64,
+    comeback_max_ms: u64,
+    not_back: u32,
+    duplicated: u64,
+    reordered: u64,
+    cut_reasons: HashMap<String, u32>,
 }
 
 struct Worker {
@@ -588,6 +708,10 @@ struct Worker {
     stormed: bool,
     /// The measurement mark has been seen.
     marked: bool,
+    /// A stop was asked for: no bot rejoins.
+    stopping: bool,
+    /// `bot::rejoin`'s random numbers.
+    rng: u64,
 }
 
 impl Worker {
@@ -619,6 +743,11 @@ impl Worker {
                     deadline: start + cfg.connect_timeout,
                     bind: (!cfg.bind_ips.is_empty())
                         .then(|| cfg.bind_ips[i as usize % cfg.bind_ips.len()]),
+                    end: start + cfg.duration,
+                    cut_at: None,
+                    leave_at: None,
+                    leaving: false,
+                    welcomed_once: false,
                 }
             })
             .collect();
@@ -636,35 +765,27 @@ impl Worker {
             login_addr,
             msg: Vec::new(),
             read_buf: vec![0; 64 * 1024],
-            result: WorkerResult {
-                stopped: 0,
-                authenticated: 0,
-                sent: 0,
-                received: 0,
-                errors: 0,
-                lost: 0,
-                broadcasts: 0,
-                samples: Vec::new(),
-                failures: HashMap::new(),
-                last_welcome: None,
-            },
+            result: WorkerResult::default(),
             active,
             stormed: false,
             marked: false,
+            stopping: false,
+            rng: 0x9E37_79B9_7F4A_7C15
+                ^ u64::from(ids.first().copied().unwrap_or(0)).wrapping_mul(0x100_0000_01B3)
+                | 1,
         }
     }
 
     fn run(mut self) -> WorkerResult {
-        let mut stopping = false;
         while self.active > 0 {
-            if !stopping && self.live.stop.load(Ordering::Relaxed) {
-                stopping = true;
+            if !self.stopping && self.live.stop.load(Ordering::Relaxed) {
+                self.stopping = true;
                 self.stop_all();
                 if self.active == 0 {
                     break;
                 }
             }
-            if self.cfg.storm && !self.stormed && !stopping {
+            if self.cfg.storm && !self.stormed && !self.stopping {
                 self.storm_check();
             }
             if !self.marked && self.live.mark.load(Ordering::Relaxed) {
@@ -763,6 +884,9 @@ impl Worker {
     /// (stopped, not failed).
     fn stop_all(&mut self) {
         let now = Instant::now();
+        if self.cfg.rejoin {
+            self.count_not_back(now);
+        }
         for b in 0..self.bots.len() as u32 {
             let bot = &mut self.bots[b as usize];
             match bot.phase {
@@ -778,7 +902,10 @@ impl Worker {
                     }
                 }
                 Phase::Idle | Phase::Login | Phase::Ticketed | Phase::Enter => {
-                    self.result.stopped += 1;
+                    // (A bot out between two connections played already.)
+                    if !bot.welcomed_once {
+                        self.result.stopped += 1;
+                    }
                     self.done(b);
                 }
                 _ => {}
@@ -791,6 +918,10 @@ impl Worker {
         if matches!(bot.phase, Phase::Done | Phase::Failed) {
             return;
         }
+        if self.rejoin(b, why, true) {
+            return;
+        }
+        let bot = &mut self.bots[b as usize];
         if self.cfg.storm && matches!(bot.phase, Phase::Idle | Phase::Login) {
             // It will never hold a ticket: the storm must not wait for it.
             self.live.ticketed.fetch_add(1, Ordering::AcqRel);
@@ -813,6 +944,9 @@ impl Worker {
     }
 
     fn done(&mut self, b: u32) {
+        if self.bots[b as usize].leaving && self.rejoin(b, "left on purpose", false) {
+            return;
+        }
         let bot = &mut self.bots[b as usize];
         bot.phase = Phase::Done;
         if let Some(stream) = bot.stream.take() {
@@ -875,7 +1009,12 @@ impl Worker {
             Phase::Playing => self.send_due(b, now),
             Phase::Draining if now >= bot.deadline => {
                 let missing = u64::from(bot.next_seq - bot.next_expect);
-                if missing > 0 {
+                if missing > 0 && bot.leaving {
+                    // Lost on a connection nobody cut.
+                    self.result.lost += missing;
+                    self.live.lost.fetch_add(missing, Ordering::Relaxed);
+                    self.done(b);
+                } else if missing > 0 {
                     self.fail(b, "echo replies missing at the end");
                 } else {
                     self.done(b);
@@ -887,6 +1026,9 @@ impl Worker {
 
     /// Sends the echoes and chat lines due by `now`, then schedules the next.
     fn send_due(&mut self, b: u32, now: Instant) {
+        if self.cfg.churn_per_s > 0.0 {
+            self.maybe_leave(b, now);
+        }
         let rate = self.cfg.rate;
         let chat_rate = self.cfg.chat_rate;
         let bot = &mut self.bots[b as usize];
@@ -1104,12 +1246,18 @@ impl Worker {
     /// The shard's welcome: the bot plays from now on.
     fn welcomed(&mut self, b: u32) -> bool {
         let now = Instant::now();
+        if self.cfg.rejoin {
+            self.rejoined(b, now);
+        }
         let bot = &mut self.bots[b as usize];
         bot.phase = Phase::Playing;
         bot.playing_since = now;
         self.result.last_welcome = self.result.last_welcome.max(Some(now));
-        self.result.authenticated += 1;
-        self.live.authenticated.fetch_add(1, Ordering::Relaxed);
+        if !bot.welcomed_once {
+            bot.welcomed_once = true;
+            self.result.authenticated += 1;
+            self.live.authenticated.fetch_add(1, Ordering::Relaxed);
+        }
         if bot.to_send == 0 {
             bot.phase = Phase::Draining;
             self.done(b);
@@ -1122,6 +1270,15 @@ impl Worker {
     /// An echo came back: in order, once, its round trip recorded.
     fn echoed(&mut self, b: u32, seq: u32, time_us: u64) -> bool {
         let bot = &mut self.bots[b as usize];
+        if seq != bot.next_expect && self.cfg.rejoin {
+            // Counted, not failed: a soak reports every one.
+            if seq < bot.next_expect {
+                self.result.duplicated += 1;
+                return true;
+            }
+            self.result.reordered += 1;
+            bot.next_expect = seq;
+        }
         if seq != bot.next_expect {
             let why = if seq < bot.next_expect {
                 "an echo came back twice"
@@ -1242,6 +1399,13 @@ Options:
   --bind-ips FIRST-LAST  connect bot K from the K-th address of this IPv4
                          range (in turn), to the login server and the proxy:
                          players with addresses of their own (127.0.0.0/8)
+  --rejoin               a bot whose connection ends logs in again after a
+                         short pause and plays on, until --duration from its
+                         start (make soak); the report adds `rejoin`: cuts,
+                         echoes in flight on them, comebacks, duplicated and
+                         reordered echoes
+  --churn R              with --rejoin: each playing bot leaves on purpose
+                         about R times a second (drains, closes, comes back)
   --json                 print the report as one JSON line (the contract)
   -h, --help             print this help
   -V, --version          print the version (and the git revision) and exit
@@ -1292,6 +1456,8 @@ fn parse_args<I: IntoIterator<Item = OsString>>(args: I) -> Result<Option<(BotCf
             "--progress" => cfg.progress = true,
             "--storm" => cfg.storm = true,
             "--bind-ips" => cfg.bind_ips = crate::cli::parse_ip_range(&flag, &args.value(&flag)?)?,
+            "--rejoin" => cfg.rejoin = true,
+            "--churn" => cfg.churn_per_s = args.parse(&flag)?,
             "--json" => json = true,
             "-h" | "--help" => return Ok(None),
             other => return Err(format!("unknown argument `{other}`")),
