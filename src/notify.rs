@@ -23,6 +23,8 @@ pub fn notify(state: &str) {
         return;
     };
     let result = UnixDatagram::unbound().and_then(|socket| {
+        // The main thread sends these: never wait on systemd.
+        socket.set_nonblocking(true)?;
         let bytes = path.as_encoded_bytes();
         match bytes.strip_prefix(b"@") {
             // An abstract socket: `@name` stands for a leading NUL.

@@ -82,7 +82,15 @@ pub fn run_on_main_thread(body: impl FnOnce() -> i32 + Send + 'static) -> i32 {
 pub fn init_logger(level: LevelFilter) {
     let env = env_logger::Env::default().default_filter_or(level.as_str());
     let journal = std::env::var_os("JOURNAL_STREAM").is_some();
-    let _ = env_logger::Builder::from_env(env)
+    // Without RUST_LOG the level is `log`'s own maximum (set below), so a
+    // reload can raise it as well as lower it (env_logger's filter would
+    // stay where it started).
+    let from_env = std::env::var_os("RUST_LOG").is_some();
+    let mut builder = env_logger::Builder::from_env(env);
+    if !from_env {
+        builder.filter_level(LevelFilter::Trace);
+    }
+    let _ = builder
         .format(move |buf, record| {
             let thread = std::thread::current();
             let thread = thread.name().unwrap_or("?");
@@ -105,6 +113,9 @@ pub fn init_logger(level: LevelFilter) {
             }
         })
         .try_init();
+    if !from_env {
+        log::set_max_level(level);
+    }
 }
 
 /// The syslog priority of a log level: err, warning, info, debug.

@@ -394,6 +394,10 @@ impl Runtime {
             info!("SIGHUP received while a reload is still running: ignored");
             return;
         }
+        if self.draining.is_some() {
+            info!("SIGHUP received while draining: ignored");
+            return;
+        }
         let Some(job) = server.on_hangup(now) else {
             return;
         };
@@ -407,7 +411,10 @@ impl Runtime {
             });
         match spawned {
             Ok(_) => self.job_running = true,
-            Err(err) => log::error!("SIGHUP: cannot start the reload thread: {err}"),
+            Err(err) => {
+                log::error!("SIGHUP: cannot start the reload thread: {err}");
+                notify::ready("running; the last reload could not start (see the log)");
+            }
         }
     }
 

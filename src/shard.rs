@@ -315,6 +315,11 @@ impl ShardLinks {
         }
     }
 
+    /// True if `conn` is the connection of a link a reload removed.
+    pub fn is_removed(&self, conn: ConnRef) -> bool {
+        self.find(conn).is_some_and(|i| self.links[i].removed)
+    }
+
     /// The entry of the link `conn` is (connecting or up).
     pub fn entry(&self, conn: ConnRef) -> Option<&ShardEntry> {
         self.find(conn).map(|i| &self.links[i].entry)

@@ -873,6 +873,23 @@ impl<S: Session> Pool<S> {
     /// Handles `EVENT_HUP_*`: the I/O thread stopped reading, or could not
     /// open the connection.
     pub fn hup(&mut self, conn: ConnRef, reason: HupReason) {
+        // A lingering close whose peer went away: nothing more can be
+        // written, so it closes now rather than at its deadline (no
+        // writable event would come for it).
+        if let Some(slot) = self.slots.get(conn.index as usize)
+            && slot.id == conn.id
+            && matches!(
+                slot.state,
+                SlotState::Closing {
+                    linger_until: Some(_),
+                    ..
+                }
+            )
+        {
+            // (On the close list already, or put there now: see end_linger.)
+            self.end_linger(conn.index as usize);
+            return;
+        }
         self.disconnect(conn, DisconnectReason::Hup(reason));
     }
 
@@ -1296,6 +1313,64 @@ mod tests {
 
     fn peer() -> SocketAddr {
         "127.0.0.1:9".parse().unwrap()
+    }
+
+    /// A lingering close: kept while its output does not fit the socket,
+    /// closed once it is written, when the peer goes away, or at its
+    /// deadline, whichever comes first.
+    #[test]
+    fn a_lingering_close_ends_when_written_when_the_peer_goes_or_at_its_deadline() {
+        let now = Instant::now();
+        let until = now + Duration::from_secs(10);
+        let full = |_: ConnRef, _: &[u8]| Err(io::ErrorKind::WouldBlock.into());
+        let closes = |p: &mut Pool<()>| {
+            p.take_commands()
+                .filter(|c| matches!(c, PoolCmd::Close { .. }))
+                .count()
+        };
+        // Written at last: closed.
+        let mut p = pool(3);
+        let a = p.accept(0, peer(), now).unwrap();
+        assert!(p.send(a, b"goodbye"));
+        assert!(p.disconnect_lingering(a, DisconnectReason::Shutdown, until));
+        assert_eq!(
+            p.take_disconnected().count(),
+            1,
+            "the protocol hears at once"
+        );
+        p.flush(full);
+        assert_eq!(
+            (p.n_lingering(), closes(&mut p)),
+            (1, 0),
+            "kept: the socket is full"
+        );
+        p.writable(a);
+        let mut written = Vec::new();
+        p.flush(|_, bytes| {
+            written.extend_from_slice(bytes);
+            Ok(bytes.len())
+        });
+        assert_eq!(written, b"goodbye");
+        assert_eq!((p.n_lingering(), closes(&mut p)), (0, 1));
+        // The peer goes away meanwhile: closed at the next flush.
+        let b = p.accept(0, peer(), now).unwrap();
+        assert!(p.send(b, b"x"));
+        p.disconnect_lingering(b, DisconnectReason::Shutdown, until);
+        p.flush(full);
+        p.hup(b, HupReason::Eof);
+        p.flush(full);
+        assert_eq!((p.n_lingering(), closes(&mut p)), (0, 1));
+        // A peer that never reads: closed at the deadline.
+        let c = p.accept(0, peer(), now).unwrap();
+        assert!(p.send(c, b"y"));
+        p.disconnect_lingering(c, DisconnectReason::Shutdown, until);
+        p.flush(full);
+        p.tick(until - Duration::from_millis(1));
+        p.flush(full);
+        assert_eq!((p.n_lingering(), closes(&mut p)), (1, 0), "not yet");
+        p.tick(until);
+        p.flush(full);
+        assert_eq!((p.n_lingering(), closes(&mut p)), (0, 1));
     }
 
     #[test]

@@ -508,8 +508,9 @@ impl Proxy {
                 .is_some_and(|l| l.players.contains_key(&socket_id));
         let result = if taken {
             OPENED_SOCKET_DUPLICATE
-        } else if self.draining {
-            // Stopping: no new player (the login server tries another proxy).
+        } else if self.draining || self.links.is_removed(shard) {
+            // Stopping, or this shard was removed from shards.cfg: no new
+            // player (the login server tries another proxy).
             OPENED_SOCKET_FULL
         } else if self.reservations.len() + self.muta_clients_in_use()
             >= self.settings.max_clients as usize

@@ -128,6 +128,7 @@ impl Proxy {
     pub(super) fn proxy_reloaded(&mut self, result: Box<dyn Any + Send>, now: Instant) {
         let Ok(result) = result.downcast::<Result<Loaded, config::ConfigErrors>>() else {
             error!("reload: an unexpected job result (bug)");
+            notify::ready("running; the last reload failed (see the log)");
             return;
         };
         match *result {
@@ -194,11 +195,17 @@ impl Proxy {
             );
         }
         let max = cfg.shard.max_shards as usize;
-        if shards.len() + self.links.n_removing() > max {
+        // Links this reload removes hold their slots until they close too.
+        let removed_now = self
+            .links
+            .entries()
+            .filter(|old| !shards.iter().any(|new| new.same_shard(old)))
+            .count();
+        let removing = self.links.n_removing() + removed_now;
+        if shards.len() + removing > max {
             return Err(format!(
-                "{} shard(s) listed and {} still being removed; shard.max_shards is {max}",
-                shards.len(),
-                self.links.n_removing()
+                "{} shard(s) listed and {removing} being removed; shard.max_shards is {max}",
+                shards.len()
             ));
         }
         if shards.is_empty() && cfg.otc.listen.is_none() {
@@ -267,6 +274,8 @@ impl Proxy {
             .map(|l| l.players.values().copied().collect())
             .unwrap_or_default();
         let until = now + REMOVED_SHARD_LINGER;
+        // Its logins not yet connected will never be: refused from now.
+        self.reservations.release_link(link);
         info!(
             "shard {}: removed from shards.cfg; closing its {} player(s) after their output",
             self.links.addr(link),
