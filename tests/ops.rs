@@ -71,12 +71,32 @@ struct Bots {
 
 impl Bots {
     fn start(login: SocketAddr, shard: &str, clients: u32, first: u32, secs: u32) -> Bots {
+        let (clients, first, secs) = (clients.to_string(), first.to_string(), secs.to_string());
+        Bots::spawn(&[
+            "--login",
+            &login.to_string(),
+            "--shard",
+            shard,
+            "--clients",
+            &clients,
+            "--first-account",
+            &first,
+            "--rate",
+            "10",
+            "--duration",
+            &secs,
+            "--ramp",
+            "1",
+            "--drain",
+            "3",
+        ])
+    }
+
+    /// `muta-bot` with `args`, `--json` and `--progress`.
+    fn spawn(args: &[&str]) -> Bots {
         let mut child = Command::new(BOT)
-            .args(["--login", &login.to_string(), "--shard", shard])
-            .args(["--clients", &clients.to_string()])
-            .args(["--first-account", &first.to_string()])
-            .args(["--rate", "10", "--duration", &secs.to_string()])
-            .args(["--ramp", "1", "--drain", "3", "--json", "--progress"])
+            .args(args)
+            .args(["--json", "--progress"])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -483,53 +503,29 @@ fn rejoining_bots_come_back_after_their_shard_restarts_and_lose_nothing() {
     let shard = start_shard("shard-1", proxy_listen, login_listen);
     let login = start_login(&[shard.login_addr]);
     let _proxy = util::system::start_proxy(&[shard.proxy_addr], 0, |_| {});
-    let mut child = Command::new(BOT)
-        .args([
-            "--login",
-            &login.addr.to_string(),
-            "--clients",
-            "20",
-            "--rate",
-            "10",
-        ])
-        .args([
-            "--duration",
-            "9",
-            "--ramp",
-            "1",
-            "--drain",
-            "3",
-            "--rejoin",
-            "--churn",
-            "0.1",
-        ])
-        .args(["--json", "--progress"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let sink = lines.clone();
-    let stderr = child.stderr.take().unwrap();
-    thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            sink.lock().unwrap().push(line);
-        }
-    });
-    let welcomed = || {
-        let lines = lines.lock().unwrap();
-        lines
-            .iter()
-            .rev()
-            .find_map(|l| json_u64(l, "authenticated"))
-            .unwrap_or(0)
-    };
-    assert!(wait_until(Duration::from_secs(15), || welcomed() == 20));
+    let login_addr = login.addr.to_string();
+    let bots = Bots::spawn(&[
+        "--login",
+        &login_addr,
+        "--clients",
+        "20",
+        "--rate",
+        "10",
+        "--duration",
+        "9",
+        "--ramp",
+        "1",
+        "--drain",
+        "3",
+        "--rejoin",
+        "--churn",
+        "0.1",
+    ]);
+    assert!(wait_until(Duration::from_secs(15), || bots.authenticated() == 20));
     thread::sleep(Duration::from_secs(1));
     // Every player is cut: the shard goes, and comes back a moment later.
     drop(shard);
     let _shard = start_shard("shard-1", proxy_listen, login_listen);
-    let bots = Bots { child, lines };
     let (report, ok) = bots.report(Duration::from_secs(40));
     let rejoin = &report[report.find("\"rejoin\"").expect("the rejoin counts")..];
     assert!(ok, "{report}");
