@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use util::daemon::{Daemon, manifest_dir, run, scratch_dir, write_configs};
+use util::daemon::{Daemon, check_config, manifest_dir, run, scratch_dir, write_configs};
 use util::{free_port, wait_until};
 
 #[test]
@@ -47,13 +47,7 @@ fn check_config_is_quiet_for_a_public_address_and_a_password_of_ones_own() {
         .replace("password = \"change-me\"", "password = \"s3cret-of-ours\"")
         .replace("listen = \"127.0.0.1:0\"", "listen = \"0.0.0.0:7702\"");
     std::fs::write(&config, text).unwrap();
-    let (status, _, stderr) = run(&[
-        "--check-config",
-        "--config",
-        config.to_str().unwrap(),
-        "--shards",
-        shards.to_str().unwrap(),
-    ]);
+    let (status, _, stderr) = check_config(&config, &shards);
     assert_eq!(status.code(), Some(0), "{stderr}");
     assert!(!stderr.contains("warning"), "{stderr}");
 }
@@ -96,13 +90,7 @@ fn check_config_names_line_2_of_a_broken_shards_file() {
         "shard = 127.0.0.1\nshard = 127.0.0.1:notaport\nshard = 10.0.0.1\n",
     )
     .unwrap();
-    let (status, _, stderr) = run(&[
-        "--check-config",
-        "--config",
-        config.to_str().unwrap(),
-        "--shards",
-        shards.to_str().unwrap(),
-    ]);
+    let (status, _, stderr) = check_config(&config, &shards);
     assert_eq!(status.code(), Some(1));
     let expected = format!("{}:2: ", shards.display());
     assert!(
@@ -120,13 +108,7 @@ fn check_config_names_the_line_of_a_bad_proxy_cfg_key() {
     let broken = text.replace("max_clients = 1024", "max_clients = 1024\nmax_client = 5");
     std::fs::write(&config, &broken).unwrap();
     let line = broken.lines().position(|l| l == "max_client = 5").unwrap() + 1;
-    let (status, _, stderr) = run(&[
-        "--check-config",
-        "--config",
-        config.to_str().unwrap(),
-        "--shards",
-        shards.to_str().unwrap(),
-    ]);
+    let (status, _, stderr) = check_config(&config, &shards);
     assert_eq!(status.code(), Some(1));
     assert!(
         stderr.contains(&format!(
@@ -166,15 +148,7 @@ fn check_config_reports_every_problem_one_line_each() {
             line_of("connect_retry_ms = \"often\"")
         ),
     ];
-    let check = |shards: &Path| {
-        run(&[
-            "--check-config",
-            "--config",
-            config.to_str().unwrap(),
-            "--shards",
-            shards.to_str().unwrap(),
-        ])
-    };
+    let check = |shards: &Path| check_config(&config, shards);
     let (status, stdout, stderr) = check(&shards);
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert_eq!(stdout, "");

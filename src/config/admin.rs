@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 
-use super::schema::{Key, Reload, Unit, Value};
+use super::schema::{Key, Reload, Unit, Value, optional_listen};
 
 /// `[admin]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -48,15 +48,7 @@ pub(super) const ADMIN_KEYS: [Key; 4] = [
             default: Some(""),
             allowed: "IP:PORT, or empty (off)",
             store: |c, text| {
-                c.admin.listen = if text.is_empty() {
-                    None
-                } else {
-                    Some(text.parse().map_err(|_| {
-                        format!(
-                            "expected IP:PORT (e.g. \"127.0.0.1:9702\") or \"\", found \"{text}\""
-                        )
-                    })?)
-                };
+                c.admin.listen = optional_listen(text, "127.0.0.1:9702")?;
                 Ok(())
             },
         },

@@ -10,7 +10,7 @@
 
 use std::net::SocketAddr;
 
-use super::schema::{Key, Reload, Unit, Value};
+use super::schema::{Key, Reload, Unit, Value, optional_listen};
 use super::{Networks, ProxyProtocol};
 
 /// `[otc]`.
@@ -202,15 +202,7 @@ pub(super) const OTC_KEYS: [Key; 26] = [
             default: Some(""),
             allowed: "IP:PORT, or empty (off)",
             store: |c, text| {
-                c.otc.listen = if text.is_empty() {
-                    None
-                } else {
-                    Some(text.parse().map_err(|_| {
-                        format!(
-                            "expected IP:PORT (e.g. \"0.0.0.0:7162\") or \"\", found \"{text}\""
-                        )
-                    })?)
-                };
+                c.otc.listen = optional_listen(text, "0.0.0.0:7162")?;
                 Ok(())
             },
         },

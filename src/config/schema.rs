@@ -200,6 +200,20 @@ impl Key {
     }
 }
 
+/// A listen address that may be left empty (the listener off): `otc.listen`,
+/// `admin.listen`. `example` goes into the error.
+pub(super) fn optional_listen(
+    text: &str,
+    example: &str,
+) -> Result<Option<std::net::SocketAddr>, String> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    text.parse()
+        .map(Some)
+        .map_err(|_| format!("expected IP:PORT (e.g. \"{example}\") or \"\", found \"{text}\""))
+}
+
 /// The entry for `key` in `[section]`.
 pub(super) fn find(section: &str, key: &str) -> Option<&'static Key> {
     KEYS.iter()

@@ -845,19 +845,9 @@ impl<S: Session> Pool<S> {
 
     /// Handles `EVENT_WRITABLE_*`: the connection can take more output.
     pub fn writable(&mut self, conn: ConnRef) {
-        if let Some(slot) = self.slots.get_mut(conn.index as usize)
-            && slot.id == conn.id
-            && slot.want_write
-            && matches!(
-                slot.state,
-                SlotState::Closing {
-                    linger_until: Some(_),
-                    ..
-                }
-            )
-        {
+        if self.is_lingering(conn) && self.slots[conn.index as usize].want_write {
             // A lingering close: its next write is at the next flush.
-            slot.want_write = false;
+            self.slots[conn.index as usize].want_write = false;
             self.closing.push(conn);
             return;
         }
@@ -876,16 +866,7 @@ impl<S: Session> Pool<S> {
         // A lingering close whose peer went away: nothing more can be
         // written, so it closes now rather than at its deadline (no
         // writable event would come for it).
-        if let Some(slot) = self.slots.get(conn.index as usize)
-            && slot.id == conn.id
-            && matches!(
-                slot.state,
-                SlotState::Closing {
-                    linger_until: Some(_),
-                    ..
-                }
-            )
-        {
+        if self.is_lingering(conn) {
             // (On the close list already, or put there now: see end_linger.)
             self.end_linger(conn.index as usize);
             return;
@@ -1099,6 +1080,20 @@ impl<S: Session> Pool<S> {
             slot.want_write = false;
             self.closing.push(conn);
         }
+    }
+
+    /// True if `conn` is a lingering close still writing.
+    fn is_lingering(&self, conn: ConnRef) -> bool {
+        self.slots.get(conn.index as usize).is_some_and(|slot| {
+            slot.id == conn.id
+                && matches!(
+                    slot.state,
+                    SlotState::Closing {
+                        linger_until: Some(_),
+                        ..
+                    }
+                )
+        })
     }
 
     /// Lingering closes still writing (see [`Pool::disconnect_lingering`]).

@@ -50,6 +50,17 @@ pub fn run(args: &[&str]) -> (ExitStatus, String, String) {
     )
 }
 
+/// `muta-proxy --check-config` on these two files.
+pub fn check_config(config: &Path, shards: &Path) -> (ExitStatus, String, String) {
+    run(&[
+        "--check-config",
+        "--config",
+        config.to_str().unwrap(),
+        "--shards",
+        shards.to_str().unwrap(),
+    ])
+}
+
 /// A running daemon whose stderr lines are collected with their arrival time.
 pub struct Daemon {
     pub child: Child,
