@@ -22,7 +22,11 @@ a settle), whether the proxy stayed up and whether its shard link dropped
 (its log). Written to target/attack/results.json and docs/attack.md.
 
 It passes when, for every class: no honest echo lost and no honest player
-failed, honest p99 at most 2x the baseline, the proxy up, its shard link never
+failed, honest p99 at most 2x the quiet p99 (the larger of the baseline's and
+that of a quiet window of ATTACK_QUIET seconds just before the class: on a
+shared VM the hypervisor's steal moves a quiet window's p99 from 5 to 18 ms,
+so one baseline at the start cannot judge a window minutes later; each
+window's steal is recorded beside it), the proxy up, its shard link never
 dropped, RSS within 10 % of its start once the attack ends, and every attacker
 cut off; and when the honest players' own report over the whole run has no
 player failed and no echo lost, and the honest OTC sessions' none failed and
@@ -34,7 +38,12 @@ announced is refused before the key exchange, and most classes would test
 only that), and `client.reservation_timeout_ms = 5000`, so squatted
 reservations expire within the run (the default is 30 s); for the same reason
 `otc.detached_timeout_ms = 5000`: the sessions an OTC attacker leaves
-detached when it is cut off end within the run, before RSS is judged.
+detached when it is cut off end within the run, before RSS is judged. The
+proxy gets the `Environment=` of the shipped unit (dist/muta-proxy.service:
+glibc's allocator thresholds), as systemd would start it, and its `[admin]`
+endpoint, from which each class records what secpool holds.
+
+ATTACK_RENDER_ONLY=1 writes docs/attack.md again from the last results.json.
 """
 
 import json
@@ -44,9 +53,10 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 
 from procs import (Lines, cpu_seconds, ensure_haproxy, finish, free_port, port_open, raise_fd_limit,
-                   rss_kib, say, wait_for)
+                   rss_kib, say, steal_seconds, wait_for)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, os.environ.get("ATTACK_BIN", os.path.join("target", "release")))
@@ -56,6 +66,9 @@ HONEST = int(os.environ.get("ATTACK_HONEST", "100"))
 SECONDS = float(os.environ.get("ATTACK_SECONDS", "8"))
 BASELINE = float(os.environ.get("ATTACK_BASELINE", "12"))
 SETTLE = float(os.environ.get("ATTACK_SETTLE", "3"))
+# Before each class, a quiet window this long: the honest p99 it is judged
+# against is the larger of this one's and the baseline's (see verdict).
+QUIET = float(os.environ.get("ATTACK_QUIET", os.environ.get("ATTACK_SECONDS", "8")))
 LINGER = float(os.environ.get("ATTACK_LINGER", "7"))
 ONLY = [c for c in os.environ.get("ATTACK_CLASSES", "").split(",") if c]
 # Each class (of ATTACK_CLASSES, or all) this many times in a row: with 2, a
@@ -98,12 +111,25 @@ CLASSES = [
 HONEST_OTC = int(os.environ.get("ATTACK_HONEST_OTC", "20"))
 
 
+def unit_environment():
+    """The `Environment=` lines of the shipped unit (dist/muta-proxy.service):
+    the proxy runs here as systemd runs it (glibc's allocator settings)."""
+    env = {}
+    with open(os.path.join(ROOT, "dist", "muta-proxy.service")) as f:
+        for line in f:
+            if line.startswith("Environment="):
+                key, _, value = line[len("Environment="):].strip().partition("=")
+                env[key] = value
+    return env
+
+
 class Run:
     def __init__(self):
         self.procs = []
         self.logdir = os.path.join(OUT, "logs")
         os.makedirs(self.logdir, exist_ok=True)
         self.env = dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "info"))
+        self.window_started = (time.time(), steal_seconds())
 
     def cpu(self):
         """CPU seconds so far of each process of the run, by name."""
@@ -113,9 +139,9 @@ class Run:
                 out[name] = cpu_seconds(p.pid) or 0.0
         return out
 
-    def spawn(self, name, args, stdout=subprocess.DEVNULL, stderr=None):
+    def spawn(self, name, args, stdout=subprocess.DEVNULL, stderr=None, env=None):
         log = open(os.path.join(self.logdir, f"{name}.log"), "w")
-        p = subprocess.Popen(args, cwd=ROOT, env=self.env, stdout=stdout,
+        p = subprocess.Popen(args, cwd=ROOT, env=dict(self.env, **(env or {})), stdout=stdout,
                              stderr=stderr if stderr is not None else log,
                              start_new_session=True)
         self.procs.append((name, p))
@@ -168,8 +194,15 @@ class Run:
                 raise RuntimeError(f"proxy.cfg no longer has `{old}`: update scripts/attack.py")
             # Every occurrence (proxy_protocol and trusted_forwarders are in
             # both front ends' sections), but `listen = ""`: [otc]'s is the
-            # first, and [admin]'s stays off.
+            # first; [admin]'s is the next, below.
             cfg = cfg.replace(old, new, 1 if old == 'listen = ""' else -1)
+        # The metrics endpoint, as an operator runs it: each class records
+        # what secpool holds before and after, to tell its blocks from the
+        # rest of the proxy's RSS.
+        self.admin_port = free_port()
+        if 'listen = ""' not in cfg:
+            raise RuntimeError("proxy.cfg no longer has [admin] `listen = \"\"`: update attack.py")
+        cfg = cfg.replace('listen = ""', f'listen = "127.0.0.1:{self.admin_port}"', 1)
         cfg_path = os.path.join(OUT, "proxy.cfg")
         shards_path = os.path.join(OUT, "shards.cfg")
         with open(cfg_path, "w") as f:
@@ -178,7 +211,8 @@ class Run:
             f.write(f"shard = 127.0.0.1:{shard_proxy}\n")
         self.proxy_log = os.path.join(self.logdir, "proxy.log")
         self.proxy = self.spawn("proxy", [os.path.join(BIN, "muta-proxy"),
-                                          "--config", cfg_path, "--shards", shards_path])
+                                          "--config", cfg_path, "--shards", shards_path],
+                                env=unit_environment())
         wait_for(lambda: port_open(self.proxy_port), 10, "muta-proxy to listen")
         wait_for(lambda: port_open(self.otc_port), 10, "muta-proxy's OTC listener")
 
@@ -220,12 +254,35 @@ class Run:
         self.otc_report = Lines(self.otc_bots.stdout, os.path.join(self.logdir, "otc-bots-report.log"))
 
     def window(self):
-        """Ends the honest players' current window; returns its line."""
+        """Ends the honest players' current window; returns its line, with
+        `steal_pct`: the share of the machine's CPU time the hypervisor took
+        during the window."""
         seen = sum(1 for _, l in self.bot_lines.lines if "window" in l)
         self.bots.send_signal(signal.SIGUSR2)
+        now, steal = time.time(), steal_seconds()
         wait_for(lambda: sum(1 for _, l in self.bot_lines.lines if "window" in l) > seen, 5,
                  "muta-bot's window line")
-        return [l for _, l in self.bot_lines.lines if "window" in l][-1]
+        line = dict([l for _, l in self.bot_lines.lines if "window" in l][-1])
+        since, steal_before = self.window_started
+        line["steal_pct"] = round(100 * (steal - steal_before)
+                                  / max(now - since, 1e-3) / os.cpu_count(), 1)
+        self.window_started = (now, steal)
+        return line
+
+    def gauge(self, name):
+        """One gauge of the proxy's /metrics (without labels), or None."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/metrics",
+                                        timeout=5) as r:
+                text = r.read().decode()
+        except OSError:
+            return None
+        return next((float(l.split()[-1]) for l in text.splitlines()
+                     if l.startswith(f"muta_proxy_{name} ")), None)
+
+    def secpool_kib(self):
+        held = self.gauge("secpool_bytes")
+        return None if held is None else int(held // 1024)
 
     def link_events(self):
         """Lines of the proxy's log saying its shard link was lost."""
@@ -280,10 +337,12 @@ def smaps(run, name, when):
 
 def one_class(run, index, spec, baseline):
     name, rate, max_open, ips = spec
-    rss_before = rss_kib(run.proxy.pid)
+    rss_before, secpool_before = rss_kib(run.proxy.pid), run.secpool_kib()
     smaps(run, name, "before")
     drops_before = run.link_events()
-    run.window()  # the quiet time before: not counted
+    run.window()  # the settle time after the last class: not counted
+    time.sleep(QUIET)
+    quiet = run.window()
     say(f"== {name}: {rate}/s, at most {max_open} at once, from {ips}")
     started = time.time()
     cpu_before = run.cpu()
@@ -309,10 +368,17 @@ def one_class(run, index, spec, baseline):
         "honest_p99_us": during["p99_us"],
         "honest_echoes": during["echoes"],
         "baseline_p99_us": baseline["p99_us"],
+        "quiet_p99_us": quiet["p99_us"],
+        "reference_p99_us": max(baseline["p99_us"], quiet["p99_us"]),
+        "steal_pct": during["steal_pct"],
+        "quiet_steal_pct": quiet["steal_pct"],
         "honest_lost": during["lost"],
         "honest_failed": during["errors"],
         "rss_kib_before": rss_before,
         "rss_kib_after": rss_kib(run.proxy.pid) if alive else 0,
+        # Of that RSS, secpool's blocks (in use and kept free for reuse).
+        "secpool_kib_before": secpool_before,
+        "secpool_kib_after": run.secpool_kib() if alive else None,
         "proxy_alive": alive,
         "shard_link_dropped": run.link_events() > drops_before,
         # Cores each process used during the attack: who the class loads.
@@ -322,13 +388,47 @@ def one_class(run, index, spec, baseline):
     return row
 
 
+P99 = "honest p99 over 2x the quiet p99"
+# A class whose honest p99 was over its limit runs twice more: its p99 fails
+# only if it is over in most of the three. Every other criterion must hold
+# in every attempt. (On these VMs a window taken while the hypervisor steals
+# a quarter of the CPU has a p99 of 20 to 50 ms whatever runs in it; an
+# attack that slows the honest players does it again, a steal storm rarely
+# lasts three windows.)
+P99_ATTEMPTS = 3
+
+
+def class_failures(attempts):
+    """The criteria one class (all its attempts) failed; empty: passed."""
+    failed = []
+    for row in attempts:
+        failed += [f for f in verdict(row) if f != P99 and f not in failed]
+    over = sum(1 for row in attempts if P99 in verdict(row))
+    if 2 * over > len(attempts):
+        failed.append(f"{P99} in {over} of {len(attempts)} attempts")
+    return failed
+
+
+def run_class(run, index, spec, baseline):
+    """One class, and twice more if its p99 was over: its attempts."""
+    attempts = [one_class(run, index, spec, baseline)]
+    if P99 in verdict(attempts[0]):
+        say(f"   {spec[0]}: honest p99 over its limit; the class twice more, to tell the "
+            "attack from the machine")
+        while len(attempts) < P99_ATTEMPTS:
+            attempts.append(one_class(run, index, spec, baseline))
+    for n, row in enumerate(attempts, 1):
+        row["attempt"], row["attempts"] = n, len(attempts)
+    return attempts
+
+
 def verdict(row):
     """The criteria a class failed (empty: passed)."""
     failed = []
     if row["honest_lost"] or row["honest_failed"]:
         failed.append("honest players lost echoes")
-    if row["honest_p99_us"] > 2 * row["baseline_p99_us"]:
-        failed.append("honest p99 over 2x the baseline")
+    if row["honest_p99_us"] > 2 * row["reference_p99_us"]:
+        failed.append(P99)
     if not row["proxy_alive"]:
         failed.append("the proxy died")
     if row["shard_link_dropped"]:
@@ -392,22 +492,30 @@ def write_docs(results, started, elapsed):
         "`src/attack/mod.rs`; the limits that answer them in `docs/configuration.md`.",
         "",
         f"Baseline (before any attack, {BASELINE:.0f} s): honest echo p50 {b['p50_us']} µs, "
-        f"p99 {b['p99_us']} µs. {whole_run(results)}",
+        f"p99 {b['p99_us']} µs, steal {b.get('steal_pct')} %. {whole_run(results)}",
         "",
         "| class | attackers | cut off | cut off after (p50 / max) | honest p50 | honest p99 "
-        "(baseline) | honest lost | proxy RSS before → after | proxy up | shard link dropped | "
-        "verdict |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "(quiet) | steal (quiet) | honest lost | proxy RSS before → after (secpool) | proxy up | "
+        "shard link dropped | verdict |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in results["attacks"]:
-        failed = verdict(r)
+    for r in (row for attempts in results["attacks"] for row in attempts):
+        if r["attempt"] == r["attempts"]:
+            failed = class_failures(next(a for a in results["attacks"] if r in a))
+            judged = "pass" if not failed else "FAIL: " + "; ".join(failed)
+        else:
+            judged = "this attempt: " + ("; ".join(verdict(r)) or "pass")
+        name = r["class"] if r["attempts"] == 1 else \
+            f"{r['class']} (attempt {r['attempt']} of {r['attempts']})"
         lines.append(
-            f"| {r['class']} | {r['attackers']} | {r['cut_off']} | {r['cut_off_p50_ms']} ms / "
+            f"| {name} | {r['attackers']} | {r['cut_off']} | {r['cut_off_p50_ms']} ms / "
             f"{r['cut_off_max_ms']} ms | {r['honest_p50_us']} µs | {r['honest_p99_us']} µs "
-            f"({r['baseline_p99_us']}) | {r['honest_lost']} | {r['rss_kib_before']} → "
-            f"{r['rss_kib_after']} KiB | {'yes' if r['proxy_alive'] else 'no'} | "
+            f"({r['quiet_p99_us']}) | {r['steal_pct']} % ({r['quiet_steal_pct']} %) | "
+            f"{r['honest_lost']} | {r['rss_kib_before']} → {r['rss_kib_after']} KiB "
+            f"({r['secpool_kib_before']} → {r['secpool_kib_after']}) | "
+            f"{'yes' if r['proxy_alive'] else 'no'} | "
             f"{'yes' if r['shard_link_dropped'] else 'no'} | "
-            f"{'pass' if not failed else 'FAIL: ' + '; '.join(failed)} |")
+            f"{judged} |")
     lines += [
         "",
         "Columns: *attackers*, connections (or logins) the class made; *cut off*, those "
@@ -415,9 +523,15 @@ def write_docs(results, started, elapsed):
         "login counts when its ticket was found refused, probed once its reservation "
         "should have expired); *honest p50/p99*, the echo round trips of the honest "
         "players during the attack (from `muta-bot`'s live histogram, within 6 %), against "
-        "the baseline; *honest lost*, echoes that never came back; *RSS*, the proxy's "
-        "`VmRSS` before the attack and "
-        f"{SETTLE:.0f} s after it ended. `target/attack/results.json` has the same and more; "
+        f"the p99 of a quiet window of {QUIET:.0f} s just before it (the verdict takes the "
+        "larger of that and the baseline's); *steal*, the share of the machine's CPU time the "
+        "hypervisor gave other guests during the attack (and the quiet window): the noise "
+        "these VMs add to every window; *honest lost*, echoes that never came back; *RSS*, "
+        f"the proxy's `VmRSS` before the attack and {SETTLE:.0f} s after it ended, with what "
+        "secpool held of it in blocks in use and kept for reuse (KiB, from `/metrics`). "
+        "A class whose honest p99 was over its limit ran twice more (its *attempts*): its "
+        "p99 fails only if it was over in most of them; every other criterion holds in "
+        "every attempt. `target/attack/results.json` has the same and more; "
         "`target/attack/logs/` every process's log.",
         "",
     ]
@@ -428,6 +542,11 @@ def write_docs(results, started, elapsed):
 
 def main():
     os.makedirs(OUT, exist_ok=True)
+    if os.environ.get("ATTACK_RENDER_ONLY"):
+        with open(os.path.join(OUT, "results.json")) as f:
+            results = json.load(f)
+        write_docs(results, results.get("started", "?"), results.get("elapsed_s", 0))
+        return 0
     if not ensure_haproxy():
         say("haproxy is not installed and could not be installed")
         return 1
@@ -446,13 +565,14 @@ def main():
         time.sleep(BASELINE)
         base = run.window()
         results["baseline"] = {"p50_us": base["p50_us"], "p99_us": base["p99_us"],
-                               "echoes": base["echoes"], "lost": base["lost"]}
+                               "echoes": base["echoes"], "lost": base["lost"],
+                               "steal_pct": base["steal_pct"]}
         say(f"== baseline: {json.dumps(results['baseline'])}")
         for index, spec in enumerate(CLASSES):
             if ONLY and spec[0] not in ONLY:
                 continue
             for _ in range(ROUNDS):
-                results["attacks"].append(one_class(run, index, spec, results["baseline"]))
+                results["attacks"].append(run_class(run, index, spec, results["baseline"]))
     finally:
         run.stop()
     if run.bot_report.last():
@@ -461,11 +581,13 @@ def main():
         results["honest_otc_report"] = run.otc_report.last()
     elapsed = time.time() - t0
     results["elapsed_s"] = round(elapsed, 1)
+    results["started"] = started
     with open(os.path.join(OUT, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
     say(f"== wrote {os.path.relpath(os.path.join(OUT, 'results.json'), ROOT)} ({elapsed:.0f} s)")
     write_docs(results, started, elapsed)
-    failed = [(r["class"], verdict(r)) for r in results["attacks"] if verdict(r)]
+    failed = [(rows[0]["class"], class_failures(rows)) for rows in results["attacks"]
+              if class_failures(rows)]
     failed += [("the whole run", run_failures(results))] if run_failures(results) else []
     for name, why in failed:
         say(f"FAIL {name}: {'; '.join(why)}")

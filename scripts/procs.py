@@ -52,6 +52,15 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def steal_seconds():
+    """CPU time the hypervisor gave other guests (all CPUs), in seconds: the
+    `steal` column of /proc/stat. On a shared VM it is what makes one
+    window's latency differ from the next."""
+    with open("/proc/stat") as f:
+        fields = f.readline().split()
+    return int(fields[8]) / CLK_TCK if len(fields) > 8 else 0.0
+
+
 def rss_kib(pid):
     with open(f"/proc/{pid}/status") as f:
         for line in f:

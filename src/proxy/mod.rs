@@ -301,6 +301,16 @@ pub fn client_slots(cfg: &Config) -> u32 {
     cfg.client.max_clients + otc
 }
 
+/// The OTC session table's slots: `otc.max_sessions` if `otc.listen` is
+/// set, else none (a MUTA-only proxy allocates no table).
+pub fn otc_session_slots(cfg: &Config) -> usize {
+    if cfg.otc.listen.is_some() {
+        cfg.otc.max_sessions as usize
+    } else {
+        0
+    }
+}
+
 /// The shard pool's slots: two per shard link (`shard.max_shards` of them,
 /// so a reload can add shards; none if the proxy starts without shards, as
 /// its MUTA listener is then not open), one per OTC session.
@@ -470,7 +480,7 @@ impl Proxy {
             clients,
             shards: Pool::new(PoolId::Shard, &shards, now),
             links: ShardLinks::new(shard_entries, settings.connect_retry, now),
-            otc: Otc::new(OtcSettings::from_config(cfg)),
+            otc: Otc::new(OtcSettings::from_config(cfg), otc_session_slots(cfg)),
             reservations: Reservations::default(),
             addrs: AddrTable::new(settings.addr_limits),
             handshakes: TokenBucket::full(settings.handshakes, now),

@@ -31,6 +31,7 @@
 //! finds the other without a search.
 
 pub mod session;
+pub mod table;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -50,11 +51,21 @@ use super::refusals::Refusal;
 use super::{Outbound, Proxy};
 use crate::shard::SLOTS_PER_LINK;
 use session::{Arrival, Inbound, Unacked};
+use table::Table;
 
 /// A session's unacknowledged buffer keeps this much capacity when empty.
 const UNACKED_KEEP: usize = 4 * 1024;
 /// Most bytes of a Tibia packet from the game server, its length included.
 const GAME_PACKET_MAX: usize = otc::PACKET_MAX;
+/// Bytes of one slot of the session table, each allocated at start.
+pub const SESSION_SLOT_BYTES: usize = std::mem::size_of::<Option<OtcSession>>();
+// A slot stays small, as every one is allocated at start: at the default
+// 4,096 sessions the table is then at most 1 MiB of the RSS (ARCHITECTURE.md,
+// "Bounds"). The build fails if a new field passes it.
+const _: () = assert!(
+    SESSION_SLOT_BYTES <= 256,
+    "an OTC session slot passed 256 bytes"
+);
 /// The first bytes to the game server with `otc.ip_prefix`: `0xFFFE`
 /// (little-endian, as TFS reads a length) and an IPv4 address.
 pub const IP_PREFIX_MAGIC: u16 = 0xFFFE;
@@ -210,7 +221,8 @@ pub struct OtcStats {
 #[derive(Debug)]
 pub struct Otc {
     settings: OtcSettings,
-    sessions: HashMap<u32, OtcSession>,
+    /// Allocated whole at start (`otc.max_sessions`): see [`table`].
+    sessions: Table<OtcSession>,
     /// By the address (IPv6: /64) that opened them: live sessions and the
     /// bucket of new ones. An entry lives while its address has a session
     /// or its bucket is refilling (pruned at the tick); an address needs an
@@ -233,11 +245,17 @@ enum Refused {
 }
 
 impl Otc {
-    /// An empty table.
-    pub fn new(settings: OtcSettings) -> Otc {
+    /// An empty table of `slots` sessions, allocated now.
+    pub fn new(settings: OtcSettings, slots: usize) -> Otc {
+        if slots > 0 {
+            info!(
+                "otc: session table of {slots} slots ({} KiB), allocated at start",
+                slots * SESSION_SLOT_BYTES / 1024
+            );
+        }
         Otc {
+            sessions: Table::new(slots),
             settings,
-            sessions: HashMap::new(),
             per_addr: HashMap::new(),
             n_paths: 0,
             stats: OtcStats::default(),
@@ -252,7 +270,7 @@ impl Otc {
 
     /// The ids of the live sessions.
     pub fn session_ids(&self) -> impl Iterator<Item = u32> + '_ {
-        self.sessions.keys().copied()
+        self.sessions.ids()
     }
 
     /// Live sessions.
@@ -279,8 +297,8 @@ impl Otc {
     /// of order), for the statistics line.
     pub fn buffered_bytes(&self) -> usize {
         self.sessions
-            .values()
-            .map(|s| s.unacked.capacity() + s.inbound.held_bytes())
+            .iter()
+            .map(|(_, s)| s.unacked.capacity() + s.inbound.held_bytes())
             .sum()
     }
 }
@@ -425,7 +443,7 @@ impl Proxy {
         port: u16,
         now: Instant,
     ) -> Result<(), Refused> {
-        if let Some(s) = self.otc.sessions.get(&session) {
+        if let Some(s) = self.otc.sessions.get(session) {
             if s.owner != addr.ip() {
                 return Err(foreign(session, addr));
             }
@@ -454,7 +472,7 @@ impl Proxy {
     /// sessions last (only a session that can open pays).
     fn otc_check_room(&mut self, path: ConnRef, ip: IpAddr, now: Instant) -> Result<(), Refused> {
         let o = &mut self.otc;
-        if o.sessions.len() >= o.settings.max_sessions {
+        if o.sessions.len() >= o.settings.max_sessions.min(o.sessions.capacity()) {
             return Err(Refused::Session("otc.max_sessions"));
         }
         // The shard pool's slots for the links' reconnects are never taken
@@ -517,7 +535,7 @@ impl Proxy {
             self.shards.send(game, &ip_prefix(owner));
         }
         let s = &self.otc.settings;
-        self.otc.sessions.insert(
+        let added = self.otc.sessions.insert(
             session,
             OtcSession {
                 owner,
@@ -531,6 +549,15 @@ impl Proxy {
                 bytes: TokenBucket::full(s.session_bytes, now),
             },
         );
+        if added.is_err() {
+            // Not reached: `otc_open` saw the id free and `otc_check_room`
+            // a free slot. Refused all the same, never a panic.
+            self.shards.disconnect(
+                game,
+                DisconnectReason::Closed("its OTC session was refused"),
+            );
+            return Err(Refused::Session("otc.max_sessions"));
+        }
         if let Some(entry) = self.otc.per_addr.get_mut(&AddrKey::of(owner)) {
             entry.live += 1; // made by `otc_check_room`
         }
@@ -551,7 +578,7 @@ impl Proxy {
             self.otc.settings.paths_per_session_max,
             self.otc.settings.sessions_per_path_max,
         );
-        let Some(s) = self.otc.sessions.get_mut(&session) else {
+        let Some(s) = self.otc.sessions.get_mut(session) else {
             return Ok(());
         };
         if s.paths.contains(&path) {
@@ -591,7 +618,7 @@ impl Proxy {
         session: u32,
         now: Instant,
     ) -> Result<(), Refused> {
-        match self.otc.sessions.get(&session) {
+        match self.otc.sessions.get(session) {
             None => Ok(()), // already ended: the client learns it from our end
             Some(s) if s.owner != addr.ip() => Err(foreign(session, addr)),
             Some(_) => {
@@ -607,7 +634,7 @@ impl Proxy {
     /// Takes `path` off `session`'s list (the path's own list is the
     /// caller's).
     fn otc_detach(&mut self, path: ConnRef, session: u32, now: Instant) {
-        if let Some(s) = self.otc.sessions.get_mut(&session) {
+        if let Some(s) = self.otc.sessions.get_mut(session) {
             s.paths.retain(|&p| p != path);
             if s.paths.is_empty() && s.detached_since.is_none() {
                 s.detached_since = Some(now);
@@ -631,7 +658,7 @@ impl Proxy {
             self.otc.settings.reorder_window,
             self.otc.settings.reorder_bytes_max,
         );
-        let Some(s) = self.otc.sessions.get_mut(&session) else {
+        let Some(s) = self.otc.sessions.get_mut(session) else {
             // Ended (its end is on the way, or was lost with a path): told
             // again, as the backend it replaces does.
             self.otc_send_end(path, session);
@@ -665,7 +692,7 @@ impl Proxy {
                 while let Some(held) = self
                     .otc
                     .sessions
-                    .get_mut(&session)
+                    .get_mut(session)
                     .and_then(|s| s.inbound.take_ready())
                 {
                     self.otc_deliver(session, &held, now)?;
@@ -679,7 +706,7 @@ impl Proxy {
     /// for from the session's budgets.
     fn otc_deliver(&mut self, session: u32, packet: &[u8], now: Instant) -> Result<(), Refused> {
         let settings = &self.otc.settings;
-        let Some(s) = self.otc.sessions.get_mut(&session) else {
+        let Some(s) = self.otc.sessions.get_mut(session) else {
             return Ok(());
         };
         if !s.msgs.take(1, settings.session_msgs, now) {
@@ -715,7 +742,7 @@ impl Proxy {
     /// closed, its address's count given back. Once only: a session that
     /// is gone is not ended again.
     pub(super) fn otc_end_session(&mut self, session: u32, why: &str, _now: Instant) {
-        let Some(s) = self.otc.sessions.remove(&session) else {
+        let Some(s) = self.otc.sessions.remove(session) else {
             return;
         };
         if let Some(entry) = self.otc.per_addr.get_mut(&AddrKey::of(s.owner)) {
@@ -787,7 +814,7 @@ impl Proxy {
     /// acknowledged, so a path attaching later gets it too).
     fn otc_to_clients(&mut self, session: u32, packet: &[u8]) -> Result<(), &'static str> {
         let max = self.otc.settings.unacked_bytes_max;
-        let Some(s) = self.otc.sessions.get_mut(&session) else {
+        let Some(s) = self.otc.sessions.get_mut(session) else {
             return Ok(());
         };
         if s.unacked.bytes() + packet.len() + session::DATA_FRAME_OVERHEAD > max {
@@ -816,7 +843,7 @@ impl Proxy {
         let ours = self
             .otc
             .sessions
-            .get(&session)
+            .get(session)
             .is_some_and(|s| s.game == game);
         if ours {
             let why = format!("the game server connection ended ({reason})");
@@ -836,7 +863,7 @@ impl Proxy {
     pub(super) fn otc_tick(&mut self, now: Instant) {
         let timeout = self.otc.settings.detached_timeout;
         let mut expired = std::mem::take(&mut self.otc.scratch);
-        expired.extend(self.otc.sessions.iter().filter_map(|(&id, s)| {
+        expired.extend(self.otc.sessions.iter().filter_map(|(id, s)| {
             s.detached_since
                 .is_some_and(|since| now.duration_since(since) >= timeout)
                 .then_some(id)
@@ -852,7 +879,6 @@ impl Proxy {
             .retain(|_, entry| entry.live > 0 || !entry.opens.is_full(rate, now));
         // A flood of sessions grows the tables; once it is over they give
         // the room back (a map keeps its capacity otherwise).
-        shrink_map(&mut self.otc.sessions);
         shrink_map(&mut self.otc.per_addr);
     }
 
