@@ -53,10 +53,9 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 
-from procs import (Lines, cpu_seconds, ensure_haproxy, finish, free_port, port_open, raise_fd_limit,
-                   rss_kib, say, steal_seconds, wait_for)
+from procs import (Lines, cpu_seconds, ensure_haproxy, finish, free_port, gauge, port_open,
+                   raise_fd_limit, rss_kib, say, scrape_metrics, steal_seconds, wait_for)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, os.environ.get("ATTACK_BIN", os.path.join("target", "release")))
@@ -269,19 +268,12 @@ class Run:
         self.window_started = (now, steal)
         return line
 
-    def gauge(self, name):
-        """One gauge of the proxy's /metrics (without labels), or None."""
+    def secpool_kib(self):
+        """What secpool holds (KiB, from /metrics), or None."""
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/metrics",
-                                        timeout=5) as r:
-                text = r.read().decode()
+            held = gauge(scrape_metrics(self.admin_port), "secpool_bytes")
         except OSError:
             return None
-        return next((float(l.split()[-1]) for l in text.splitlines()
-                     if l.startswith(f"muta_proxy_{name} ")), None)
-
-    def secpool_kib(self):
-        held = self.gauge("secpool_bytes")
         return None if held is None else int(held // 1024)
 
     def link_events(self):

@@ -52,8 +52,8 @@ import subprocess
 import sys
 import time
 
-from procs import (Lines, cpu_seconds, ensure_haproxy, finish, free_port, port_open,
-                   raise_fd_limit, rss_kib, say, wait_for)
+from procs import (Lines, cpu_seconds, ensure_haproxy, finish, free_port, gauge, port_open,
+                   raise_fd_limit, rss_kib, say, scrape_metrics, wait_for)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, os.environ.get("BENCH_OUT", os.path.join("target", "bench")))
@@ -385,16 +385,13 @@ def scrape_admin(port):
     and the players it counted (the proxy's own count, against the bots')."""
     if not port:
         return {}
-    import urllib.request
     t0 = time.time()
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-            text = r.read().decode()
+        text = scrape_metrics(port)
     except OSError as err:
         return {"admin_error": str(err)}
-    players = next((float(l.split()[-1]) for l in text.splitlines()
-                    if l.startswith("muta_proxy_players ")), None)
-    return {"admin_scrape_ms": round((time.time() - t0) * 1000, 1), "admin_players": players}
+    return {"admin_scrape_ms": round((time.time() - t0) * 1000, 1),
+            "admin_players": gauge(text, "players")}
 
 
 def run_storm(path, clients):

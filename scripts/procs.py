@@ -10,6 +10,7 @@ import socket
 import subprocess
 import threading
 import time
+import urllib.request
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -59,6 +60,20 @@ def steal_seconds():
     with open("/proc/stat") as f:
         fields = f.readline().split()
     return int(fields[8]) / CLK_TCK if len(fields) > 8 else 0.0
+
+
+def scrape_metrics(port):
+    """The proxy's `/metrics` text from its [admin] port; an OSError if
+    there is no answer."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        return r.read().decode()
+
+
+def gauge(text, name):
+    """The value of `muta_proxy_NAME` (a metric without labels) in a
+    `/metrics` text, or None."""
+    return next((float(l.split()[-1]) for l in text.splitlines()
+                 if l.startswith(f"muta_proxy_{name} ")), None)
 
 
 def rss_kib(pid):
