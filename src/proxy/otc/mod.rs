@@ -247,14 +247,15 @@ enum Refused {
 impl Otc {
     /// An empty table of `slots` sessions, allocated now.
     pub fn new(settings: OtcSettings, slots: usize) -> Otc {
+        let sessions = Table::new(slots);
         if slots > 0 {
             info!(
-                "otc: session table of {slots} slots ({} KiB), allocated at start",
-                slots * SESSION_SLOT_BYTES / 1024
+                "otc: session table of {slots} slots ({} KiB with its index), allocated at start",
+                sessions.reserved_bytes() / 1024
             );
         }
         Otc {
-            sessions: Table::new(slots),
+            sessions,
             settings,
             per_addr: HashMap::new(),
             n_paths: 0,

@@ -3,7 +3,7 @@
 //! client pool is (§3.5.2, `client_t` slots): `otc.max_sessions` slots,
 //! written once so their pages are the process's from the start, a free
 //! list, and an index from the client's session id to its slot reserved
-//! for as many entries.
+//! for twice as many entries (why twice: `Table::new`).
 //!
 //! Why not a `HashMap` of sessions: a flood of sessions grows a map by
 //! doubling, each step a larger copy, and what it frees afterwards the
@@ -34,12 +34,29 @@ pub enum InsertError {
 
 impl<T> Table<T> {
     /// `max` slots, every one written now.
+    ///
+    /// The index is reserved for `2 * max + 2` entries, not `max`: a
+    /// removal leaves a tombstone in the map, and once tombstones have used
+    /// its room the map rehashes, in place only while the live entries are
+    /// at most half its room, or else into a map twice the size. With room
+    /// for twice the most live entries, churn near a full table rehashes in
+    /// place and never grows it.
     pub fn new(max: usize) -> Table<T> {
         Table {
             slots: (0..max).map(|_| None).collect(),
             free: (0..max as u32).rev().collect(),
-            index: HashMap::with_capacity(max),
+            index: HashMap::with_capacity(2 * max + 2),
         }
+    }
+
+    /// Bytes reserved at start: the slots, the free list and the index (its
+    /// buckets estimated as the standard map lays them out: a power of two
+    /// over 8/7 of its room, each an entry and a control byte).
+    pub fn reserved_bytes(&self) -> usize {
+        let slots = self.slots.capacity() * std::mem::size_of::<Option<T>>();
+        let free = self.free.capacity() * std::mem::size_of::<u32>();
+        let buckets = (self.index.capacity() * 8 / 7).next_power_of_two();
+        slots + free + buckets * (std::mem::size_of::<(u32, u32)>() + 1)
     }
 
     /// Live entries.
@@ -145,5 +162,26 @@ mod tests {
         // capacity would double if it had; deleted entries lower it).
         assert!(t.index.capacity() <= index_room);
         assert_eq!(t.free.len(), 4096);
+    }
+
+    #[test]
+    fn churn_near_a_full_table_rehashes_in_place() {
+        // 90% full, then one session ends and another begins, many times
+        // over: the tombstones this leaves make the map rehash again and
+        // again. Reserved for only `max` entries it would double here (live
+        // entries over half its room); reserved for `2 * max + 2`, never.
+        let max = 4096;
+        let live = max * 9 / 10;
+        let mut t = Table::new(max);
+        let index_room = t.index.capacity();
+        for id in 0..live as u32 {
+            t.insert(id, ()).unwrap();
+        }
+        for id in live as u32..200_000 {
+            t.remove(id - live as u32).unwrap();
+            t.insert(id, ()).unwrap();
+            assert!(t.index.capacity() <= index_room, "grew at id {id}");
+        }
+        assert_eq!(t.len(), live);
     }
 }
