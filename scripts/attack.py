@@ -282,12 +282,15 @@ class Run:
             return sum(1 for line in f if "lost:" in line and "shard" in line)
 
     def stop(self):
-        # The honest players first: they drain their last echoes and report
-        # while the system still runs; then the rest.
-        bots = [(n, p) for n, p in self.procs if n == "bots"]
+        # The honest players first, MUTA and OTC alike: they drain their
+        # last echoes and report while the system still runs (an OTC bot
+        # stopped beside the proxy would count the packets the proxy's drain
+        # ended as lost); then the rest.
+        bots = [(n, p) for n, p in self.procs if n in ("bots", "otc-bots")]
         for name, p in bots:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
+        for name, p in bots:
             finish(p, 15, name)
         for name, p in reversed(self.procs):
             if p.poll() is None:

@@ -32,8 +32,9 @@ enum Via {
     /// PROXY header naming its own, as the forwarder would: then the
     /// proxy's close reaches it at once (a forwarder holds the client side
     /// open while it still has bytes for it, which a reader that never
-    /// reads never takes).
-    AsForwarder,
+    /// reads never takes), with a kernel receive buffer of about this many
+    /// bytes when given.
+    AsForwarder(Option<usize>),
 }
 
 /// Logs attacker `k` in and enters the game; the welcome read.
@@ -51,21 +52,18 @@ fn enter(cfg: &AttackCfg, k: u64, via: Via) -> Result<Conn, String> {
             let front = cfg.front.to_string();
             client::enter_from(ip, &front, &ticket, &name, &cfg.shard, T)
         }
-        Via::AsForwarder => {
+        Via::AsForwarder(recv_buffer) => {
             let src = SocketAddr::new(ip.unwrap_or(IpAddr::from([127, 0, 0, 1])), 40_000);
             let mut header = Vec::new();
             let dst = cfg.front;
             encode_v2(&ProxyHeader::Proxy { src, dst }, &[], &mut header);
             let lo = Some(IpAddr::from([127, 0, 0, 1]));
-            client::enter_after(
-                lo,
-                &cfg.proxy.to_string(),
-                &header,
-                &ticket,
-                &name,
-                &cfg.shard,
-                T,
-            )
+            let proxy = cfg.proxy.to_string();
+            Conn::connect_after(lo, recv_buffer, &proxy, &header, Some(ticket.proxy_key), T)
+                .and_then(|mut conn| {
+                    client::send_proof(&mut conn, &ticket, &name, &cfg.shard)?;
+                    Ok(conn)
+                })
         }
     }
     .map_err(|e| e.to_string())?;
@@ -160,14 +158,13 @@ pub(super) fn auth_flooders(cfg: &AttackCfg) -> AttackReport {
     })
 }
 
-/// Slow readers: each logs in, shrinks its receive buffer, then asks for
+/// Slow readers: each logs in with a small receive buffer, then asks for
 /// echoes of 1,000 bytes at 100 a second (within the message and byte
 /// budgets) and never reads one, until the proxy cuts it off (or `linger`
 /// passes).
 pub(super) fn slow_readers(cfg: &AttackCfg) -> AttackReport {
     waves(cfg, |cfg, k| {
-        let mut conn = enter(cfg, k, Via::AsForwarder)?;
-        conn.shrink_recv_buffer(4096);
+        let mut conn = enter(cfg, k, Via::AsForwarder(Some(4096)))?;
         conn.set_write_timeout(Some(Duration::from_secs(1)));
         let mut frame = Vec::new();
         let start = Instant::now();

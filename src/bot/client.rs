@@ -118,13 +118,15 @@ impl Conn {
         expected: Option<PublicKey>,
         timeout: Duration,
     ) -> Result<Conn, ClientError> {
-        Conn::connect_after(from, addr, &[], expected, timeout)
+        Conn::connect_after(from, None, addr, &[], expected, timeout)
     }
 
     /// As [`Conn::connect_from`], writing `preamble` (a PROXY protocol header,
-    /// as a forwarder would) before the handshake.
+    /// as a forwarder would) before the handshake, with a kernel receive
+    /// buffer of about `recv_buffer` bytes when given (see [`tcp_connect`]).
     pub fn connect_after(
         from: Option<IpAddr>,
+        recv_buffer: Option<usize>,
         addr: &str,
         preamble: &[u8],
         expected: Option<PublicKey>,
@@ -134,7 +136,7 @@ impl Conn {
             .to_socket_addrs()?
             .next()
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address"))?;
-        let stream = tcp_connect(from, addr, timeout)?;
+        let stream = tcp_connect(from, recv_buffer, addr, timeout)?;
         stream.set_nodelay(true)?;
         let mut out = preamble.to_vec();
         let chan = Channel::initiator(Arc::new(KeyPair::generate()), expected, &mut out);
@@ -272,12 +274,6 @@ impl Conn {
         let _ = self.stream.set_write_timeout(timeout);
     }
 
-    /// Shrinks the kernel's receive buffer to about `bytes` (a client that
-    /// reads slowly, in tests and `muta-attack`).
-    pub fn shrink_recv_buffer(&self, bytes: usize) {
-        let _ = socket2::SockRef::from(&self.stream).set_recv_buffer_size(bytes);
-    }
-
     /// True if the peer has closed the connection (or reset it); what it
     /// sent meanwhile is read and dropped. Does not wait.
     pub fn peer_closed(&mut self) -> bool {
@@ -306,17 +302,31 @@ impl Conn {
 }
 
 /// A blocking TCP connection to `addr`, bound first to `from` (port chosen
-/// by the kernel) when given.
+/// by the kernel) when given, with a kernel receive buffer of about
+/// `recv_buffer` bytes when given (a client that reads slowly, in tests and
+/// `muta-attack`).
 pub fn tcp_connect(
     from: Option<IpAddr>,
+    recv_buffer: Option<usize>,
     addr: SocketAddr,
     timeout: Duration,
 ) -> io::Result<TcpStream> {
-    let Some(from) = from else {
+    if from.is_none() && recv_buffer.is_none() {
         return TcpStream::connect_timeout(&addr, timeout);
-    };
+    }
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    socket.bind(&SocketAddr::new(from, 0).into())?;
+    if let Some(bytes) = recv_buffer {
+        // Before the connect, so that the window offered to the peer is
+        // never larger than the buffer. Shrunk after it, the window already
+        // offered outlives the buffer, and `muta-attack`'s slow readers saw
+        // their own sending stall (650 KB queued and unacknowledged while
+        // the proxy had read all it was given): a client that stops
+        // sending, not the slow reader it meant to be.
+        socket.set_recv_buffer_size(bytes)?;
+    }
+    if let Some(from) = from {
+        socket.bind(&SocketAddr::new(from, 0).into())?;
+    }
     socket.connect_timeout(&addr.into(), timeout)?;
     Ok(socket.into())
 }
@@ -434,22 +444,6 @@ pub fn enter_at(
     enter_from(None, addr, ticket, account_name, shard_name, timeout)
 }
 
-/// As [`enter_from`], writing `preamble` first (a PROXY protocol header, as
-/// a forwarder would).
-pub fn enter_after(
-    from: Option<IpAddr>,
-    addr: &str,
-    preamble: &[u8],
-    ticket: &Ticket,
-    account_name: &str,
-    shard_name: &str,
-    timeout: Duration,
-) -> Result<Conn, ClientError> {
-    let mut conn = Conn::connect_after(from, addr, preamble, Some(ticket.proxy_key), timeout)?;
-    send_proof(&mut conn, ticket, account_name, shard_name)?;
-    Ok(conn)
-}
-
 /// As [`enter_at`], from the local address `from` when given (through a
 /// forwarder, which then names that address in its PROXY protocol header).
 pub fn enter_from(
@@ -465,8 +459,9 @@ pub fn enter_from(
     Ok(conn)
 }
 
-/// The auth proof of `ticket`, as the connection's first frame.
-fn send_proof(
+/// The auth proof of `ticket`, as the connection's first frame (what
+/// enters the game on a connection made with [`Conn::connect_after`]).
+pub fn send_proof(
     conn: &mut Conn,
     ticket: &Ticket,
     account_name: &str,
