@@ -117,10 +117,22 @@ pub enum HupReason {
     ConnectTimeout,
 }
 
+impl HupReason {
+    /// The kernel gave up on a peer that stopped taking data: a rule broken
+    /// (logged as one), not an ordinary end.
+    pub fn is_stall(&self) -> bool {
+        matches!(self, HupReason::Error(io::ErrorKind::TimedOut))
+    }
+}
+
 impl fmt::Display for HupReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             HupReason::Eof => f.write_str("closed by peer"),
+            HupReason::Error(io::ErrorKind::TimedOut) => f.write_str(
+                "timed out: the peer acknowledged nothing, or kept its window shut, \
+                 past the TCP user timeout (client.tcp_user_timeout_ms) or the kernel's retries",
+            ),
             HupReason::Error(kind) => write!(f, "socket error: {kind}"),
             HupReason::PoolExhausted => f.write_str("secpool exhausted"),
             HupReason::ConnectFailed(kind) => write!(f, "{kind}"),

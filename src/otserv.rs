@@ -308,6 +308,7 @@ pub fn start(cfg: OtservCfg, signals: Vec<(i32, UnixStream)>) -> io::Result<Node
             io_batch_max: 64,
             read_ahead_max: 0,
             send_buffer: 0,
+            user_timeout_ms: 0,
         },
         shard: None,
     };

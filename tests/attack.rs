@@ -14,7 +14,7 @@ use std::time::Duration;
 use muta_proxy::attack::{self, AttackCfg, AttackReport, Class};
 use muta_proxy::bot::client::{self, Conn};
 use muta_proxy::config::{Cidr, Config, Networks, ProxyProtocol};
-use muta_proxy::proto::client::ServerMsg;
+use muta_proxy::proto::client::{ClientMsg, ServerMsg};
 use util::haproxy::Haproxy;
 use util::play::echo;
 use util::system::{
@@ -197,4 +197,49 @@ fn squatted_reservations_expire_and_one_address_holds_no_more_than_its_cap() {
     let squatter: SocketAddr = "127.0.13.1:0".parse().unwrap();
     let mut conn = t.player(squatter.ip(), "after-squat");
     echo(&mut conn, 1);
+}
+
+#[test]
+fn a_player_that_keeps_its_window_shut_is_cut_by_the_tcp_user_timeout() {
+    // No other rule can answer it here: the idle timeout is a minute away
+    // (it does not stop sending: its ping goes out at the end) and the
+    // output it leaves untaken is far under `client.out_buf_size`.
+    let shard = start_shard("shard-1", loopback(0), loopback(0));
+    let proxy = start_proxy(&[shard.proxy_addr], 0, |cfg| {
+        cfg.client.tcp_user_timeout_ms = 1000;
+    });
+    let login = start_login(&[shard.login_addr]);
+    let ticket = login_until_from(None, login.addr, "stalled", "shard-1", T).unwrap();
+    // A receive buffer of 4 KiB from before the connect, so that the window
+    // it offers is small from the start.
+    let addr = proxy.addr.to_string();
+    let mut conn =
+        Conn::connect_after(None, Some(4096), &addr, &[], Some(ticket.proxy_key), T).unwrap();
+    client::send_proof(&mut conn, &ticket, "stalled", "shard-1").unwrap();
+    conn.recv_frame(T).unwrap(); // the welcome
+    // 40 KB of echoes asked for and none read: the window shuts with the
+    // rest queued in the proxy's socket, which probes the shut window.
+    let mut frame = Vec::new();
+    for seq in 0..40 {
+        frame.clear();
+        ClientMsg::Echo {
+            seq,
+            time_us: 0,
+            data: &[0x77; 1000],
+        }
+        .encode(&mut frame);
+        conn.send_frame(&frame).unwrap();
+    }
+    // The shut window passes the user timeout (1 s), and the proxy's kernel
+    // ends the connection. It sends nothing when it does: the player learns
+    // it when it next sends (a reset).
+    std::thread::sleep(Duration::from_secs(4));
+    let mut ping = Vec::new();
+    ClientMsg::Ping { time: 1 }.encode(&mut ping);
+    let sent = conn.send_frame(&ping);
+    let cut = sent.is_err() || conn.closed_within(Duration::from_secs(5));
+    assert!(
+        cut,
+        "the proxy kept a player whose window stayed shut past the user timeout"
+    );
 }

@@ -86,6 +86,7 @@ impl Main {
                 io_batch_max: cfg.runtime.io_batch_max,
                 read_ahead_max: cfg.client.read_ahead_max,
                 send_buffer: cfg.client.socket_send_buffer,
+                user_timeout_ms: cfg.client.tcp_user_timeout_ms,
             },
             shard: None,
         };

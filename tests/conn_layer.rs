@@ -76,6 +76,7 @@ fn opener(n: u32, connect_timeout: Duration) -> (Runtime, Opener) {
         io_batch_max: 64,
         read_ahead_max: 0,
         send_buffer: 0,
+        user_timeout_ms: 0,
     };
     let cfg = RuntimeCfg {
         secpool: SecpoolConfig {

@@ -97,6 +97,7 @@ impl Main {
             io_batch_max: cfg.runtime.io_batch_max,
             read_ahead_max: 0,
             send_buffer: 0,
+            user_timeout_ms: 0,
         };
         let runtime_cfg = RuntimeCfg {
             secpool: SecpoolConfig {

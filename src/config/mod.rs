@@ -108,6 +108,8 @@ pub struct ClientCfg {
     pub read_ahead_max: usize,
     /// `SO_SNDBUF` of client sockets (0: the kernel's).
     pub socket_send_buffer: usize,
+    /// `TCP_USER_TIMEOUT` of client sockets (0: the kernel's).
+    pub tcp_user_timeout_ms: u64,
     /// Idle timeout.
     pub idle_timeout_ms: u64,
     /// Deadline from accept to a valid auth proof.
@@ -240,6 +242,7 @@ impl Default for Config {
                 listen_backlog: DEFAULT_CLIENT_LISTEN_BACKLOG,
                 read_ahead_max: DEFAULT_CLIENT_READ_AHEAD_MAX,
                 socket_send_buffer: DEFAULT_CLIENT_SOCKET_SEND_BUFFER,
+                tcp_user_timeout_ms: DEFAULT_CLIENT_TCP_USER_TIMEOUT_MS,
                 idle_timeout_ms: DEFAULT_CLIENT_IDLE_TIMEOUT_MS,
                 handshake_timeout_ms: DEFAULT_CLIENT_HANDSHAKE_TIMEOUT_MS,
                 reservation_timeout_ms: DEFAULT_CLIENT_RESERVATION_TIMEOUT_MS,

@@ -282,7 +282,7 @@ const fn concat_keys<const A: usize, const B: usize, const N: usize>(
 }
 
 /// The keys of the MUTA front end, the shard links and the runtime.
-const CORE_KEYS: [Key; 48] = [
+const CORE_KEYS: [Key; 49] = [
     PROXY_LISTEN,
     PROXY_PUBLIC_ADDRESS,
     PROXY_LOG_LEVEL,
@@ -296,6 +296,7 @@ const CORE_KEYS: [Key; 48] = [
     CLIENT_LISTEN_BACKLOG,
     CLIENT_READ_AHEAD_MAX,
     CLIENT_SOCKET_SEND_BUFFER,
+    CLIENT_TCP_USER_TIMEOUT_MS,
     CLIENT_IDLE_TIMEOUT_MS,
     CLIENT_HANDSHAKE_TIMEOUT_MS,
     CLIENT_RESERVATION_TIMEOUT_MS,
@@ -572,6 +573,28 @@ const CLIENT_SOCKET_SEND_BUFFER: Key = Key {
         min: 0,
         max: 64 * MIB,
         store: |c, n| c.client.socket_send_buffer = n as usize,
+    },
+};
+
+/// `client.tcp_user_timeout_ms`: the kernel's `TCP_USER_TIMEOUT` on each
+/// client socket: output that stays unacknowledged this long, or a zero
+/// window that stays shut this long (Linux 5.11 and later), ends the
+/// connection. Without it a peer that vanished holds its slot while the
+/// kernel retransmits (`tcp_retries2`: about 15 minutes), and one that keeps
+/// its window shut while trickling a few bytes holds it until the output
+/// it does not take passes `client.out_buf_size`, which a quiet game may
+/// never send (HAProxy's `tcp-ut`). 0 leaves the kernel's behaviour.
+pub const DEFAULT_CLIENT_TCP_USER_TIMEOUT_MS: u64 = 30_000;
+const CLIENT_TCP_USER_TIMEOUT_MS: Key = Key {
+    name: "client.tcp_user_timeout_ms",
+    unit: Unit::Millis,
+    reload: Reload::Restart,
+    doc: "Output unacknowledged, or a zero window, for this long ends a client's connection (TCP_USER_TIMEOUT); 0 leaves it to the kernel.",
+    value: Value::Int {
+        default: DEFAULT_CLIENT_TCP_USER_TIMEOUT_MS,
+        min: 0,
+        max: 600_000,
+        store: |c, n| c.client.tcp_user_timeout_ms = n,
     },
 };
 

@@ -890,7 +890,10 @@ impl<S: Session> Pool<S> {
         let addr = slot.addr;
         match &reason {
             // Ordinary ends: one line per connection only when debugging.
-            DisconnectReason::Hup(_) | DisconnectReason::Shutdown | DisconnectReason::Closed(_) => {
+            DisconnectReason::Hup(hup) if !hup.is_stall() => {
+                debug!("{conn} ({addr}): disconnected: {reason}");
+            }
+            DisconnectReason::Shutdown | DisconnectReason::Closed(_) => {
                 debug!("{conn} ({addr}): disconnected: {reason}");
             }
             // A rule broken or a limit hit: a clear line, but at most

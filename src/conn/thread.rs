@@ -201,6 +201,8 @@ pub struct IoCfg {
     /// The kernel send buffer (`SO_SNDBUF`) of accepted sockets (0: the
     /// kernel's, which grows it up to `net.ipv4.tcp_wmem`).
     pub send_buffer: usize,
+    /// `TCP_USER_TIMEOUT` of accepted sockets, in ms (0: the kernel's).
+    pub user_timeout_ms: u64,
 }
 
 /// The least a read counts for in a [`ReadAhead`]: with the default
@@ -418,7 +420,7 @@ pub fn io_start(
         pool,
         scratch: vec![0; cfg.read_size].into_boxed_slice(),
         tune: tune.clone(),
-        send_buffer: cfg.send_buffer,
+        accepted: SocketOpts::of(cfg),
         pool_log: LogLimit::default(),
     };
     let handle = thread::Builder::new()
@@ -537,8 +539,45 @@ struct Thread {
     pool: &'static Secpool,
     scratch: Box<[u8]>,
     tune: Arc<IoTune>,
-    send_buffer: usize,
+    accepted: SocketOpts,
     pool_log: LogLimit,
+}
+
+/// The socket options of accepted connections, from [`IoCfg`].
+#[derive(Clone, Copy)]
+struct SocketOpts {
+    send_buffer: usize,
+    user_timeout_ms: u64,
+}
+
+impl SocketOpts {
+    fn of(cfg: &IoCfg) -> SocketOpts {
+        SocketOpts {
+            send_buffer: cfg.send_buffer,
+            user_timeout_ms: cfg.user_timeout_ms,
+        }
+    }
+
+    /// Sets them on `stream`. One that fails is logged and the connection
+    /// kept: each only bounds what a misbehaving peer can hold.
+    fn apply(self, stream: &TcpStream, addr: SocketAddr, pool: PoolId) {
+        let name = pool.name();
+        if let Err(err) = stream.set_nodelay(true) {
+            debug!("{name}: TCP_NODELAY on {addr}: {err}");
+        }
+        let sock = socket2::SockRef::from(stream);
+        if self.send_buffer > 0
+            && let Err(err) = sock.set_send_buffer_size(self.send_buffer)
+        {
+            debug!("{name}: SO_SNDBUF on {addr}: {err}");
+        }
+        if self.user_timeout_ms > 0
+            && let Err(err) =
+                sock.set_tcp_user_timeout(Some(Duration::from_millis(self.user_timeout_ms)))
+        {
+            debug!("{name}: TCP_USER_TIMEOUT on {addr}: {err}");
+        }
+    }
 }
 
 /// The connection in slot `conn.index`, if it is this one. (A free function,
@@ -830,15 +869,7 @@ impl Thread {
         for _ in 0..self.tune.accepts_per_wakeup.load(Ordering::Relaxed) {
             match self.listeners[listener].accept() {
                 Ok((stream, addr)) => {
-                    if let Err(err) = stream.set_nodelay(true) {
-                        debug!("{}: TCP_NODELAY on {addr}: {err}", self.pool_id.name());
-                    }
-                    if self.send_buffer > 0
-                        && let Err(err) =
-                            socket2::SockRef::from(&stream).set_send_buffer_size(self.send_buffer)
-                    {
-                        debug!("{}: SO_SNDBUF on {addr}: {err}", self.pool_id.name());
-                    }
+                    self.accepted.apply(&stream, addr, self.pool_id);
                     trace!(
                         "{}: accepted {addr} on listener {listener}",
                         self.pool_id.name()

@@ -208,6 +208,7 @@ fn runtime_cfg(cfg: &LoginServerCfg) -> RuntimeCfg {
             // flight per connection are plenty.
             read_ahead_max: 16 * 1024,
             send_buffer: 0,
+            user_timeout_ms: 0,
         },
         shard: Some(IoCfg {
             pool: PoolId::Shard,
@@ -220,6 +221,7 @@ fn runtime_cfg(cfg: &LoginServerCfg) -> RuntimeCfg {
             // The shards' links: few, trusted, busy; not bounded.
             read_ahead_max: 0,
             send_buffer: 0,
+            user_timeout_ms: 0,
         }),
     }
 }

@@ -286,6 +286,7 @@ fn client_io_cfg(cfg: &Config) -> IoCfg {
         io_batch_max: cfg.runtime.io_batch_max,
         read_ahead_max: cfg.client.read_ahead_max,
         send_buffer: cfg.client.socket_send_buffer,
+        user_timeout_ms: cfg.client.tcp_user_timeout_ms,
     }
 }
 
@@ -342,6 +343,8 @@ fn shard_io_cfg(cfg: &Config, n_shards: usize) -> IoCfg {
         // The shards' links carry every player's traffic: not bounded.
         read_ahead_max: 0,
         send_buffer: 0,
+        // Outbound links have TCP keepalive instead (`conn::thread`).
+        user_timeout_ms: 0,
     }
 }
 

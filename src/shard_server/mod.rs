@@ -276,6 +276,7 @@ pub fn runtime_cfg(cfg: &ShardServerCfg) -> RuntimeCfg {
             // trusts its proxies; the proxy bounds its players).
             read_ahead_max: 0,
             send_buffer: 0,
+            user_timeout_ms: 0,
         },
         shard: None,
     }
