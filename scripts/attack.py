@@ -249,7 +249,7 @@ class Run:
             "--sessions", str(HONEST_OTC), "--port", str(self.game_port), "--rate", "5",
             "--duration", "3600", "--ramp", "2", "--drain", "5", "--json",
             "--bind-ips", f"127.0.19.1-127.0.19.{HONEST_OTC}"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            stdout=subprocess.PIPE)
         self.otc_report = Lines(self.otc_bots.stdout, os.path.join(self.logdir, "otc-bots-report.log"))
 
     def window(self):
@@ -579,13 +579,14 @@ def main():
                                "echoes": base["echoes"], "lost": base["lost"],
                                "steal_pct": base["steal_pct"]}
         say(f"== baseline: {json.dumps(results['baseline'])}")
-        for index, spec in enumerate(CLASSES):
-            if ONLY and spec[0] not in ONLY:
-                continue
-            for _ in range(ROUNDS):
-                if run.proxy.poll() is not None:
-                    break  # the class before killed it: that class's row says so
-                results["attacks"].append(run_class(run, index, spec, results["baseline"]))
+        runs = [(index, spec) for index, spec in enumerate(CLASSES)
+                if not ONLY or spec[0] in ONLY for _ in range(ROUNDS)]
+        for index, spec in runs:
+            if run.proxy.poll() is not None:
+                # The class before killed it, and its row says so.
+                say(f"== the proxy is gone: {spec[0]} and the classes after it not run")
+                break
+            results["attacks"].append(run_class(run, index, spec, results["baseline"]))
     finally:
         run.stop()
     if run.bot_report.last():

@@ -27,17 +27,25 @@ def ephemeral_start():
         return 32768
 
 
+_GIVEN = set()
+
+
 def free_port():
     """A port free now, below the ephemeral range: the kernel gives ports in
     that range to outgoing connections (thousands of bots), and one may take
-    a port picked there before our listener binds it."""
+    a port picked there before our listener binds it. Never one this
+    process gave before: a port picked and not yet bound is still free, and
+    two front ends of one run given the same one refuse to start."""
     import random
     top = ephemeral_start() - 1
     for _ in range(200):
         port = random.randint(max(1024, top - 20000), top)
+        if port in _GIVEN:
+            continue
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
+                _GIVEN.add(port)
                 return port
             except OSError:
                 continue

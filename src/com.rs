@@ -117,6 +117,12 @@ pub enum HupReason {
     ConnectTimeout,
 }
 
+/// How a connection the kernel gave up on is logged, whether its read or
+/// its write saw it first (`ETIMEDOUT`: only the TCP stack's own timers give
+/// it on a connected socket).
+pub const STALL_TEXT: &str = "timed out: the peer took none of its data (acknowledged nothing, \
+     or kept its window shut) past the TCP user timeout, keepalive or the kernel's retries";
+
 impl HupReason {
     /// The kernel gave up on a peer that stopped taking data: a rule broken
     /// (logged as one), not an ordinary end.
@@ -129,10 +135,7 @@ impl fmt::Display for HupReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             HupReason::Eof => f.write_str("closed by peer"),
-            HupReason::Error(io::ErrorKind::TimedOut) => f.write_str(
-                "timed out: the peer acknowledged nothing, or kept its window shut, \
-                 past the TCP user timeout (client.tcp_user_timeout_ms) or the kernel's retries",
-            ),
+            HupReason::Error(io::ErrorKind::TimedOut) => f.write_str(STALL_TEXT),
             HupReason::Error(kind) => write!(f, "socket error: {kind}"),
             HupReason::PoolExhausted => f.write_str("secpool exhausted"),
             HupReason::ConnectFailed(kind) => write!(f, "{kind}"),

@@ -293,7 +293,7 @@ pub(super) const OTC_KEYS: [Key; 26] = [
         "otc.max_sessions",
         Unit::Count,
         Reload::Restart,
-        "Most sessions at once (one game-server connection each); the table of as many is allocated at start (240 bytes a session with its index).",
+        "Most sessions at once (one game-server connection each); the table of as many is allocated at start (about 240 bytes a session with its index; the figure is logged at start).",
         (DEFAULT_OTC_MAX_SESSIONS as u64, 1, 1_000_000),
         |c, n| c.otc.max_sessions = n as u32,
     ),

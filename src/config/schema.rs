@@ -579,11 +579,13 @@ const CLIENT_SOCKET_SEND_BUFFER: Key = Key {
 /// `client.tcp_user_timeout_ms`: the kernel's `TCP_USER_TIMEOUT` on each
 /// client socket: output that stays unacknowledged this long, or a zero
 /// window that stays shut this long (Linux 5.11 and later), ends the
-/// connection. Without it a peer that vanished holds its slot while the
-/// kernel retransmits (`tcp_retries2`: about 15 minutes), and one that keeps
-/// its window shut while trickling a few bytes holds it until the output
-/// it does not take passes `client.out_buf_size`, which a quiet game may
-/// never send (HAProxy's `tcp-ut`). 0 leaves the kernel's behaviour.
+/// connection. A silent peer is the idle timeout's; this is for one that
+/// keeps sending (a ping now and then) while it acknowledges nothing or
+/// keeps its window shut: without it, it stays until the output it does
+/// not take passes `client.out_buf_size` (`otc.path_out_buf_size` for an
+/// OTC path), which a quiet game may never send, or for the kernel's
+/// retries (`tcp_retries2`, about 15 minutes) (HAProxy's `tcp-ut`). 0
+/// leaves the kernel's behaviour.
 pub const DEFAULT_CLIENT_TCP_USER_TIMEOUT_MS: u64 = 30_000;
 const CLIENT_TCP_USER_TIMEOUT_MS: Key = Key {
     name: "client.tcp_user_timeout_ms",

@@ -103,7 +103,7 @@ pub enum DisconnectReason {
 
 impl DisconnectReason {
     /// The kinds of reason, as the metrics name them (`reason` label).
-    pub const KINDS: [&'static str; 8] = [
+    pub const KINDS: [&'static str; 9] = [
         "hangup",
         "slow_reader",
         "idle_timeout",
@@ -112,11 +112,23 @@ impl DisconnectReason {
         "limit",
         "closed",
         "shutdown",
+        "stalled",
     ];
+
+    /// The kernel gave up on the peer (see [`crate::com::STALL_TEXT`]),
+    /// whether the read or the write saw it first.
+    pub fn is_stall(&self) -> bool {
+        match self {
+            DisconnectReason::Hup(hup) => hup.is_stall(),
+            DisconnectReason::WriteError(kind) => *kind == io::ErrorKind::TimedOut,
+            _ => false,
+        }
+    }
 
     /// This reason's index in [`DisconnectReason::KINDS`].
     pub fn kind(&self) -> usize {
         match self {
+            _ if self.is_stall() => 8,
             DisconnectReason::Hup(_) => 0,
             DisconnectReason::SlowReader => 1,
             DisconnectReason::IdleTimeout => 2,
@@ -133,6 +145,7 @@ impl fmt::Display for DisconnectReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             DisconnectReason::Hup(reason) => write!(f, "{reason}"),
+            _ if self.is_stall() => f.write_str(crate::com::STALL_TEXT),
             DisconnectReason::SlowReader => f.write_str("output buffer full (slow reader)"),
             DisconnectReason::IdleTimeout => f.write_str("idle timeout"),
             DisconnectReason::WriteError(kind) => write!(f, "write failed: {kind}"),
@@ -890,7 +903,7 @@ impl<S: Session> Pool<S> {
         let addr = slot.addr;
         match &reason {
             // Ordinary ends: one line per connection only when debugging.
-            DisconnectReason::Hup(hup) if !hup.is_stall() => {
+            DisconnectReason::Hup(_) if !reason.is_stall() => {
                 debug!("{conn} ({addr}): disconnected: {reason}");
             }
             DisconnectReason::Shutdown | DisconnectReason::Closed(_) => {

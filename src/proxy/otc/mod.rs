@@ -60,8 +60,9 @@ const GAME_PACKET_MAX: usize = otc::PACKET_MAX;
 /// Bytes of one slot of the session table, each allocated at start.
 pub const SESSION_SLOT_BYTES: usize = std::mem::size_of::<Option<OtcSession>>();
 // A slot stays small, as every one is allocated at start: at the default
-// 4,096 sessions the table is then at most 1 MiB of the RSS (ARCHITECTURE.md,
-// "Bounds"). The build fails if a new field passes it.
+// 4,096 sessions the slots are then at most 1 MiB of the RSS, the index
+// another 144 KiB (ARCHITECTURE.md, "Bounds"). The build fails if a new
+// field passes it.
 const _: () = assert!(
     SESSION_SLOT_BYTES <= 256,
     "an OTC session slot passed 256 bytes"
