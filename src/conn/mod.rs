@@ -903,10 +903,9 @@ impl<S: Session> Pool<S> {
         let addr = slot.addr;
         match &reason {
             // Ordinary ends: one line per connection only when debugging.
-            DisconnectReason::Hup(_) if !reason.is_stall() => {
-                debug!("{conn} ({addr}): disconnected: {reason}");
-            }
-            DisconnectReason::Shutdown | DisconnectReason::Closed(_) => {
+            DisconnectReason::Hup(_) | DisconnectReason::Shutdown | DisconnectReason::Closed(_)
+                if !reason.is_stall() =>
+            {
                 debug!("{conn} ({addr}): disconnected: {reason}");
             }
             // A rule broken or a limit hit: a clear line, but at most
@@ -1567,5 +1566,22 @@ mod tests {
         assert!(p.get(a).is_some(), "read 0.6 s ago");
         p.tick(start + Duration::from_millis(2000));
         assert!(p.get(a).is_none(), "idle for 1.1 s");
+    }
+
+    #[test]
+    fn a_stall_is_one_reason_whether_the_read_or_the_write_saw_it() {
+        let timed_out = io::ErrorKind::TimedOut;
+        let read = DisconnectReason::Hup(HupReason::Error(timed_out));
+        let write = DisconnectReason::WriteError(timed_out);
+        for reason in [&read, &write] {
+            assert!(reason.is_stall());
+            assert_eq!(DisconnectReason::KINDS[reason.kind()], "stalled");
+            assert_eq!(reason.to_string(), crate::com::STALL_TEXT);
+        }
+        let reset = DisconnectReason::Hup(HupReason::Error(io::ErrorKind::ConnectionReset));
+        assert!(!reset.is_stall());
+        assert_eq!(DisconnectReason::KINDS[reset.kind()], "hangup");
+        let broken = DisconnectReason::WriteError(io::ErrorKind::BrokenPipe);
+        assert_eq!(DisconnectReason::KINDS[broken.kind()], "write_error");
     }
 }
