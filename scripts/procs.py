@@ -51,6 +51,7 @@ def free_port():
                 continue
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
+        _GIVEN.add(s.getsockname()[1])
         return s.getsockname()[1]
 
 

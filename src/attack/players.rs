@@ -33,8 +33,8 @@ enum Via {
     /// proxy's close reaches it at once (a forwarder holds the client side
     /// open while it still has bytes for it, which a reader that never
     /// reads never takes), with a kernel receive buffer of about this many
-    /// bytes when given.
-    AsForwarder(Option<usize>),
+    /// bytes.
+    AsForwarder(usize),
 }
 
 /// Logs attacker `k` in and enters the game; the welcome read.
@@ -59,11 +59,18 @@ fn enter(cfg: &AttackCfg, k: u64, via: Via) -> Result<Conn, String> {
             encode_v2(&ProxyHeader::Proxy { src, dst }, &[], &mut header);
             let lo = Some(IpAddr::from([127, 0, 0, 1]));
             let proxy = cfg.proxy.to_string();
-            Conn::connect_after(lo, recv_buffer, &proxy, &header, Some(ticket.proxy_key), T)
-                .and_then(|mut conn| {
-                    client::send_proof(&mut conn, &ticket, &name, &cfg.shard)?;
-                    Ok(conn)
-                })
+            Conn::connect_after(
+                lo,
+                Some(recv_buffer),
+                &proxy,
+                &header,
+                Some(ticket.proxy_key),
+                T,
+            )
+            .and_then(|mut conn| {
+                client::send_proof(&mut conn, &ticket, &name, &cfg.shard)?;
+                Ok(conn)
+            })
         }
     }
     .map_err(|e| e.to_string())?;
@@ -164,7 +171,7 @@ pub(super) fn auth_flooders(cfg: &AttackCfg) -> AttackReport {
 /// passes).
 pub(super) fn slow_readers(cfg: &AttackCfg) -> AttackReport {
     waves(cfg, |cfg, k| {
-        let mut conn = enter(cfg, k, Via::AsForwarder(Some(4096)))?;
+        let mut conn = enter(cfg, k, Via::AsForwarder(4096))?;
         conn.set_write_timeout(Some(Duration::from_secs(1)));
         let mut frame = Vec::new();
         let start = Instant::now();
